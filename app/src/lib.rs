@@ -1,0 +1,1 @@
+//! corral: per-user sandboxes presented as a filesystem.

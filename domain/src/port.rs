@@ -1,0 +1,244 @@
+//! The storage port: the one narrow trait every backend implements.
+//!
+//! It speaks in raw [`ObjectKey`]s of one bucket (or one directory, or one
+//! in-memory store), not in virtual paths: confinement is the domain's job
+//! ([`crate::SandboxRoot`]) and happens before a key reaches a backend and
+//! after a listing comes back from one. Keeping the port at the key level
+//! also lets the conformance suite plant objects beside a sandbox with the
+//! same trait, as a raw client would.
+//!
+//! Operations mirror S3's, so a backend is a thin translation; each states
+//! its capabilities so that callers never learn about a gap by failing.
+
+use std::fmt;
+use std::ops::Range;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::Stream;
+
+use crate::capability::Capabilities;
+use crate::error::{Error, Operation, Result};
+use crate::key::ObjectKey;
+
+/// A stream of bytes from a GET.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// A lazily paginated listing: the next page is fetched when this one is consumed.
+pub type ListStream = Pin<Box<dyn Stream<Item = Result<ListItem>> + Send>>;
+
+/// What a HEAD or a listing says about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The raw key.
+    pub key: ObjectKey,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, if the backend reports it.
+    pub last_modified: Option<SystemTime>,
+    /// The entity tag, quotes included, if the backend reports it.
+    pub etag: Option<String>,
+}
+
+/// A byte range of a GET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `start..end`, end exclusive.
+    Bounded(Range<u64>),
+    /// From an offset to the end.
+    From(u64),
+    /// The last N bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// The absolute range this selects in an object of `size` bytes, or an
+    /// error if it selects nothing valid. Used to check what a server returned.
+    pub fn resolve(&self, size: u64) -> Result<Range<u64>> {
+        let r = match *self {
+            Self::Bounded(ref r) => r.start..r.end.min(size),
+            Self::From(start) => start..size,
+            Self::Suffix(n) => size.saturating_sub(n)..size,
+        };
+        if r.start > r.end || (r.start >= size && size > 0) {
+            return Err(Error::invalid_input(format!(
+                "range {self:?} is outside an object of {size} bytes"
+            )));
+        }
+        Ok(r)
+    }
+}
+
+/// The answer to a GET.
+pub struct GetResult {
+    /// The object.
+    pub meta: ObjectMeta,
+    /// The bytes the body holds.
+    pub range: Range<u64>,
+    /// The body.
+    pub body: ByteStream,
+}
+
+impl fmt::Debug for GetResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetResult")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a PUT may replace an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PutMode {
+    /// Replace whatever is there.
+    #[default]
+    Overwrite,
+    /// Fail with [`crate::ErrorKind::AlreadyExists`] if the key exists
+    /// (where [`Capabilities::conditional_create`] holds).
+    Create,
+}
+
+/// The answer to a PUT or a completed multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PutResult {
+    /// The new object's entity tag, if reported.
+    pub etag: Option<String>,
+}
+
+/// Options of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListOptions {
+    /// Group keys below the next `/` into [`ListItem::Prefix`] entries.
+    pub delimiter: bool,
+    /// Start after this key (for resuming a listing page by page).
+    pub start_after: Option<ObjectKey>,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListItem {
+    /// An object.
+    Object(ObjectMeta),
+    /// A common prefix (ending in `/`), with [`ListOptions::delimiter`].
+    Prefix(ObjectKey),
+}
+
+impl ListItem {
+    /// The raw key or prefix.
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Self::Object(m) => &m.key,
+            Self::Prefix(p) => p,
+        }
+    }
+}
+
+/// The server's identifier of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadId(pub String);
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A part accepted by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    /// 1-based part number.
+    pub number: u32,
+    /// The part's entity tag, needed to complete the upload.
+    pub etag: String,
+}
+
+/// An upload that was created and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key it will create.
+    pub key: ObjectKey,
+    /// Its id.
+    pub upload_id: UploadId,
+    /// When it was created, if reported.
+    pub initiated: Option<SystemTime>,
+}
+
+/// Object storage as corral needs it. See the [module docs](self).
+#[async_trait]
+pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
+    /// What this backend can do.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// The object's metadata; [`crate::ErrorKind::NotFound`] if absent.
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta>;
+
+    /// The object's bytes, whole or a range.
+    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult>;
+
+    /// Stores a whole object.
+    async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult>;
+
+    /// Deletes objects in batches; absent keys count as deleted. Returns the
+    /// keys that could not be deleted, each with its error.
+    async fn delete_many(&self, keys: Vec<ObjectKey>) -> Result<Vec<(ObjectKey, Error)>>;
+
+    /// Lists keys starting with `prefix` (raw: no `/` is added), in key order.
+    fn list(&self, prefix: &ObjectKey, options: ListOptions) -> ListStream;
+
+    /// Copies an object within the backend.
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()>;
+
+    /// Starts a multipart upload.
+    async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId>;
+
+    /// Uploads part `number` (1-based) of an upload.
+    async fn upload_part(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        number: u32,
+        data: Bytes,
+    ) -> Result<CompletedPart>;
+
+    /// Completes an upload from its parts, in part-number order.
+    async fn complete_multipart(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        parts: Vec<CompletedPart>,
+    ) -> Result<PutResult>;
+
+    /// Aborts an upload, freeing its parts.
+    async fn abort_multipart(&self, key: &ObjectKey, upload: &UploadId) -> Result<()>;
+
+    /// Uploads under `prefix` that were neither completed nor aborted.
+    async fn list_pending_uploads(&self, prefix: &ObjectKey) -> Result<Vec<PendingUpload>> {
+        let _ = prefix;
+        Err(Error::unsupported(format!(
+            "the {} backend cannot list pending multipart uploads",
+            self.capabilities().name
+        ))
+        .with_operation(Operation::ListMultipart))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve_against_a_size() {
+        assert_eq!(ByteRange::Bounded(2..5).resolve(10).unwrap(), 2..5);
+        assert_eq!(ByteRange::Bounded(8..50).resolve(10).unwrap(), 8..10);
+        assert_eq!(ByteRange::From(4).resolve(10).unwrap(), 4..10);
+        assert_eq!(ByteRange::Suffix(3).resolve(10).unwrap(), 7..10);
+        assert_eq!(ByteRange::Suffix(30).resolve(10).unwrap(), 0..10);
+        assert!(ByteRange::From(10).resolve(10).is_err());
+        #[allow(clippy::reversed_empty_ranges)] // The point of the test.
+        let reversed = ByteRange::Bounded(5..2);
+        assert!(reversed.resolve(10).is_err());
+    }
+}
