@@ -299,26 +299,46 @@ impl SandboxSpec {
                     ),
                 )
             })?;
+        let valid: &[&str] = if *canonical == "S3" {
+            &S3_KEYS
+        } else {
+            &PATH_ONLY_KEYS
+        };
+        opts.reject_unknown(canonical, valid)?;
         match *canonical {
             "File" => {
                 let path = opts.string("path")?.ok_or_else(|| {
                     ConfigError::key("path", "a File sandbox needs the directory")
                 })?;
-                opts.finish("File", &PATH_ONLY_KEYS)?;
                 Ok(Self::File(FileSpec {
                     path: file_path(&path)?,
                 }))
             }
             "Memory" => {
                 let path = opts.string("path")?.unwrap_or_default();
-                opts.finish("Memory", &PATH_ONLY_KEYS)?;
                 Ok(Self::Memory(MemorySpec {
-                    path: PathTemplate::parse("path", &path)?,
+                    path: prefix_template(&path)?,
                 }))
             }
             _ => Ok(Self::S3(Box::new(s3_from(opts)?))),
         }
     }
+}
+
+/// A key-prefix template, checked at load with sample values in its
+/// placeholders, so that `a/../b` or a control character is a config error,
+/// not a surprise at a user's login.
+fn prefix_template(path: &str) -> Result<PathTemplate, ConfigError> {
+    let template = PathTemplate::parse("path", path)?;
+    let sample = crate::template::Identity::user("u")
+        .with_domain("d")
+        .with_full_name("f");
+    let expanded = template
+        .expand(&sample)
+        .map_err(|e| ConfigError::key("path", e.to_string()))?;
+    crate::key::SandboxRoot::new(&expanded)
+        .map_err(|e| ConfigError::key("path", format!("is not a valid key prefix: {e}")))?;
+    Ok(template)
 }
 
 fn file_path(path: &str) -> Result<PathTemplate, ConfigError> {
@@ -332,11 +352,12 @@ fn file_path(path: &str) -> Result<PathTemplate, ConfigError> {
 }
 
 fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
-    let path = PathTemplate::parse("path", &o.string("path")?.unwrap_or_default())?;
+    let path = prefix_template(&o.string("path")?.unwrap_or_default())?;
     let bucket_name = o.string("bucketName")?.unwrap_or_default();
     validate_bucket_name(&bucket_name)?;
     let region = o
         .string("region")?
+        .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "us-east-1".to_owned());
     if region.is_empty()
         || !region
@@ -348,7 +369,7 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
             format!("{region:?} is not a region name (such as \"us-east-1\")"),
         ));
     }
-    let scheme_given = o.string("scheme")?;
+    let scheme_given = o.string("scheme")?.filter(|s| !s.is_empty());
     let mut scheme = match &scheme_given {
         Some(s) => Scheme::parse("scheme", s)?,
         None => Scheme::Https,
@@ -399,8 +420,9 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
         (None, None) => None,
     };
 
-    let proxy_scheme = match o.string("proxyScheme")? {
-        Some(s) => Scheme::parse("proxyScheme", &s)?,
+    let proxy_scheme_given = o.string("proxyScheme")?.filter(|s| !s.is_empty());
+    let proxy_scheme = match &proxy_scheme_given {
+        Some(s) => Scheme::parse("proxyScheme", s)?,
         None => Scheme::Http,
     };
     let proxy_host = o.string("proxyHost")?.filter(|s| !s.is_empty());
@@ -435,6 +457,7 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
         }
         None => {
             for (key, set) in [
+                ("proxyScheme", proxy_scheme_given.is_some()),
                 ("proxyPort", proxy_port.is_some()),
                 ("proxyUserName", proxy_user.is_some()),
                 ("proxyPassword", proxy_password.is_some()),
@@ -480,7 +503,6 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
         defaults.request_timeout,
     )?;
 
-    o.finish("S3", &S3_KEYS)?;
     Ok(S3Spec {
         path,
         bucket_name,
@@ -522,8 +544,17 @@ fn validate_bucket_name(name: &str) -> Result<(), ConfigError> {
 }
 
 fn validate_proxy_host(host: &str) -> Result<(), ConfigError> {
-    let bad =
-        host.contains(['/', '@', '?', '#', ' ']) || host.chars().any(|c| c.is_ascii_control());
+    if host.contains('@') {
+        // Never echoed: the part before `@` is likely a password.
+        return Err(ConfigError::key(
+            "proxyHost",
+            "must not hold credentials; use `proxyUserName` and `proxyPassword`",
+        ));
+    }
+    let is_ipv6 = host.starts_with('[') && host.ends_with(']');
+    let bad = host.contains(['/', '?', '#', ' '])
+        || (host.contains(':') && !is_ipv6)
+        || host.chars().any(|c| c.is_ascii_control());
     if bad || Url::parse(&format!("http://{host}/")).is_err() {
         return Err(ConfigError::key(
             "proxyHost",
@@ -542,6 +573,13 @@ fn validate_proxy_host(host: &str) -> Result<(), ConfigError> {
 fn parse_endpoint(value: &str, scheme: Scheme, scheme_given: bool) -> Result<Url, ConfigError> {
     const KEY: &str = "endpointOverride";
     let value = value.trim();
+    if value.contains('@') {
+        // Checked first and never echoed: the part before `@` is likely a secret.
+        return Err(ConfigError::key(
+            KEY,
+            "must not hold credentials; use `accessKeyId` and `secretKey`",
+        ));
+    }
     let url = if let Some((given, _)) = value.split_once("://") {
         let given_scheme = Scheme::parse(KEY, given).map_err(|_| {
             ConfigError::key(KEY, format!("{value:?} has the scheme {given:?}; use http:// or https://"))
@@ -562,12 +600,6 @@ fn parse_endpoint(value: &str, scheme: Scheme, scheme_given: bool) -> Result<Url
     .map_err(|e| ConfigError::key(KEY, format!("{value:?} is not a host, host:port or URL ({e})")))?;
     if url.host_str().is_none_or(str::is_empty) {
         return Err(ConfigError::key(KEY, format!("{value:?} has no host")));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ConfigError::key(
-            KEY,
-            "must not hold credentials; use `accessKeyId` and `secretKey`",
-        ));
     }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::key(
@@ -612,6 +644,10 @@ impl Options {
                     ConfigError::key(key, format!("must be a whole number, not {s:?}"))
                 })
             }
+            Some(RawValue::Float(_)) => Err(ConfigError::key(
+                key,
+                "must be a whole number, not a fraction",
+            )),
             Some(other) => Err(ConfigError::key(
                 key,
                 format!("must be a whole number, not {}", other.type_name()),
@@ -632,20 +668,28 @@ impl Options {
         }
     }
 
-    /// Fails on the first key left over, with the closest valid key as a hint.
-    fn finish(self, type_name: &str, valid: &[&str]) -> Result<(), ConfigError> {
-        let Some((key, _)) = self.entries.into_iter().next() else {
+    /// Fails on the first key not in `valid`, with the closest valid key as a
+    /// hint. Runs before any value is read, so a misspelt required key is
+    /// reported as a typo rather than as missing.
+    fn reject_unknown(&self, type_name: &str, valid: &[&str]) -> Result<(), ConfigError> {
+        let Some(key) = self
+            .entries
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| !valid.contains(&k.as_str()))
+        else {
             return Ok(());
         };
-        let mut message = format!("unknown key for a {type_name} sandbox");
-        if let Some(hint) = closest(&key, valid) {
+        let article = if type_name == "S3" { "an" } else { "a" };
+        let mut message = format!("unknown key for {article} {type_name} sandbox");
+        if let Some(hint) = closest(key, valid) {
             message.push_str(&format!("; did you mean `{hint}`?"));
         } else if type_name != "S3" && S3_KEYS.contains(&key.as_str()) {
             message.push_str("; it is an S3 option, and this sandbox's `type` is not \"S3\"");
         } else {
             message.push_str(&format!("; valid keys: {}", valid.join(", ")));
         }
-        Err(ConfigError::key(&key, message))
+        Err(ConfigError::key(key, message))
     }
 }
 
@@ -816,7 +860,7 @@ mod tests {
             ),
             (
                 r#"{"type":"S3","bucketName":"bkt","bucketname":"x"}"#,
-                "`bucketname`: unknown key for a S3 sandbox; did you mean `bucketName`?",
+                "`bucketname`: unknown key for an S3 sandbox; did you mean `bucketName`?",
             ),
             (
                 r#"{"type":"S3","bucketName":"bkt","acessKeyId":"x"}"#,
@@ -827,6 +871,27 @@ mod tests {
                 "it is an S3 option",
             ),
             (r#"{"type":"File"}"#, "`path`: a File sandbox needs"),
+            (
+                r#"{"type":"S3","bucketname":"bkt"}"#,
+                "`bucketname`: unknown key for an S3 sandbox; did you mean `bucketName`?",
+            ),
+            (r#"{"type":"File","Path":"/x"}"#, "did you mean `path`?"),
+            (
+                r#"{"type":"S3","bucketName":"bkt","proxyHost":"p:8080"}"#,
+                "`proxyHost`",
+            ),
+            (
+                r#"{"type":"S3","bucketName":"bkt","proxyScheme":"https"}"#,
+                "`proxyScheme`: is set but `proxyHost` is not",
+            ),
+            (
+                r#"{"type":"S3","bucketName":"bkt","proxyHost":"p","proxyPort":80.5}"#,
+                "not a fraction",
+            ),
+            (
+                r#"{"type":"S3","bucketName":"bkt","path":"a/../b"}"#,
+                "`path`",
+            ),
             (
                 r#"{"type":"S3","bucketName":"bkt","path":"%x"}"#,
                 "unknown placeholder `%x`",
@@ -852,6 +917,25 @@ mod tests {
         assert_eq!(s.scheme, Scheme::Http);
         let s = s3(r#"{"type":"S3","bucketName":"bkt","endpointOverride":"minio.local"}"#);
         assert_eq!(s.endpoint.unwrap().as_str(), "https://minio.local/");
+    }
+
+    #[test]
+    fn empty_strings_mean_unset() {
+        let s = s3(r#"{"type":"S3","bucketName":"bkt","region":"","scheme":"","proxyScheme":""}"#);
+        assert_eq!((s.region.as_str(), s.scheme), ("us-east-1", Scheme::Https));
+    }
+
+    #[test]
+    fn credentials_in_urls_are_refused_without_echo() {
+        for json in [
+            r#"{"type":"S3","bucketName":"bkt","endpointOverride":"ftp://u:pa55word@h"}"#,
+            r#"{"type":"S3","bucketName":"bkt","endpointOverride":"http://u:pa55word@h:9000"}"#,
+            r#"{"type":"S3","bucketName":"bkt","proxyHost":"u:pa55word@proxy"}"#,
+        ] {
+            let e = err(json);
+            assert!(e.contains("must not hold credentials"), "{e}");
+            assert!(!e.contains("pa55word"), "{e}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::config::{ConfigError, S3Spec, SandboxSpec};
 use crate::error::{Error, ErrorKind, Operation};
 use crate::key::SandboxRoot;
 use crate::path::VirtualPath;
-use crate::raw::RawSpec;
+use crate::raw::{RawSpec, UniqueMap};
 use crate::template::{Identity, PlaceholderError};
 
 /// Validated mappings: per user (or `""` for all users), mount point → spec.
@@ -73,9 +73,9 @@ impl Mappings {
         Ok(())
     }
 
-    fn from_raw(raw: BTreeMap<String, BTreeMap<String, RawSpec>>) -> Result<Self, ConfigError> {
+    fn from_raw(raw: UniqueMap<UniqueMap<RawSpec>>) -> Result<Self, ConfigError> {
         let mut users = BTreeMap::new();
-        for (user, mounts) in raw {
+        for (user, UniqueMap(mounts)) in raw.0 {
             let mut parsed: Vec<(VirtualPath, SandboxSpec)> = Vec::new();
             let mut written: Vec<String> = Vec::new();
             for (mount, spec) in mounts {
@@ -124,9 +124,7 @@ impl Mappings {
     /// The view of `identity`; see the [module docs](self).
     pub fn resolve(&self, identity: &Identity) -> Result<UserView, ResolveError> {
         if identity.user.is_empty() {
-            return Err(ResolveError::NoSandboxForUser {
-                user: String::new(),
-            });
+            return Err(ResolveError::EmptyUser);
         }
         let all = self.users.get("");
         let own = self.users.get(&identity.user);
@@ -143,11 +141,7 @@ impl Mappings {
         }
         let mut mounts = Vec::with_capacity(chosen.len());
         for (point, (spec, source)) in chosen {
-            let resolved =
-                ResolvedSpec::new(spec, identity).map_err(|e| ResolveError::Placeholder {
-                    context: context(source, point.as_str()),
-                    source: e,
-                })?;
+            let resolved = ResolvedSpec::new(spec, identity, &context(source, point.as_str()))?;
             mounts.push(Mount {
                 point,
                 spec: resolved,
@@ -167,7 +161,7 @@ fn parse_mount(mount: &str) -> Result<VirtualPath, ConfigError> {
 
 impl<'de> Deserialize<'de> for Mappings {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = BTreeMap::<String, BTreeMap<String, RawSpec>>::deserialize(d)?;
+        let raw = UniqueMap::<UniqueMap<RawSpec>>::deserialize(d)?;
         Self::from_raw(raw).map_err(D::Error::custom)
     }
 }
@@ -184,6 +178,9 @@ pub enum ResolveError {
         /// The user.
         user: String,
     },
+    /// The user name is empty.
+    #[error("the user name is empty")]
+    EmptyUser,
     /// A placeholder value was refused.
     #[error("{context}: {source}")]
     Placeholder {
@@ -236,17 +233,20 @@ pub enum ResolvedSpec {
 }
 
 impl ResolvedSpec {
-    fn new(spec: &SandboxSpec, identity: &Identity) -> Result<Self, PlaceholderError> {
-        let expanded = spec.path().expand(identity)?;
-        // The prefix was validated as a template; a value could still form a
-        // bad prefix only through checks PathTemplate already made, so the
-        // remaining failure (key length) is reported as an unsafe value.
+    fn new(spec: &SandboxSpec, identity: &Identity, context: &str) -> Result<Self, ResolveError> {
+        let expanded =
+            spec.path()
+                .expand(identity)
+                .map_err(|source| ResolveError::Placeholder {
+                    context: context.to_owned(),
+                    source,
+                })?;
+        // The template's shape was checked at load; what is left to fail here
+        // is the length once the user's values are in.
         let root = |s: &str| {
-            SandboxRoot::new(s).map_err(|_| PlaceholderError::UnsafeValue {
-                what: "expanded path",
-                placeholder: "path",
-                value: crate::path::truncate_chars(s, 64),
-                reason: "it is not a valid key prefix",
+            SandboxRoot::new(s).map_err(|e| ResolveError::InvalidPath {
+                context: context.to_owned(),
+                message: format!("the sandbox prefix for this user is invalid: {e}"),
             })
         };
         Ok(match spec {
@@ -352,6 +352,7 @@ impl UserView {
             .filter_map(|m| m.point.strip_prefix(dir))
             .filter_map(|rest| rest.segments().next().map(str::to_owned))
             .collect();
+        names.sort();
         names.dedup();
         names
     }
@@ -456,6 +457,9 @@ mod tests {
             ["archive", "shared"]
         );
         assert_eq!(view.mount_children(&vp("archive")), ["old"]);
+        let tricky = mappings(r#"{"": {"data": "/a", "data-old": "/b", "data/x": "/c"}}"#);
+        let v = tricky.resolve(&Identity::user("u")).unwrap();
+        assert_eq!(v.mount_children(&VirtualPath::ROOT), ["data", "data-old"]);
 
         let carol = m.resolve(&Identity::user("carol")).unwrap();
         assert!(carol.has_root_mount());
@@ -498,6 +502,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("name the same mount point"), "{e}");
+
+        let e = serde_json::from_str::<Mappings>(r#"{"": {"a": "/x"}, "": {"b": "/y"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key \"\" is written twice"), "{e}");
+        let e = serde_json::from_str::<Mappings>(r#"{"u": {"a": "/x", "a": "/y"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key \"a\" is written twice"), "{e}");
 
         let e = serde_json::from_str::<Mappings>(r#"{"": {"..": "/x"}}"#)
             .unwrap_err()

@@ -6,6 +6,9 @@
 //! equal parts make resume a matter of part numbers), and a part must fit the
 //! per-transfer upload cache, because a part is staged whole before it is sent.
 //!
+//! For a stream of unknown size the part size is fixed up front at half the
+//! per-transfer upload cache, so a bigger cache allows a longer stream.
+//!
 //! For a known size, the part size is the default (8 MiB) unless the file
 //! needs bigger parts to stay within 10,000, in which case it is the smallest
 //! multiple of 1 MiB that fits. A file no larger than one part is one PUT.
@@ -191,10 +194,13 @@ pub struct StreamingPlan {
 }
 
 impl StreamingPlan {
-    /// Parts of the default size, or smaller if the cache is smaller.
+    /// Parts of half the per-transfer upload cache (so two can be in flight),
+    /// at least 5 MiB: the size cannot grow once the stream has started, so a
+    /// larger cache is what allows a longer stream.
     pub fn new(upload_cache: u64) -> Result<Self, SizeError> {
+        let cap = cache_cap(upload_cache)?;
         Ok(Self {
-            part_size: DEFAULT_PART_SIZE.min(cache_cap(upload_cache)?),
+            part_size: (upload_cache / 2 / MIB * MIB).clamp(MIN_PART_SIZE, cap),
         })
     }
 
@@ -308,7 +314,9 @@ mod tests {
             e.to_string().contains("--max-cloud-cache-upload-size"),
             "{e}"
         );
-        assert_eq!(StreamingPlan::new(6 * MIB).unwrap().part_size(), 6 * MIB);
+        assert_eq!(plan.part_size(), 32 * MIB);
+        assert_eq!(StreamingPlan::new(6 * MIB).unwrap().part_size(), 5 * MIB);
+        assert_eq!(StreamingPlan::new(1 << 30).unwrap().part_size(), 512 * MIB);
     }
 
     #[test]

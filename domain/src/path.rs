@@ -9,8 +9,8 @@
 //! 2. it is split on `/`; empty segments (a leading `/`, `//`) and `.` drop;
 //! 3. `..` removes the previous segment; a `..` with nothing left to remove
 //!    is [`PathError::EscapesSandbox`], never clamped to the root;
-//! 4. each remaining segment is at most [`MAX_SEGMENT_BYTES`] bytes and the
-//!    whole path at most [`MAX_KEY_BYTES`] bytes.
+//! 4. each name typed is at most [`MAX_SEGMENT_BYTES`] bytes (even one that a
+//!    later `..` removes), and the result at most [`MAX_KEY_BYTES`] bytes.
 //!
 //! Nothing is percent-decoded: `%2e%2e` is a literal three-letter-pair name.
 //! A backslash is an ordinary character.
@@ -229,8 +229,8 @@ impl VirtualPath {
         Ok(Self { normalized })
     }
 
-    /// Joins a relative path below this one, resolving `..` only within `rest`'s own
-    /// segments (a `..` that would climb out of `rest` is refused).
+    /// Joins a parsed relative path below this one (both are already normalized,
+    /// so only the length can fail).
     pub fn join_path(&self, rest: &VirtualPath) -> Result<Self, PathError> {
         if rest.is_root() {
             return Ok(self.clone());

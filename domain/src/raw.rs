@@ -110,6 +110,35 @@ impl<'de> Deserialize<'de> for RawSpec {
     }
 }
 
+/// A JSON object read in order, refusing a key written twice (a plain map
+/// would keep the last one silently).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UniqueMap<V>(pub(crate) Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct M<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for M<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(String, V)> = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if entries.iter().any(|(seen, _)| *seen == k) {
+                        return Err(de::Error::custom(format!("key {k:?} is written twice")));
+                    }
+                    let v = map.next_value::<V>()?;
+                    entries.push((k, v));
+                }
+                Ok(UniqueMap(entries))
+            }
+        }
+        d.deserialize_map(M(std::marker::PhantomData))
+    }
+}
+
 /// Levenshtein distance, for "did you mean" hints on a handful of short keys.
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
