@@ -1,1 +1,146 @@
-//! Storage backends for corral.
+//! # corral-adapters
+//!
+//! The storage port of [`corral_domain`] implemented once, over
+//! [`object_store`], for three kinds of sandbox:
+//!
+//! | type | store | notes |
+//! |---|---|---|
+//! | `S3` | `AmazonS3` | every sandbox setting: endpoint, path-style, proxy with Basic auth, TLS trust (`caFile`, `caPath`, `verifySSL`), retries and timeouts; listings and pending uploads through corral's own signed requests |
+//! | `File` | `LocalFileSystem` | the sandbox directory must exist; listing and multipart staging are corral's own |
+//! | `Memory` | `InMemory` | one store per [`Backends`], shared by every Memory sandbox built from it |
+//!
+//! [`Backends`] is the one entry point: it builds (and for S3, reuses) the
+//! backend behind a resolved sandbox spec.
+//!
+//! ```
+//! use corral_adapters::Backends;
+//! use corral_domain::{Identity, Mappings, ObjectKey};
+//! use corral_domain::port::PutMode;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> corral_domain::Result<()> {
+//! let mappings: Mappings = serde_json::from_str(r#"{"": {"": {"type": "Memory", "path": "users/%u"}}}"#).unwrap();
+//! let view = mappings.resolve(&Identity::user("alice"))?;
+//! let backends = Backends::new();
+//! let sandbox = backends.open(&view.mounts()[0].spec)?;
+//! assert_eq!(sandbox.root.prefix(), "users/alice/");
+//! let key = ObjectKey::from_raw("users/alice/hello.txt");
+//! sandbox.storage.put(&key, "hi".into(), PutMode::Create).await?;
+//! assert_eq!(sandbox.storage.head(&key).await?.size, 2);
+//! # Ok(()) }
+//! ```
+
+mod backend;
+mod errors;
+mod file;
+mod s3;
+mod tls;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use corral_domain::config::S3Spec;
+use corral_domain::mapping::ResolvedSpec;
+use corral_domain::{Capabilities, ObjectStorage, Result, SandboxRoot};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+
+pub use backend::ObjectStoreBackend;
+
+use crate::backend::Flavor;
+use crate::errors::Context;
+use crate::file::FileDir;
+
+/// A backend and the key prefix of one sandbox in it.
+#[derive(Debug, Clone)]
+pub struct OpenSandbox {
+    /// The bucket, directory or store.
+    pub storage: Arc<dyn ObjectStorage>,
+    /// Where the sandbox lives in it.
+    pub root: SandboxRoot,
+}
+
+/// Builds backends from resolved specs. Keep one per process: S3 clients are
+/// reused per bucket and connection settings (one connection pool for every
+/// user of a bucket), and Memory sandboxes share one store.
+#[derive(Debug, Default)]
+pub struct Backends {
+    memory: Arc<InMemory>,
+    s3: Mutex<Vec<(S3Spec, Arc<ObjectStoreBackend>)>>,
+}
+
+impl Backends {
+    /// An empty set: nothing is connected until first used.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The backend and root of a resolved sandbox.
+    pub fn open(&self, spec: &ResolvedSpec) -> Result<OpenSandbox> {
+        match spec {
+            ResolvedSpec::File { dir } => Ok(OpenSandbox {
+                storage: Arc::new(file_backend(Path::new(dir))?),
+                root: SandboxRoot::BUCKET_ROOT,
+            }),
+            ResolvedSpec::Memory { root } => Ok(OpenSandbox {
+                storage: Arc::new(ObjectStoreBackend::memory(self.memory.clone())),
+                root: root.clone(),
+            }),
+            ResolvedSpec::S3 { spec, root } => Ok(OpenSandbox {
+                storage: self.s3(spec)?,
+                root: root.clone(),
+            }),
+            other => Err(corral_domain::Error::unsupported(format!(
+                "no backend for sandbox type {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// The S3 backend of a bucket (the spec's `path` is ignored: it is per user).
+    pub fn s3(&self, spec: &S3Spec) -> Result<Arc<ObjectStoreBackend>> {
+        let mut cache = self.s3.lock().unwrap_or_else(|p| p.into_inner());
+        let same = |a: &S3Spec| {
+            S3Spec {
+                path: Default::default(),
+                ..a.clone()
+            } == S3Spec {
+                path: Default::default(),
+                ..spec.clone()
+            }
+        };
+        if let Some((_, b)) = cache.iter().find(|(s, _)| same(s)) {
+            return Ok(b.clone());
+        }
+        let backend = Arc::new(s3::build(spec, Capabilities::s3())?);
+        cache.push((spec.clone(), backend.clone()));
+        Ok(backend)
+    }
+
+    /// The in-memory store shared by Memory sandboxes (for tests that plant objects).
+    pub fn memory_store(&self) -> Arc<InMemory> {
+        self.memory.clone()
+    }
+}
+
+/// The File backend of an existing directory.
+pub fn file_backend(dir: &Path) -> Result<ObjectStoreBackend> {
+    let files = FileDir::open(dir)?;
+    let store = LocalFileSystem::new_with_prefix(files.root()).map_err(|e| {
+        corral_domain::Error::invalid_input(format!("File sandbox {}: {e}", dir.display()))
+    })?;
+    Ok(ObjectStoreBackend::new(
+        Arc::new(store),
+        Flavor::File(files),
+        Capabilities::file(),
+        Context {
+            backend: "File",
+            endpoint: Some(dir.display().to_string()),
+            ..Context::default()
+        },
+    ))
+}
+
+/// The S3 backend for `spec` with explicit capabilities (a server's quirks), not cached.
+pub fn s3_backend(spec: &S3Spec, capabilities: Capabilities) -> Result<ObjectStoreBackend> {
+    s3::build(spec, capabilities)
+}

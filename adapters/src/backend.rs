@@ -1,0 +1,510 @@
+//! [`ObjectStoreBackend`]: the storage port implemented once over `object_store`.
+//!
+//! Reads, writes, copies and deletes go through [`ObjectStore`] for every
+//! backend. Two operations need a per-backend strategy, because
+//! `object_store` alone would break a sandbox rule:
+//!
+//! - **Listing.** `object_store` parses every listed key into its `Path`
+//!   type and fails the *whole* page on one key it cannot parse (a planted
+//!   `a/../b`, `a//b`, or a file name with a newline), and it folds the
+//!   directory marker `d/` onto `d`. corral must hide such keys and count
+//!   them, not fail, so S3 is listed with corral's own ListObjectsV2 request
+//!   (raw keys, [`crate::s3`]), the File backend with its own directory walk
+//!   ([`crate::file`]); only the in-memory store, which can hold nothing
+//!   unparseable, uses `object_store`'s listing.
+//! - **Multipart.** S3 and memory use [`MultipartStore`]; `LocalFileSystem`
+//!   has no multipart API with upload ids, so the File backend stages parts
+//!   beside the target ([`crate::file`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use corral_domain::port::{
+    ByteRange, CompletedPart, GetResult, ListItem, ListOptions, ListStream, ObjectMeta,
+    PendingUpload, PutMode, PutResult, UploadId,
+};
+use corral_domain::{Capabilities, Error, ErrorKind, ObjectKey, ObjectStorage, Operation, Result};
+use futures::{StreamExt, TryStreamExt};
+use object_store::memory::InMemory;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::{Path, PathPart};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+
+use crate::errors::{Context, from_object_store};
+use crate::file::FileDir;
+use crate::s3::RawS3;
+
+/// How listing and multipart work for this backend.
+pub(crate) enum Flavor {
+    S3 {
+        multipart: Arc<dyn MultipartStore>,
+        raw: RawS3,
+    },
+    Memory {
+        store: Arc<InMemory>,
+    },
+    File(FileDir),
+}
+
+/// The storage port over an `object_store` store. Build one with
+/// [`crate::Backends`], or directly with [`ObjectStoreBackend::memory`].
+pub struct ObjectStoreBackend {
+    store: Arc<dyn ObjectStore>,
+    flavor: Flavor,
+    caps: Capabilities,
+    pub(crate) ctx: Context,
+}
+
+impl fmt::Debug for ObjectStoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectStoreBackend")
+            .field("backend", &self.caps.name)
+            .field("endpoint", &self.ctx.endpoint)
+            .field("bucket", &self.ctx.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Converts a port key to an `object_store` path, keeping a trailing `/`
+/// (directory markers) that `Path::parse` would strip.
+pub(crate) fn to_path(key: &ObjectKey) -> Result<Path> {
+    let s = key.as_str();
+    let invalid = |e: &dyn fmt::Display| {
+        Error::invalid_input(format!("not a valid object key: {e}")).with_path(s.to_owned())
+    };
+    if s.is_empty() || s.starts_with('/') {
+        return Err(invalid(&"empty or starting with `/`"));
+    }
+    match s.strip_suffix('/') {
+        // `join` with an empty part is how object_store 0.14 expresses `d/`.
+        Some(body) => Ok(Path::parse(body)
+            .map_err(|e| invalid(&e))?
+            .join(PathPart::from(""))),
+        None => Path::parse(s).map_err(|e| invalid(&e)),
+    }
+}
+
+pub(crate) fn meta_from(m: object_store::ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        key: ObjectKey::from_raw(String::from(m.location)),
+        size: m.size,
+        last_modified: Some(SystemTime::from(m.last_modified)),
+        etag: m.e_tag,
+    }
+}
+
+/// A listing prefix must be empty or end in `/` (a directory).
+fn check_prefix(prefix: &ObjectKey) -> Result<()> {
+    let p = prefix.as_str();
+    if !(p.is_empty() || p.ends_with('/')) || p.starts_with('/') {
+        return Err(Error::invalid_input(format!(
+            "listing prefix {p:?} must be empty or end with `/`"
+        ))
+        .with_operation(Operation::List));
+    }
+    Ok(())
+}
+
+impl ObjectStoreBackend {
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        flavor: Flavor,
+        caps: Capabilities,
+        ctx: Context,
+    ) -> Self {
+        Self {
+            store,
+            flavor,
+            caps,
+            ctx,
+        }
+    }
+
+    /// A backend over an in-memory store (shared with others built on the same store).
+    pub fn memory(store: Arc<InMemory>) -> Self {
+        Self::new(
+            store.clone(),
+            Flavor::Memory { store },
+            Capabilities::memory(),
+            Context {
+                backend: "Memory",
+                ..Context::default()
+            },
+        )
+    }
+
+    /// Overrides declared capabilities (per-endpoint quirks from configuration).
+    #[must_use]
+    pub fn with_capabilities(mut self, caps: Capabilities) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    fn err(&self, e: object_store::Error, op: Operation, key: &ObjectKey) -> Error {
+        from_object_store(e, op, key.as_str(), &self.ctx)
+    }
+
+    fn multipart(&self) -> Option<&dyn MultipartStore> {
+        match &self.flavor {
+            Flavor::S3 { multipart, .. } => Some(multipart.as_ref()),
+            Flavor::Memory { store } => Some(store.as_ref()),
+            Flavor::File(_) => None,
+        }
+    }
+
+    fn list_memory(
+        &self,
+        store: &Arc<InMemory>,
+        prefix: &ObjectKey,
+        opts: ListOptions,
+    ) -> ListStream {
+        let store = store.clone();
+        let raw_prefix = prefix.as_str().to_owned();
+        let ctx = self.ctx.clone();
+        let stream = async move {
+            let path = Path::parse(raw_prefix.trim_end_matches('/'))
+                .map_err(|e| Error::invalid_input(e.to_string()))?;
+            let path = (!raw_prefix.is_empty()).then_some(path);
+            let mut items: Vec<ListItem> = if opts.delimiter {
+                let r = store
+                    .list_with_delimiter(path.as_ref())
+                    .await
+                    .map_err(|e| from_object_store(e, Operation::List, &raw_prefix, &ctx))?;
+                // S3 reports a marker `d/` below the prefix as the common prefix `d/`.
+                let mut items: Vec<ListItem> = r
+                    .objects
+                    .into_iter()
+                    .map(|m| {
+                        let meta = meta_from(m);
+                        let below = meta
+                            .key
+                            .as_str()
+                            .get(raw_prefix.len()..)
+                            .unwrap_or_default();
+                        if below.contains('/') {
+                            ListItem::Prefix(meta.key)
+                        } else {
+                            ListItem::Object(meta)
+                        }
+                    })
+                    .collect();
+                for p in r.common_prefixes {
+                    let key = format!("{}/", String::from(p));
+                    items.push(ListItem::Prefix(ObjectKey::from_raw(key)));
+                }
+                items
+            } else {
+                store
+                    .list(path.as_ref())
+                    .map_ok(|m| ListItem::Object(meta_from(m)))
+                    .try_collect()
+                    .await
+                    .map_err(|e| from_object_store(e, Operation::List, &raw_prefix, &ctx))?
+            };
+            items.retain(|i| i.key().as_str().starts_with(&raw_prefix));
+            if let Some(after) = &opts.start_after {
+                items.retain(|i| i.key() > after);
+            }
+            items.sort_by(|a, b| a.key().cmp(b.key()));
+            // A marker `d/` and the common prefix `d/` are one entry.
+            items.dedup_by(|a, b| a.key() == b.key());
+            Ok::<_, Error>(futures::stream::iter(items.into_iter().map(Ok)))
+        };
+        Box::pin(futures::stream::once(stream).try_flatten())
+    }
+}
+
+#[async_trait]
+impl ObjectStorage for ObjectStoreBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
+        if let Flavor::File(dir) = &self.flavor {
+            if key.is_dir_marker() {
+                return dir.head_dir(key).await;
+            }
+        }
+        let path = to_path(key)?;
+        let meta = self
+            .store
+            .head(&path)
+            .await
+            .map_err(|e| self.err(e, Operation::Head, key))?;
+        Ok(ObjectMeta {
+            key: key.clone(),
+            ..meta_from(meta)
+        })
+    }
+
+    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult> {
+        if let Flavor::File(dir) = &self.flavor {
+            if key.is_dir_marker() {
+                let meta = dir.head_dir(key).await?;
+                return Ok(GetResult {
+                    meta,
+                    range: 0..0,
+                    body: Box::pin(futures::stream::empty()),
+                });
+            }
+        }
+        let path = to_path(key)?;
+        let options = GetOptions {
+            range: range.map(|r| match r {
+                ByteRange::Bounded(r) => GetRange::Bounded(r),
+                ByteRange::From(o) => GetRange::Offset(o),
+                ByteRange::Suffix(n) => GetRange::Suffix(n),
+            }),
+            ..GetOptions::default()
+        };
+        let result = self
+            .store
+            .get_opts(&path, options)
+            .await
+            .map_err(|e| self.err(e, Operation::Get, key))?;
+        let meta = ObjectMeta {
+            key: key.clone(),
+            ..meta_from(result.meta.clone())
+        };
+        let range = result.range.clone();
+        let (ctx, k) = (self.ctx.clone(), key.as_str().to_owned());
+        let body = result
+            .into_stream()
+            .map_err(move |e| from_object_store(e, Operation::Get, &k, &ctx));
+        Ok(GetResult {
+            meta,
+            range,
+            body: Box::pin(body),
+        })
+    }
+
+    async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
+        if let Flavor::File(dir) = &self.flavor {
+            if key.is_dir_marker() {
+                dir.make_dir(key).await?;
+                return Ok(PutResult::default());
+            }
+        }
+        let path = to_path(key)?;
+        let opts = PutOptions {
+            mode: match mode {
+                PutMode::Overwrite => object_store::PutMode::Overwrite,
+                PutMode::Create => object_store::PutMode::Create,
+            },
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from_bytes(data), opts)
+            .await
+        {
+            Ok(r) => Ok(PutResult { etag: r.e_tag }),
+            // object_store reads the ETag only after a 2xx: the object was stored.
+            // Seen with s3s-fs for directory markers.
+            Err(e) if e.to_string().contains("ETag Header missing") => Ok(PutResult::default()),
+            Err(e) => {
+                let e = self.err(e, Operation::Put, key);
+                // S3 answers 412 Precondition Failed to a create whose key exists.
+                if mode == PutMode::Create && e.kind() == ErrorKind::Conflict {
+                    return Err(
+                        Error::new(ErrorKind::AlreadyExists, "the object already exists")
+                            .with_operation(Operation::Put)
+                            .with_path(key.as_str().to_owned()),
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn delete_many(&self, keys: Vec<ObjectKey>) -> Result<Vec<(ObjectKey, Error)>> {
+        let mut failed = Vec::new();
+        let mut paths = Vec::with_capacity(keys.len());
+        let mut dirs = Vec::new();
+        for key in keys {
+            if matches!(self.flavor, Flavor::File(_)) && key.is_dir_marker() {
+                dirs.push(key);
+                continue;
+            }
+            match to_path(&key) {
+                Ok(p) => paths.push(p),
+                Err(e) => failed.push((key, e)),
+            }
+        }
+        // delete_stream batches (1,000 keys per DeleteObjects on S3).
+        let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut results = self.store.delete_stream(stream);
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    let err = from_object_store(e, Operation::Delete, "", &self.ctx);
+                    failed.push((ObjectKey::from_raw(""), err));
+                }
+            }
+        }
+        // A File directory goes after the files in it, and after its subdirectories.
+        if let Flavor::File(dir) = &self.flavor {
+            dirs.sort_by_key(|k| std::cmp::Reverse(k.as_str().len()));
+            for key in dirs {
+                if let Err(e) = dir.remove_dir(&key).await {
+                    failed.push((key, e));
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    fn list(&self, prefix: &ObjectKey, options: ListOptions) -> ListStream {
+        if let Err(e) = check_prefix(prefix) {
+            return Box::pin(futures::stream::once(async { Err(e) }));
+        }
+        match &self.flavor {
+            Flavor::S3 { raw, .. } => raw.list(prefix.clone(), options),
+            Flavor::File(dir) => dir.list(prefix.clone(), options),
+            Flavor::Memory { store } => self.list_memory(store, prefix, options),
+        }
+    }
+
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
+        let (src, dst) = (to_path(from)?, to_path(to)?);
+        self.store
+            .copy(&src, &dst)
+            .await
+            .map_err(|e| self.err(e, Operation::Copy, from))
+    }
+
+    async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId> {
+        let Some(mp) = self.multipart() else {
+            let Flavor::File(dir) = &self.flavor else {
+                unreachable!("only File lacks MultipartStore")
+            };
+            return dir.create_multipart(key).await;
+        };
+        let path = to_path(key)?;
+        let id = mp
+            .create_multipart(&path)
+            .await
+            .map_err(|e| self.err(e, Operation::CreateMultipart, key))?;
+        Ok(UploadId(id))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        number: u32,
+        data: Bytes,
+    ) -> Result<CompletedPart> {
+        if !(1..=10_000).contains(&number) {
+            return Err(
+                Error::invalid_input(format!("part number {number} is outside 1..=10000"))
+                    .with_operation(Operation::UploadPart),
+            );
+        }
+        let Some(mp) = self.multipart() else {
+            let Flavor::File(dir) = &self.flavor else {
+                unreachable!("only File lacks MultipartStore")
+            };
+            return dir.upload_part(key, upload, number, data).await;
+        };
+        let path = to_path(key)?;
+        let part = mp
+            .put_part(
+                &path,
+                &upload.0,
+                (number - 1) as usize,
+                PutPayload::from_bytes(data),
+            )
+            .await
+            .map_err(|e| self.err(e, Operation::UploadPart, key))?;
+        Ok(CompletedPart {
+            number,
+            etag: part.content_id,
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        mut parts: Vec<CompletedPart>,
+    ) -> Result<PutResult> {
+        parts.sort_by_key(|p| p.number);
+        let contiguous = parts
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.number as usize == i + 1);
+        if parts.is_empty() || !contiguous {
+            return Err(Error::invalid_input(
+                "a multipart upload completes with parts 1..=N, each exactly once",
+            )
+            .with_operation(Operation::CompleteMultipart)
+            .with_path(key.as_str().to_owned()));
+        }
+        let Some(mp) = self.multipart() else {
+            let Flavor::File(dir) = &self.flavor else {
+                unreachable!("only File lacks MultipartStore")
+            };
+            return dir
+                .complete_multipart(key, upload, parts.len() as u32)
+                .await;
+        };
+        let path = to_path(key)?;
+        let ids = parts
+            .into_iter()
+            .map(|p| PartId { content_id: p.etag })
+            .collect();
+        let r = mp
+            .complete_multipart(&path, &upload.0, ids)
+            .await
+            .map_err(|e| self.err(e, Operation::CompleteMultipart, key))?;
+        Ok(PutResult { etag: r.e_tag })
+    }
+
+    async fn abort_multipart(&self, key: &ObjectKey, upload: &UploadId) -> Result<()> {
+        let Some(mp) = self.multipart() else {
+            let Flavor::File(dir) = &self.flavor else {
+                unreachable!("only File lacks MultipartStore")
+            };
+            return dir.abort_multipart(key, upload).await;
+        };
+        let path = to_path(key)?;
+        mp.abort_multipart(&path, &upload.0)
+            .await
+            .map_err(|e| self.err(e, Operation::AbortMultipart, key))
+    }
+
+    async fn list_pending_uploads(&self, prefix: &ObjectKey) -> Result<Vec<PendingUpload>> {
+        match &self.flavor {
+            Flavor::S3 { raw, .. } if self.caps.list_pending_uploads => {
+                raw.list_multipart_uploads(prefix).await
+            }
+            _ => Err(Error::unsupported(format!(
+                "the {} backend cannot list pending multipart uploads",
+                self.caps.name
+            ))
+            .with_operation(Operation::ListMultipart)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_keep_their_slash() {
+        let p = to_path(&ObjectKey::from_raw("a/d/")).unwrap();
+        assert_eq!(p.as_ref(), "a/d/");
+        let p = to_path(&ObjectKey::from_raw("a/100% +#1")).unwrap();
+        assert_eq!(p.as_ref(), "a/100% +#1");
+        assert!(to_path(&ObjectKey::from_raw("a/../b")).is_err());
+        assert!(to_path(&ObjectKey::from_raw("")).is_err());
+        assert!(to_path(&ObjectKey::from_raw("/a")).is_err());
+    }
+}

@@ -1,0 +1,582 @@
+//! The S3 backend: every sandbox setting mapped onto `object_store`'s
+//! `AmazonS3`, plus corral's own signed requests where `object_store` has no
+//! API or would break a sandbox rule (ListObjectsV2 with raw keys,
+//! ListMultipartUploads).
+//!
+//! Both share one configuration ([`client_options`]): the same endpoint,
+//! proxy, trust store, timeouts and credentials. Raw requests are signed
+//! with `object_store`'s public SigV4 signer ([`AwsAuthorizer`]) and sent
+//! through an HTTP client built from the same `ClientOptions`, so a proxy or
+//! CA setting can never apply to one kind of request and not the other.
+//!
+//! Credentials: `accessKeyId`/`secretKey`/`sessionToken` when configured;
+//! otherwise, in `object_store`'s order, `AWS_ACCESS_KEY_ID` /
+//! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, then web identity
+//! (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`), then container
+//! credentials (`AWS_CONTAINER_CREDENTIALS_*`), then the instance metadata
+//! service. Only credential variables are read from the environment: the
+//! endpoint, region and bucket always come from the sandbox's settings.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use corral_domain::config::{S3Spec, Scheme};
+use corral_domain::port::{ListItem, ListOptions, ListStream, ObjectMeta, PendingUpload, UploadId};
+use corral_domain::{Capabilities, Error, ErrorKind, ObjectKey, Operation, Result};
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer, AwsCredentialProvider};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector,
+};
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+
+use crate::backend::{Flavor, ObjectStoreBackend};
+use crate::errors::{Context, chain_text, classify};
+use crate::tls::CaBundle;
+
+/// RFC 3986 unreserved characters stay; everything else is encoded (as SigV4 wants).
+const STRICT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Credential-related environment variables, the only ones read when no keys are configured.
+const CREDENTIAL_ENV: [&str; 11] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_METADATA_ENDPOINT",
+];
+
+fn config_err(message: String) -> Error {
+    Error::new(ErrorKind::InvalidInput, message).with_operation(Operation::Configure)
+}
+
+/// The endpoint requests go to, without a trailing `/` (no credentials are ever in it).
+pub(crate) fn endpoint_url(spec: &S3Spec) -> String {
+    match &spec.endpoint {
+        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+        None => format!("https://s3.{}.amazonaws.com", spec.region),
+    }
+}
+
+/// Whether requests name the bucket in the path (S3-compatible servers) or the host (AWS).
+fn path_style(spec: &S3Spec) -> bool {
+    spec.endpoint.is_some() || spec.bucket_name.contains('.')
+}
+
+/// The proxy URL with percent-encoded credentials, and the same without them (for messages).
+pub(crate) fn proxy_urls(spec: &S3Spec) -> Option<(String, String)> {
+    let p = spec.proxy.as_ref()?;
+    let host_port = format!("{}:{}", p.host, p.port);
+    let shown = format!("{}://{host_port}", p.scheme);
+    let userinfo = match (&p.user_name, &p.password) {
+        (Some(u), Some(pw)) => format!(
+            "{}:{}@",
+            utf8_percent_encode(u, STRICT),
+            utf8_percent_encode(pw.expose(), STRICT)
+        ),
+        (Some(u), None) => format!("{}@", utf8_percent_encode(u, STRICT)),
+        _ => String::new(),
+    };
+    Some((format!("{}://{userinfo}{host_port}", p.scheme), shown))
+}
+
+/// The HTTP settings shared by `AmazonS3` and corral's own requests.
+pub(crate) fn client_options(spec: &S3Spec) -> Result<ClientOptions> {
+    let mut opts = ClientOptions::new()
+        .with_allow_http(spec.scheme == Scheme::Http)
+        .with_timeout(spec.transport.request_timeout)
+        .with_connect_timeout(spec.transport.connect_timeout);
+    let cas = CaBundle::load(spec.ca_file.as_deref(), spec.ca_path.as_deref())?;
+    if let Some(cas) = &cas {
+        for cert in cas.certificates()? {
+            opts = opts.with_root_certificate(cert);
+        }
+        opts = opts.with_no_system_certificates(true);
+    }
+    if let Some((url, _)) = proxy_urls(spec) {
+        opts = opts.with_proxy_url(url);
+        if let (Some(cas), Some(p)) = (&cas, &spec.proxy) {
+            if p.scheme == Scheme::Https {
+                opts = opts.with_proxy_ca_certificate(cas.pem_text());
+            }
+        }
+    }
+    if !spec.verify_ssl {
+        opts = opts.with_allow_invalid_certificates(true);
+    }
+    Ok(opts)
+}
+
+fn retry_config(spec: &S3Spec) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: spec.transport.max_retries as usize,
+        retry_timeout: Duration::from_secs(180).max(spec.transport.request_timeout),
+    }
+}
+
+/// Builds the S3 backend for `spec` (one per bucket and connection settings).
+pub(crate) fn build(spec: &S3Spec, caps: Capabilities) -> Result<ObjectStoreBackend> {
+    let endpoint = endpoint_url(spec);
+    let ctx = Context {
+        backend: "S3",
+        endpoint: Some(endpoint.clone()),
+        bucket: Some(spec.bucket_name.clone()),
+        region: Some(spec.region.clone()),
+        proxy: proxy_urls(spec).map(|(_, shown)| shown),
+    };
+    if !spec.verify_ssl {
+        tracing::warn!(
+            bucket = %spec.bucket_name,
+            endpoint = %endpoint,
+            "verifySSL is false: TLS certificates are not verified for this sandbox"
+        );
+    }
+    let options = client_options(spec)?;
+    let mut builder = AmazonS3Builder::new();
+    match &spec.credentials {
+        Some(c) => {
+            builder = builder
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(c.secret_key.expose());
+            if let Some(t) = &c.session_token {
+                builder = builder.with_token(t.expose());
+            }
+        }
+        None => {
+            for name in CREDENTIAL_ENV {
+                if let (Ok(value), Ok(key)) = (
+                    std::env::var(name),
+                    name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>(),
+                ) {
+                    builder = builder.with_config(key, value);
+                }
+            }
+        }
+    }
+    // with_client_options replaces earlier client settings: it goes first.
+    builder = builder
+        .with_client_options(options.clone())
+        .with_bucket_name(&spec.bucket_name)
+        .with_region(&spec.region)
+        .with_virtual_hosted_style_request(!path_style(spec))
+        .with_retry(retry_config(spec))
+        .with_disable_tagging(true);
+    if spec.endpoint.is_some() {
+        builder = builder.with_endpoint(&endpoint);
+    }
+    let s3 = Arc::new(builder.build().map_err(|e| {
+        config_err(format!(
+            "S3 sandbox for bucket {:?}: {}",
+            spec.bucket_name,
+            chain_text(&e)
+        ))
+    })?);
+    let http = ReqwestConnector::default()
+        .connect(&options)
+        .map_err(|e| config_err(format!("HTTP client: {}", chain_text(&e))))?;
+    let bucket_url = if path_style(spec) {
+        format!(
+            "{endpoint}/{}",
+            utf8_percent_encode(&spec.bucket_name, STRICT)
+        )
+    } else {
+        format!(
+            "https://{}.s3.{}.amazonaws.com",
+            spec.bucket_name, spec.region
+        )
+    };
+    let raw = RawS3 {
+        http,
+        bucket_url,
+        region: spec.region.clone(),
+        credentials: s3.credentials().clone(),
+        max_retries: spec.transport.max_retries,
+        ctx: ctx.clone(),
+    };
+    Ok(ObjectStoreBackend::new(
+        s3.clone(),
+        Flavor::S3 { multipart: s3, raw },
+        caps,
+        ctx,
+    ))
+}
+
+/// corral's own signed S3 requests.
+#[derive(Clone)]
+pub(crate) struct RawS3 {
+    http: HttpClient,
+    bucket_url: String,
+    region: String,
+    credentials: AwsCredentialProvider,
+    max_retries: u32,
+    ctx: Context,
+}
+
+/// One page of ListObjectsV2, with raw keys.
+#[derive(Debug, Default)]
+struct ListPage {
+    items: Vec<ListItem>,
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListBucketResult {
+    #[serde(default)]
+    contents: Vec<Contents>,
+    #[serde(default)]
+    common_prefixes: Vec<CommonPrefix>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_continuation_token: Option<String>,
+    encoding_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Contents {
+    key: String,
+    #[serde(default)]
+    size: u64,
+    last_modified: Option<String>,
+    #[serde(rename = "ETag")]
+    e_tag: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CommonPrefix {
+    prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListMultipartUploadsResult {
+    #[serde(default)]
+    upload: Vec<Upload>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_key_marker: Option<String>,
+    next_upload_id_marker: Option<String>,
+    encoding_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Upload {
+    key: String,
+    upload_id: String,
+    initiated: Option<String>,
+}
+
+fn parse_time(s: Option<&str>) -> Option<SystemTime> {
+    let t = chrono::DateTime::parse_from_rfc3339(s?).ok()?;
+    Some(SystemTime::from(t))
+}
+
+fn invalid_response(message: String) -> Error {
+    Error::new(ErrorKind::InvalidResponse, message)
+}
+
+impl RawS3 {
+    /// Sends a signed request to the bucket with `query`, retrying temporary failures.
+    async fn send(
+        &self,
+        method: http::Method,
+        query: &[(&str, &str)],
+        op: Operation,
+    ) -> Result<Bytes> {
+        let query: Vec<String> = query
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    utf8_percent_encode(k, STRICT),
+                    utf8_percent_encode(v, STRICT)
+                )
+            })
+            .collect();
+        let url = format!("{}/?{}", self.bucket_url, query.join("&"));
+        let mut attempt = 0u32;
+        loop {
+            let result = self.send_once(&method, &url).await;
+            match result {
+                Err(e) if e.is_temporary() && attempt < self.max_retries => {
+                    attempt += 1;
+                    let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
+                    tracing::debug!(attempt, error = %e, "retrying {op}");
+                    tokio::time::sleep(backoff).await;
+                }
+                other => return other.map_err(|e| e.with_operation(op)),
+            }
+        }
+    }
+
+    async fn send_once(&self, method: &http::Method, url: &str) -> Result<Bytes> {
+        let credential = self.credentials.get_credential().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unauthenticated,
+                format!("no S3 credentials: {}", chain_text(&e)),
+            )
+        })?;
+        let mut request: HttpRequest = http::Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .body(HttpRequestBody::empty())
+            .map_err(|e| Error::invalid_input(format!("bad request URL: {e}")))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+            .map_err(|e| Error::new(ErrorKind::Other, format!("signing failed: {e}")))?;
+        let response = self.http.execute(request).await.map_err(|e| {
+            let text = chain_text(&e);
+            match classify(&e, &text, &self.ctx) {
+                Some(c) => c.into_error(),
+                None => Error::new(ErrorKind::Unavailable, text),
+            }
+        })?;
+        let status = response.status();
+        let body = response.into_body().bytes().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("reading the response: {}", chain_text(&e)),
+            )
+        })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let text = format!(
+            "status code: {}: {}",
+            status.as_u16(),
+            String::from_utf8_lossy(&body)
+        );
+        let io = std::io::Error::other(text.clone());
+        let temporary = status.is_server_error() || status.as_u16() == 429;
+        Err(match classify(&io, &text, &self.ctx) {
+            Some(c) => c.into_error(),
+            None => Error::new(ErrorKind::Other, format!("the server answered {status}")),
+        }
+        .with_temporary(temporary))
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        options: &ListOptions,
+        token: Option<&str>,
+    ) -> Result<ListPage> {
+        // No `encoding-type=url`: s3s-fs echoes it without encoding keys, so a
+        // decoded key could name another object. Raw XML keys are exact; a key
+        // with a control character arrives as is and the domain hides it.
+        let mut query = vec![("list-type", "2"), ("prefix", prefix)];
+        if options.delimiter {
+            query.push(("delimiter", "/"));
+        }
+        if let Some(t) = token {
+            query.push(("continuation-token", t));
+        } else if let Some(after) = &options.start_after {
+            query.push(("start-after", after.as_str()));
+        }
+        let body = self
+            .send(http::Method::GET, &query, Operation::List)
+            .await?;
+        let result: ListBucketResult = quick_xml::de::from_reader(body.as_ref()).map_err(|e| {
+            invalid_response(format!("the ListObjectsV2 answer is not valid XML: {e}"))
+        })?;
+        if result.encoding_type.is_some() {
+            return Err(invalid_response(
+                "the server url-encoded keys it was not asked to encode".to_owned(),
+            ));
+        }
+        let mut items = Vec::with_capacity(result.contents.len() + result.common_prefixes.len());
+        for c in result.contents {
+            items.push(ListItem::Object(ObjectMeta {
+                key: ObjectKey::from_raw(c.key),
+                size: c.size,
+                last_modified: parse_time(c.last_modified.as_deref()),
+                etag: c.e_tag,
+            }));
+        }
+        for p in result.common_prefixes {
+            items.push(ListItem::Prefix(ObjectKey::from_raw(p.prefix)));
+        }
+        items.sort_by(|a, b| a.key().cmp(b.key()));
+        let next = match (result.is_truncated, result.next_continuation_token) {
+            (true, Some(t)) if !t.is_empty() => Some(t),
+            (true, _) => {
+                return Err(invalid_response(
+                    "the listing is truncated but the server gave no continuation token".to_owned(),
+                ));
+            }
+            (false, _) => None,
+        };
+        Ok(ListPage { items, next })
+    }
+
+    /// A lazily paginated listing; a repeated continuation token is an error, not a loop.
+    pub(crate) fn list(&self, prefix: ObjectKey, options: ListOptions) -> ListStream {
+        struct State {
+            raw: RawS3,
+            prefix: ObjectKey,
+            options: ListOptions,
+            token: Option<String>,
+            seen: HashSet<String>,
+            done: bool,
+        }
+        let state = State {
+            raw: self.clone(),
+            prefix,
+            options,
+            token: None,
+            seen: HashSet::new(),
+            done: false,
+        };
+        let pages = futures::stream::try_unfold(state, |mut s| async move {
+            if s.done {
+                return Ok(None);
+            }
+            let page = s
+                .raw
+                .list_page(s.prefix.as_str(), &s.options, s.token.as_deref())
+                .await?;
+            match page.next {
+                Some(t) => {
+                    if !s.seen.insert(t.clone()) {
+                        return Err(invalid_response(format!(
+                            "the server repeated the continuation token {t:?}: the listing would never end"
+                        )));
+                    }
+                    s.token = Some(t);
+                }
+                None => s.done = true,
+            }
+            Ok(Some((
+                futures::stream::iter(page.items.into_iter().map(Ok)),
+                s,
+            )))
+        });
+        Box::pin(pages.try_flatten())
+    }
+
+    /// ListMultipartUploads under `prefix`, every page.
+    pub(crate) async fn list_multipart_uploads(
+        &self,
+        prefix: &ObjectKey,
+    ) -> Result<Vec<PendingUpload>> {
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        let mut seen = HashSet::new();
+        loop {
+            let mut query = vec![("uploads", ""), ("prefix", prefix.as_str())];
+            if let Some((k, u)) = &markers {
+                query.push(("key-marker", k));
+                query.push(("upload-id-marker", u));
+            }
+            let body = self
+                .send(http::Method::GET, &query, Operation::ListMultipart)
+                .await?;
+            let result: ListMultipartUploadsResult = quick_xml::de::from_reader(body.as_ref())
+                .map_err(|e| {
+                    invalid_response(format!(
+                        "the ListMultipartUploads answer is not valid XML: {e}"
+                    ))
+                })?;
+            if result.encoding_type.is_some() {
+                return Err(invalid_response(
+                    "the server url-encoded keys it was not asked to encode".to_owned(),
+                ));
+            }
+            for u in result.upload {
+                out.push(PendingUpload {
+                    key: ObjectKey::from_raw(u.key),
+                    upload_id: UploadId(u.upload_id),
+                    initiated: parse_time(u.initiated.as_deref()),
+                });
+            }
+            match (
+                result.is_truncated,
+                result.next_key_marker,
+                result.next_upload_id_marker,
+            ) {
+                (true, Some(k), Some(u)) => {
+                    if !seen.insert((k.clone(), u.clone())) {
+                        return Err(invalid_response(
+                            "the server repeated the upload listing markers".to_owned(),
+                        ));
+                    }
+                    markers = Some((k, u));
+                }
+                (true, _, _) => {
+                    return Err(invalid_response(
+                        "the upload listing is truncated but the server gave no markers".to_owned(),
+                    ));
+                }
+                (false, _, _) => return Ok(out),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RawS3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawS3")
+            .field("bucket_url", &self.bucket_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> S3Spec {
+        let m: corral_domain::Mappings =
+            serde_json::from_str(&format!(r#"{{"": {{"": {json}}}}}"#)).unwrap();
+        match m.entries().next().unwrap().2 {
+            corral_domain::SandboxSpec::S3(s) => (**s).clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn proxy_credentials_are_percent_encoded_and_hidden_in_messages() {
+        let s = spec(
+            r#"{"type":"S3","bucketName":"bkt","proxyHost":"127.0.0.1","proxyPort":3128,"proxyUserName":"us er","proxyPassword":"p@ss:w/rd"}"#,
+        );
+        let (url, shown) = proxy_urls(&s).unwrap();
+        assert_eq!(url, "http://us%20er:p%40ss%3Aw%2Frd@127.0.0.1:3128");
+        assert_eq!(shown, "http://127.0.0.1:3128");
+        let u = url::Url::parse(&url).unwrap();
+        assert_eq!(
+            percent_encoding::percent_decode_str(u.password().unwrap())
+                .decode_utf8()
+                .unwrap(),
+            "p@ss:w/rd"
+        );
+    }
+
+    #[test]
+    fn endpoints() {
+        let s = spec(r#"{"type":"S3","bucketName":"bkt","region":"eu-west-3"}"#);
+        assert_eq!(endpoint_url(&s), "https://s3.eu-west-3.amazonaws.com");
+        assert!(!path_style(&s));
+        let s =
+            spec(r#"{"type":"S3","bucketName":"bkt","endpointOverride":"http://127.0.0.1:9000"}"#);
+        assert_eq!(endpoint_url(&s), "http://127.0.0.1:9000");
+        assert!(path_style(&s));
+    }
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Installs the real servers the tests start on 127.0.0.1 (see tests/SERVERS.md):
+# squid + openssl + curl (apt), moto (PyPI, in a venv) and s3s-fs (crates.io).
+# Idempotent and quick when everything is already present; meant for a fresh
+# Debian 12 machine, run as root (apt-get). Prints one "ok <tool> <path>" line
+# per tool. The Rust fixtures (tests/src/servers.rs) look for the binaries at
+# the same default paths, or at $CORRAL_S3S_FS, $CORRAL_MOTO_SERVER and
+# $CORRAL_SQUID.
+set -euo pipefail
+
+TOOLS="${CORRAL_TOOLS:-$HOME/.cache/corral-tools}"
+S3S_FS_VERSION=0.14.1
+MOTO_VERSION=5.2.5
+
+S3S_FS="${CORRAL_S3S_FS:-$TOOLS/s3s-fs/bin/s3s-fs}"
+MOTO_SERVER="${CORRAL_MOTO_SERVER:-$TOOLS/moto-venv/bin/moto_server}"
+SQUID="${CORRAL_SQUID:-/usr/sbin/squid}"
+SQUID_BASIC_AUTH=/usr/lib/squid/basic_ncsa_auth
+
+die() { echo "install-test-deps: $*" >&2; exit 1; }
+
+# ---- apt: squid, openssl, curl (and what pip/cargo need on a bare machine)
+apt_missing=()
+[[ -x "$SQUID" && -x "$SQUID_BASIC_AUTH" ]] || apt_missing+=(squid)
+command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
+command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || apt_missing+=(ca-certificates)
+
+moto_installed() {
+    [[ -x "$MOTO_SERVER" ]] || return 1
+    # A custom $CORRAL_MOTO_SERVER is trusted as is; the default venv must
+    # hold the pinned version.
+    [[ -n "${CORRAL_MOTO_SERVER:-}" ]] && return 0
+    compgen -G "$TOOLS/moto-venv/lib/python3*/site-packages/moto-$MOTO_VERSION.dist-info" >/dev/null
+}
+if ! moto_installed && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_missing+=(python3 python3-venv)
+fi
+
+if ((${#apt_missing[@]})); then
+    [[ "$(id -u)" == 0 ]] || die "missing ${apt_missing[*]}: run this script as root (apt-get)"
+    echo "installing from apt: ${apt_missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${apt_missing[@]}"
+    # The Debian package starts a system squid on :3128; the tests run their own.
+    if [[ " ${apt_missing[*]} " == *" squid "* ]] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now squid >/dev/null 2>&1 || true
+    fi
+fi
+[[ -x "$SQUID" ]] || die "squid not found at $SQUID"
+[[ -x "$SQUID_BASIC_AUTH" ]] || die "squid's basic auth helper not found at $SQUID_BASIC_AUTH"
+
+# ---- moto (PyPI) in its own venv
+if ! moto_installed; then
+    [[ -z "${CORRAL_MOTO_SERVER:-}" ]] || die "CORRAL_MOTO_SERVER=$CORRAL_MOTO_SERVER is not executable"
+    echo "installing moto $MOTO_VERSION into $TOOLS/moto-venv" >&2
+    mkdir -p "$TOOLS"
+    python3 -m venv "$TOOLS/moto-venv"
+    "$TOOLS/moto-venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    moto_installed || die "moto_server missing after install: $MOTO_SERVER"
+fi
+
+# ---- s3s-fs (crates.io); 0.15+ needs a newer rustc, and only --features binary builds the binary
+s3s_fs_installed() {
+    [[ -x "$S3S_FS" ]] || return 1
+    [[ -n "${CORRAL_S3S_FS:-}" ]] && return 0
+    [[ "$("$S3S_FS" --version 2>/dev/null)" == "s3s-fs $S3S_FS_VERSION" ]]
+}
+if ! s3s_fs_installed; then
+    [[ -z "${CORRAL_S3S_FS:-}" ]] || die "CORRAL_S3S_FS=$CORRAL_S3S_FS is not executable"
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (rustup) first"
+    echo "installing s3s-fs $S3S_FS_VERSION into $TOOLS/s3s-fs (takes a few minutes)" >&2
+    mkdir -p "$TOOLS"
+    cargo install "s3s-fs@$S3S_FS_VERSION" --locked --features binary --root "$TOOLS/s3s-fs"
+    s3s_fs_installed || die "s3s-fs missing after install: $S3S_FS"
+fi
+
+echo "ok squid $SQUID"
+echo "ok openssl $(command -v openssl)"
+echo "ok curl $(command -v curl)"
+echo "ok moto_server $MOTO_SERVER"
+echo "ok s3s-fs $S3S_FS"

@@ -1,0 +1,26 @@
+//! Helpers shared by the real-server tests.
+#![allow(dead_code, unreachable_pub)]
+
+use corral_conformance::servers::S3Server;
+use corral_domain::config::S3Spec;
+use corral_domain::{Mappings, SandboxSpec};
+
+/// An S3 spec for `server`'s `bucket`, with extra JSON options (`"key": value, …`).
+pub fn s3_spec(server: &S3Server, bucket: &str, extra: &str) -> S3Spec {
+    let sep = if extra.is_empty() { "" } else { "," };
+    let json = format!(
+        r#"{{"": {{"": {{"type":"S3","bucketName":"{bucket}","endpointOverride":"{}",
+            "accessKeyId":"{}","secretKey":"{}","region":"{}"{sep}{extra}}}}}}}"#,
+        server.endpoint, server.access_key, server.secret_key, server.region
+    );
+    spec_from(&json)
+}
+
+/// The S3 spec of a one-entry mapping.
+pub fn spec_from(json: &str) -> S3Spec {
+    let m: Mappings = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    match m.entries().next().expect("one entry").2 {
+        SandboxSpec::S3(s) => (**s).clone(),
+        other => panic!("not S3: {other:?}"),
+    }
+}
