@@ -169,6 +169,12 @@ fn classify_inner(
                     "the server does not know this access key: check `accessKeyId` (endpoint {endpoint})"
                 ),
             )),
+            "NotSignedUp" => Some((
+                ErrorKind::Unauthenticated,
+                format!(
+                    "the server does not accept these credentials: check `accessKeyId` and `secretKey` (endpoint {endpoint})"
+                ),
+            )),
             "SignatureDoesNotMatch" => Some((
                 ErrorKind::Unauthenticated,
                 "the request signature was refused: check `secretKey` (and `sessionToken`)"
@@ -208,7 +214,8 @@ fn classify_inner(
     }
 
     if lower.contains("proxy authorization required")
-        || lower.contains("407") && lower.contains("proxy")
+        || lower.contains("status code: 407")
+        || lower.contains("407 proxy authentication required")
     {
         let proxy = ctx.proxy.as_deref().unwrap_or("the proxy");
         return Some((
