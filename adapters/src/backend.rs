@@ -143,6 +143,17 @@ impl ObjectStoreBackend {
         self
     }
 
+    /// The in-memory store keeps the `Bytes` it is given; the port's callers
+    /// may hand out buffers of the transfer cache, which must come back, so
+    /// the memory backend stores a copy. The others send or write the bytes
+    /// and drop them.
+    fn owned(&self, data: Bytes) -> Bytes {
+        match self.flavor {
+            Flavor::Memory { .. } => Bytes::copy_from_slice(&data),
+            _ => data,
+        }
+    }
+
     fn err(&self, e: object_store::Error, op: Operation, key: &ObjectKey) -> Error {
         from_object_store(e, op, key.as_str(), &self.ctx)
     }
@@ -224,10 +235,10 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
-        if let Flavor::File(dir) = &self.flavor {
-            if key.is_dir_marker() {
-                return dir.head_dir(key).await;
-            }
+        if let Flavor::File(dir) = &self.flavor
+            && key.is_dir_marker()
+        {
+            return dir.head_dir(key).await;
         }
         let path = to_path(key)?;
         let meta = self
@@ -242,15 +253,15 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult> {
-        if let Flavor::File(dir) = &self.flavor {
-            if key.is_dir_marker() {
-                let meta = dir.head_dir(key).await?;
-                return Ok(GetResult {
-                    meta,
-                    range: 0..0,
-                    body: Box::pin(futures::stream::empty()),
-                });
-            }
+        if let Flavor::File(dir) = &self.flavor
+            && key.is_dir_marker()
+        {
+            let meta = dir.head_dir(key).await?;
+            return Ok(GetResult {
+                meta,
+                range: 0..0,
+                body: Box::pin(futures::stream::empty()),
+            });
         }
         let path = to_path(key)?;
         let options = GetOptions {
@@ -283,11 +294,12 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
-        if let Flavor::File(dir) = &self.flavor {
-            if key.is_dir_marker() {
-                dir.make_dir(key).await?;
-                return Ok(PutResult::default());
-            }
+        let data = self.owned(data);
+        if let Flavor::File(dir) = &self.flavor
+            && key.is_dir_marker()
+        {
+            dir.make_dir(key).await?;
+            return Ok(PutResult::default());
         }
         let path = to_path(key)?;
         let opts = PutOptions {
@@ -412,6 +424,7 @@ impl ObjectStorage for ObjectStoreBackend {
             };
             return dir.upload_part(key, upload, number, data).await;
         };
+        let data = self.owned(data);
         let path = to_path(key)?;
         let part = mp
             .put_part(

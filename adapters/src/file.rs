@@ -57,10 +57,10 @@ fn is_staging_name(name: &str) -> bool {
 }
 
 fn upload_number(upload: &UploadId) -> Result<u64> {
-    if upload.0.len() == 20 {
-        if let Ok(n) = upload.0.parse::<u64>() {
-            return Ok(n);
-        }
+    if upload.0.len() == 20
+        && let Ok(n) = upload.0.parse::<u64>()
+    {
+        return Ok(n);
     }
     Err(
         Error::not_found(format!("no such multipart upload {:?}", upload.0))

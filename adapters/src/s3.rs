@@ -109,10 +109,10 @@ pub(crate) fn client_options(spec: &S3Spec) -> Result<ClientOptions> {
     }
     if let Some((url, _)) = proxy_urls(spec) {
         opts = opts.with_proxy_url(url);
-        if let (Some(cas), Some(p)) = (&cas, &spec.proxy) {
-            if p.scheme == Scheme::Https {
-                opts = opts.with_proxy_ca_certificate(cas.pem_text());
-            }
+        if let (Some(cas), Some(p)) = (&cas, &spec.proxy)
+            && p.scheme == Scheme::Https
+        {
+            opts = opts.with_proxy_ca_certificate(cas.pem_text());
         }
     }
     if !spec.verify_ssl {

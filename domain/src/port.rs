@@ -179,6 +179,10 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult>;
 
     /// Stores a whole object.
+    ///
+    /// `data` may point into the transfer cache, whose buffers come back to
+    /// the cache only when every clone is dropped: an implementation that
+    /// keeps the bytes after returning (an in-memory store) must copy them.
     async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult>;
 
     /// Deletes objects in batches; absent keys count as deleted. Returns the
@@ -194,7 +198,8 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
     /// Starts a multipart upload.
     async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId>;
 
-    /// Uploads part `number` (1-based) of an upload.
+    /// Uploads part `number` (1-based) of an upload. As with [`Self::put`],
+    /// `data` must not be kept after returning: copy it to keep it.
     async fn upload_part(
         &self,
         key: &ObjectKey,

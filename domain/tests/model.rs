@@ -206,10 +206,9 @@ proptest! {
         // Exactly three segments, the middle one the user name verbatim.
         prop_assert_eq!(root.prefix(), format!("users/{user}/home/"));
         prop_assert_eq!(root.prefix().matches('/').count(), 3);
-        if let Ok(path) = VirtualPath::parse(&input) {
-            if let Ok(key) = root.key_for(&path) {
+        if let Ok(path) = VirtualPath::parse(&input)
+            && let Ok(key) = root.key_for(&path) {
                 prop_assert!(key.as_str().starts_with(root.prefix()));
             }
-        }
     }
 }

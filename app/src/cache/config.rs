@@ -1,0 +1,221 @@
+//! Cache settings, from the four flags or the config file's `cache` section.
+//!
+//! Defaults: 1 GiB in all, 64 MiB per upload and 64 MiB per download. 64 MiB
+//! holds eight 8 MiB parts, enough to keep a fast link busy with parts in
+//! flight while the next ones fill; 1 GiB then admits sixteen transfers at
+//! full window at once, which keeps a few dozen users moving on a small
+//! server without more memory than a typical container allows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use corral_domain::parts::{MIN_PART_SIZE, human};
+use corral_domain::{Error, ErrorKind};
+use serde::Deserialize;
+
+/// How the transfer cache is sized and backed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// `--max-cloud-cache-size`: all transfers together.
+    pub total: u64,
+    /// `--max-cloud-cache-upload-size`: one upload at most.
+    pub upload: u64,
+    /// `--max-cloud-cache-download-size`: one download at most.
+    pub download: u64,
+    /// `--cloud-cache-file`: a file on fast local storage used instead of memory.
+    pub file: Option<PathBuf>,
+    /// How long a transfer waits for room before failing with "cache full".
+    pub wait: Duration,
+}
+
+/// One MiB.
+const MIB: u64 = 1 << 20;
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            total: 1 << 30,
+            upload: 64 * MIB,
+            download: 64 * MIB,
+            file: None,
+            wait: Duration::from_secs(120),
+        }
+    }
+}
+
+fn invalid(message: String) -> Error {
+    Error::new(ErrorKind::InvalidInput, message)
+}
+
+/// Parses a size: plain bytes, or a number with a unit (`64MiB`, `1GiB`, `500MB`, `1.5G`).
+/// Binary units (KiB, MiB, GiB, TiB) are powers of 1024; decimal ones (KB, MB, GB) of 1000.
+pub fn parse_size(flag: &str, value: &str) -> Result<u64, Error> {
+    let trimmed = value.trim();
+    let parsed = trimmed
+        .parse::<bytesize::ByteSize>()
+        .map_err(|_| invalid(format!("{flag}: {value:?} is not a size; write bytes or a number with a unit, such as 64MiB, 1GiB or 500MB")))?;
+    let n = parsed.as_u64();
+    // bytesize saturates on overflow; a saturated value is refused, not trusted.
+    if n == u64::MAX || n > (1 << 50) {
+        return Err(invalid(format!("{flag}: {value:?} is too large")));
+    }
+    Ok(n)
+}
+
+impl CacheConfig {
+    /// Checks the limits against each other.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.total == 0 {
+            return Err(invalid(
+                "--max-cloud-cache-size must be more than 0".to_owned(),
+            ));
+        }
+        for (flag, value) in [
+            ("--max-cloud-cache-upload-size", self.upload),
+            ("--max-cloud-cache-download-size", self.download),
+        ] {
+            if value > self.total {
+                return Err(invalid(format!(
+                    "{flag} ({}) is larger than --max-cloud-cache-size ({}): a transfer cannot reserve more than the whole cache",
+                    human(value),
+                    human(self.total)
+                )));
+            }
+        }
+        if self.upload < MIN_PART_SIZE {
+            return Err(invalid(format!(
+                "--max-cloud-cache-upload-size ({}) is smaller than one multipart part (5 MiB): set it to at least 5MiB",
+                human(self.upload)
+            )));
+        }
+        if self.download == 0 {
+            return Err(invalid(
+                "--max-cloud-cache-download-size must be more than 0".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The `cache` section of the config file (camelCase, sizes as numbers or strings).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheSection {
+    /// `maxCloudCacheSize`.
+    pub max_cloud_cache_size: Option<SizeValue>,
+    /// `maxCloudCacheUploadSize`.
+    pub max_cloud_cache_upload_size: Option<SizeValue>,
+    /// `maxCloudCacheDownloadSize`.
+    pub max_cloud_cache_download_size: Option<SizeValue>,
+    /// `cloudCacheFile`.
+    pub cloud_cache_file: Option<PathBuf>,
+    /// `waitSeconds`: how long a transfer waits for room.
+    pub wait_seconds: Option<u64>,
+}
+
+/// A size written as a number of bytes or a string with a unit.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SizeValue {
+    /// Plain bytes.
+    Bytes(u64),
+    /// With a unit (`64MiB`).
+    Text(String),
+}
+
+impl SizeValue {
+    fn resolve(&self, key: &str) -> Result<u64, Error> {
+        match self {
+            Self::Bytes(n) => Ok(*n),
+            Self::Text(s) => parse_size(key, s),
+        }
+    }
+}
+
+impl CacheSection {
+    /// Applies the section over `base` (the defaults, or flags applied later win).
+    pub fn apply(&self, mut base: CacheConfig) -> Result<CacheConfig, Error> {
+        if let Some(v) = &self.max_cloud_cache_size {
+            base.total = v.resolve("cache.maxCloudCacheSize")?;
+        }
+        if let Some(v) = &self.max_cloud_cache_upload_size {
+            base.upload = v.resolve("cache.maxCloudCacheUploadSize")?;
+        }
+        if let Some(v) = &self.max_cloud_cache_download_size {
+            base.download = v.resolve("cache.maxCloudCacheDownloadSize")?;
+        }
+        if let Some(f) = &self.cloud_cache_file {
+            base.file = Some(f.clone());
+        }
+        if let Some(s) = self.wait_seconds {
+            base.wait = Duration::from_secs(s);
+        }
+        Ok(base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("f", "64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("f", "1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("f", "500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("f", "12345").unwrap(), 12345);
+        assert_eq!(parse_size("f", " 2 GiB ").unwrap(), 2 << 30);
+        for bad in ["", "lots", "-5MB", "5 parsecs", "99999999999999999999EB"] {
+            let e = parse_size("--max-cloud-cache-size", bad).unwrap_err();
+            assert!(
+                e.to_string().contains("--max-cloud-cache-size"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_checked_against_each_other() {
+        assert!(CacheConfig::default().validate().is_ok());
+        let c = CacheConfig {
+            upload: 2 << 30,
+            ..CacheConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--max-cloud-cache-upload-size (2 GiB) is larger than --max-cloud-cache-size (1 GiB)"), "{e}");
+        let c = CacheConfig {
+            download: 2 << 30,
+            ..CacheConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--max-cloud-cache-download-size")
+        );
+        let c = CacheConfig {
+            upload: 4 << 20,
+            ..CacheConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("smaller than one multipart part (5 MiB)"), "{e}");
+    }
+
+    #[test]
+    fn section_from_json() {
+        let s: CacheSection = serde_json::from_str(
+            r#"{"maxCloudCacheSize":"2GiB","maxCloudCacheUploadSize":16777216,"cloudCacheFile":"/fast/cache","waitSeconds":5}"#,
+        )
+        .unwrap();
+        let c = s.apply(CacheConfig::default()).unwrap();
+        assert_eq!(
+            (c.total, c.upload, c.download),
+            (2 << 30, 16 << 20, 64 << 20)
+        );
+        assert_eq!(c.file.as_deref(), Some(std::path::Path::new("/fast/cache")));
+        assert_eq!(c.wait, Duration::from_secs(5));
+        let e =
+            serde_json::from_str::<CacheSection>(r#"{"maxCloudCacheSise":"1GiB"}"#).unwrap_err();
+        assert!(e.to_string().contains("maxCloudCacheSise"), "{e}");
+    }
+}

@@ -1,0 +1,232 @@
+//! Download staging: ranged GETs of chunks into the transfer's slots, ahead
+//! of the reader.
+//!
+//! The object is read in chunks of `C` bytes (chunk `k` is
+//! `[k·C, (k+1)·C)`). Up to one chunk per slot is fetched ahead of the
+//! reader, each by its own ranged GET; a fetch waits for a free slot, and a
+//! slot is given back when the reader drops the chunk's [`Bytes`], so a slow
+//! reader holds the read-ahead back (backpressure). A read far from the
+//! current position restarts the read-ahead there (random access).
+//!
+//! Every chunk is checked against what is known: the range the server says
+//! it returned, the number of bytes it sent, and the entity tag of the
+//! object when the download started (a change means the object was replaced
+//! mid-download: the download fails rather than mixing two versions).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use corral_domain::port::{ByteRange, ObjectMeta};
+use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use super::store::Slots;
+
+/// A download staged through the cache. See the [module docs](self).
+pub struct Download {
+    storage: Arc<dyn ObjectStorage>,
+    key: ObjectKey,
+    meta: ObjectMeta,
+    chunk: u64,
+    slots: Arc<Slots>,
+    /// Chunks requested, in order, starting at the reader's chunk.
+    pending: VecDeque<(u64, JoinHandle<Result<Bytes, Error>>)>,
+    next_fetch: u64,
+    /// The chunk the reader is in, kept for small reads within it.
+    current: Option<(u64, Bytes)>,
+    pos: u64,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("key", &self.key)
+            .field("size", &self.meta.size)
+            .field("chunk", &self.chunk)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid_response(key: &ObjectKey, message: String) -> Error {
+    Error::new(ErrorKind::InvalidResponse, message)
+        .with_operation(corral_domain::Operation::Get)
+        .with_path(key.as_str().to_owned())
+}
+
+async fn fetch(
+    storage: Arc<dyn ObjectStorage>,
+    key: ObjectKey,
+    slots: Arc<Slots>,
+    range: std::ops::Range<u64>,
+    etag: Option<String>,
+) -> Result<Bytes, Error> {
+    let len = (range.end - range.start) as usize;
+    let mut buf = slots.take(len).await;
+    let r = storage
+        .get(&key, Some(ByteRange::Bounded(range.clone())))
+        .await?;
+    if r.range != range {
+        return Err(invalid_response(
+            &key,
+            format!("asked for bytes {range:?}, the server sent {:?}", r.range),
+        ));
+    }
+    if let (Some(want), Some(got)) = (&etag, &r.meta.etag)
+        && want != got
+    {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            "the object was replaced during the download (its ETag changed); download it again",
+        )
+        .with_path(key.as_str().to_owned()));
+    }
+    let mut at = 0usize;
+    let mut body = r.body;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if at + chunk.len() > len {
+            return Err(invalid_response(
+                &key,
+                format!("the server sent more than the {len} bytes of range {range:?}"),
+            ));
+        }
+        buf.write_at(at, &chunk)?;
+        at += chunk.len();
+    }
+    if at != len {
+        return Err(invalid_response(
+            &key,
+            format!("the server sent {at} of the {len} bytes of range {range:?} (connection cut?)"),
+        ));
+    }
+    Ok(buf.freeze(len))
+}
+
+impl Download {
+    pub(crate) fn new(
+        storage: Arc<dyn ObjectStorage>,
+        key: ObjectKey,
+        meta: ObjectMeta,
+        chunk: u64,
+        slots: Arc<Slots>,
+    ) -> Self {
+        Self {
+            storage,
+            key,
+            meta,
+            chunk: chunk.max(1),
+            slots,
+            pending: VecDeque::new(),
+            next_fetch: 0,
+            current: None,
+            pos: 0,
+        }
+    }
+
+    /// The object as it was when the download started.
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    /// The object's size.
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    fn chunks(&self) -> u64 {
+        self.meta.size.div_ceil(self.chunk)
+    }
+
+    /// Keeps one fetch per slot in flight, from the reader's chunk on.
+    fn fill(&mut self) {
+        while self.pending.len() < self.slots.count() && self.next_fetch < self.chunks() {
+            let k = self.next_fetch;
+            let range = k * self.chunk..((k + 1) * self.chunk).min(self.meta.size);
+            let task = tokio::spawn(fetch(
+                self.storage.clone(),
+                self.key.clone(),
+                self.slots.clone(),
+                range,
+                self.meta.etag.clone(),
+            ));
+            self.pending.push_back((k, task));
+            self.next_fetch += 1;
+        }
+    }
+
+    fn restart_at(&mut self, k: u64) {
+        for (_, task) in self.pending.drain(..) {
+            task.abort();
+        }
+        self.next_fetch = k;
+    }
+
+    /// Chunk `k`, from the read-ahead.
+    async fn chunk_at(&mut self, k: u64) -> Result<Bytes, Error> {
+        if let Some((c, bytes)) = &self.current
+            && *c == k
+        {
+            return Ok(bytes.clone());
+        }
+        // Drop the current chunk first: its slot may be needed.
+        self.current = None;
+        while let Some((c, _)) = self.pending.front() {
+            if *c >= k {
+                break;
+            }
+            let (_, task) = self.pending.pop_front().expect("front exists");
+            task.abort();
+        }
+        if self.pending.front().is_none_or(|(c, _)| *c != k) {
+            self.restart_at(k);
+        }
+        self.fill();
+        let (_, task) = self.pending.pop_front().expect("fill requested chunk k");
+        let bytes = task
+            .await
+            .map_err(|e| Error::new(ErrorKind::Other, format!("a download task failed: {e}")))??;
+        self.current = Some((k, bytes.clone()));
+        self.fill();
+        Ok(bytes)
+    }
+
+    /// The next bytes in order (at most one chunk), or `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        if self.pos >= self.meta.size {
+            self.current = None;
+            return Ok(None);
+        }
+        let bytes = self.read_at(self.pos, usize::MAX).await?;
+        self.pos += bytes.len() as u64;
+        Ok(Some(bytes))
+    }
+
+    /// Up to `len` bytes at `offset`, without a copy; fewer at a chunk's end or
+    /// the object's end, empty at or past the end.
+    pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Bytes, Error> {
+        if offset >= self.meta.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let k = offset / self.chunk;
+        let bytes = self.chunk_at(k).await?;
+        let start = (offset - k * self.chunk) as usize;
+        let end = bytes.len().min(start.saturating_add(len));
+        Ok(bytes.slice(start..end))
+    }
+
+    /// Moves the sequential reader to `offset`.
+    pub fn seek(&mut self, offset: u64) {
+        self.pos = offset;
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        for (_, task) in self.pending.drain(..) {
+            task.abort();
+        }
+    }
+}

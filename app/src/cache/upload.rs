@@ -1,0 +1,399 @@
+//! Upload staging: bytes in (at any offset, in any order), parts out as soon
+//! as each is complete.
+//!
+//! Part `n` covers bytes `[(n-1)·P, n·P)` of the file, `P` being the part size
+//! of the domain's plan. A part fills a slot of the transfer's reservation;
+//! when every byte of it has been written it is frozen (no copy) and sent
+//! with `upload_part` by a task of its own, while later parts keep filling.
+//! A write that needs a new slot when all are taken waits for a part in
+//! flight to finish (backpressure). If every slot holds a part that is still
+//! incomplete, waiting could never end, so the write fails instead: a writer
+//! that delivers blocks out of order must stay within the window of
+//! `slots × P` bytes above the lowest incomplete part.
+//!
+//! A file no larger than one part goes as a single PUT. Any failure, and
+//! dropping the [`Upload`] before [`Upload::finish`] returns, aborts the
+//! multipart upload, so no incomplete upload is left on the server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use corral_domain::parts::{PartPlan, StreamingPlan, human};
+use corral_domain::port::{CompletedPart, PutMode, PutResult, UploadId};
+use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage};
+use tokio::task::JoinSet;
+
+use super::store::{SlotBuf, Slots};
+
+fn replay(e: &Error) -> Error {
+    Error::new(e.kind(), e.to_string()).with_temporary(e.is_temporary())
+}
+
+/// A part being filled.
+struct Filling {
+    buf: SlotBuf,
+    /// Merged byte ranges written so far, relative to the part.
+    covered: Vec<Range<usize>>,
+}
+
+impl Filling {
+    fn cover(&mut self, r: Range<usize>) {
+        let i = self.covered.partition_point(|c| c.end < r.start);
+        let mut merged = r;
+        while i < self.covered.len() && self.covered[i].start <= merged.end {
+            let c = self.covered.remove(i);
+            merged = merged.start.min(c.start)..merged.end.max(c.end);
+        }
+        self.covered.insert(i, merged);
+    }
+
+    fn covers(&self, len: usize) -> bool {
+        len == 0 || (self.covered.len() == 1 && self.covered[0] == (0..len))
+    }
+}
+
+/// How the parts are sized.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Plan {
+    Known(PartPlan),
+    Streaming(StreamingPlan),
+}
+
+impl Plan {
+    fn part_size(&self) -> u64 {
+        match self {
+            Self::Known(p) => p.part_size(),
+            Self::Streaming(s) => s.part_size(),
+        }
+    }
+}
+
+/// An upload staged through the cache. See the [module docs](self).
+pub struct Upload {
+    storage: Arc<dyn ObjectStorage>,
+    key: ObjectKey,
+    plan: Plan,
+    slots: Arc<Slots>,
+    filling: BTreeMap<u64, Filling>,
+    /// Parts handed to `upload_part` (or kept for the single PUT).
+    sent: BTreeSet<u64>,
+    upload_id: Option<UploadId>,
+    in_flight: JoinSet<Result<CompletedPart, Error>>,
+    done: Vec<CompletedPart>,
+    single: Option<Bytes>,
+    failed: Option<Error>,
+    finished: bool,
+    /// The end of the highest byte written (the size of a streamed file).
+    end: u64,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field("key", &self.key)
+            .field("plan", &self.plan)
+            .field("upload_id", &self.upload_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upload {
+    pub(crate) fn new(
+        storage: Arc<dyn ObjectStorage>,
+        key: ObjectKey,
+        plan: Plan,
+        slots: Arc<Slots>,
+    ) -> Self {
+        Self {
+            storage,
+            key,
+            plan,
+            slots,
+            filling: BTreeMap::new(),
+            sent: BTreeSet::new(),
+            upload_id: None,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+            single: None,
+            failed: None,
+            finished: false,
+            end: 0,
+        }
+    }
+
+    /// The part size in use.
+    pub fn part_size(&self) -> u64 {
+        self.plan.part_size()
+    }
+
+    /// How many parts may be staged at once.
+    pub fn window_parts(&self) -> usize {
+        self.slots.count()
+    }
+
+    /// The length of part `n` if known now.
+    fn part_len(&self, n: u64) -> usize {
+        match self.plan {
+            Plan::Known(p) => p
+                .part_range(n)
+                .map(|r| (r.end - r.start) as usize)
+                .unwrap_or(0),
+            Plan::Streaming(s) => s.part_size() as usize,
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        let copy = replay(&e);
+        if self.failed.is_none() {
+            self.failed = Some(e);
+        }
+        copy
+    }
+
+    /// Writes `data` at `offset`. Blocks may come in any order, each byte once.
+    pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        if let Some(e) = &self.failed {
+            return Err(replay(e));
+        }
+        if let Plan::Known(p) = self.plan
+            && offset + data.len() as u64 > p.size()
+        {
+            return Err(self.fail(Error::invalid_input(format!(
+                "write of {} bytes at offset {offset} goes past the declared size {}",
+                data.len(),
+                p.size()
+            ))));
+        }
+        let p = self.part_size();
+        let mut offset = offset;
+        let mut data = data;
+        while !data.is_empty() {
+            let n = offset / p + 1;
+            let within = (offset % p) as usize;
+            let take = data.len().min(p as usize - within);
+            if let Err(e) = self.write_part(n, within, &data[..take]).await {
+                return Err(self.fail(e));
+            }
+            offset += take as u64;
+            data = &data[take..];
+        }
+        self.end = self.end.max(offset);
+        Ok(())
+    }
+
+    /// Writes `data` after everything written so far.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.write_at(self.end, data).await
+    }
+
+    async fn write_part(&mut self, n: u64, within: usize, data: &[u8]) -> Result<(), Error> {
+        if self.sent.contains(&n) {
+            return Err(Error::invalid_input(format!(
+                "bytes at offset {} were written again after their part was sent",
+                (n - 1) * self.part_size() + within as u64
+            )));
+        }
+        if let Plan::Streaming(s) = self.plan {
+            s.check_part(n)?;
+        }
+        if !self.filling.contains_key(&n) {
+            let buf = self.take_slot(n).await?;
+            self.filling.insert(
+                n,
+                Filling {
+                    buf,
+                    covered: Vec::new(),
+                },
+            );
+        }
+        // A known part's length; a streamed part is complete when full.
+        let len = self.part_len(n);
+        let filling = self.filling.get_mut(&n).expect("inserted above");
+        filling.buf.write_at(within, data)?;
+        filling.cover(within..within + data.len());
+        if filling.covers(len) {
+            self.send(n, len).await?;
+        }
+        Ok(())
+    }
+
+    /// A slot for part `n`, waiting for a part in flight if none is free.
+    async fn take_slot(&mut self, n: u64) -> Result<SlotBuf, Error> {
+        loop {
+            self.reap()?;
+            if self.slots.available() > 0 {
+                let len = self.part_len(n);
+                return Ok(self.slots.take(len).await);
+            }
+            match self.in_flight.join_next().await {
+                Some(r) => self.record(r)?,
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "write to part {n} is beyond the transfer's window: all {} slots ({} each) hold parts that are not complete yet; write the earlier parts first",
+                            self.slots.count(),
+                            human(self.part_size())
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Collects parts that finished, without waiting.
+    fn reap(&mut self) -> Result<(), Error> {
+        while let Some(r) = self.in_flight.try_join_next() {
+            self.record(r)?;
+        }
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        r: Result<Result<CompletedPart, Error>, tokio::task::JoinError>,
+    ) -> Result<(), Error> {
+        match r {
+            Ok(Ok(part)) => {
+                self.done.push(part);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(Error::new(
+                ErrorKind::Other,
+                format!("a part upload task failed: {e}"),
+            )),
+        }
+    }
+
+    /// Hands part `n` (its first `len` bytes) to the server.
+    async fn send(&mut self, n: u64, len: usize) -> Result<(), Error> {
+        let filling = self.filling.remove(&n).expect("part is filling");
+        let bytes = filling.buf.freeze(len);
+        self.sent.insert(n);
+        if let Plan::Known(p) = self.plan
+            && p.is_single_put()
+        {
+            self.single = Some(bytes);
+            return Ok(());
+        }
+        let upload = match &self.upload_id {
+            Some(u) => u.clone(),
+            None => {
+                let u = self.storage.create_multipart(&self.key).await?;
+                self.upload_id = Some(u.clone());
+                u
+            }
+        };
+        let (storage, key) = (self.storage.clone(), self.key.clone());
+        let number =
+            u32::try_from(n).map_err(|_| Error::invalid_input("part number out of range"))?;
+        self.in_flight
+            .spawn(async move { storage.upload_part(&key, &upload, number, bytes).await });
+        Ok(())
+    }
+
+    /// Sends what is left, waits for every part and completes the upload.
+    /// On any failure the multipart upload is aborted before returning.
+    pub async fn finish(mut self) -> Result<PutResult, Error> {
+        let result = self.finish_inner().await;
+        if result.is_err() {
+            self.abort().await;
+        }
+        self.finished = true;
+        result
+    }
+
+    async fn finish_inner(&mut self) -> Result<PutResult, Error> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let p = self.part_size();
+        let parts = match self.plan {
+            Plan::Known(plan) => plan.parts(),
+            Plan::Streaming(_) => self.end.div_ceil(p).max(1),
+        };
+        // The last part of a stream is complete when everything below `end` is written.
+        if let Plan::Streaming(_) = self.plan {
+            let last_len = (self.end - (parts - 1) * p) as usize;
+            if let Some(f) = self.filling.get(&parts)
+                && f.covers(last_len)
+            {
+                if parts == 1 && self.upload_id.is_none() {
+                    let f = self.filling.remove(&1).expect("present");
+                    self.single = Some(f.buf.freeze(last_len));
+                    self.sent.insert(1);
+                } else {
+                    self.send(parts, last_len).await?;
+                }
+            }
+        }
+        if self.end == 0 && self.sent.is_empty() {
+            // An empty file: one empty PUT.
+            self.single = Some(Bytes::new());
+            self.sent.insert(1);
+        }
+        if let Some(missing) = (1..=parts).find(|n| !self.sent.contains(n)) {
+            let start = (missing - 1) * p;
+            return Err(Error::invalid_input(format!(
+                "the upload is incomplete: bytes from offset {start} (part {missing}) were never written"
+            )));
+        }
+        if let Some(bytes) = self.single.take() {
+            return self.storage.put(&self.key, bytes, PutMode::Overwrite).await;
+        }
+        while let Some(r) = self.in_flight.join_next().await {
+            self.record(r)?;
+        }
+        let upload = self
+            .upload_id
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "no multipart upload"))?;
+        let parts = std::mem::take(&mut self.done);
+        let result = self
+            .storage
+            .complete_multipart(&self.key, &upload, parts)
+            .await?;
+        self.upload_id = None;
+        Ok(result)
+    }
+
+    /// Stops every part in flight and aborts the multipart upload, if any.
+    async fn abort(&mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if let Some(upload) = self.upload_id.take()
+            && let Err(e) = self.storage.abort_multipart(&self.key, &upload).await
+        {
+            tracing::warn!(key = %self.key, upload = %upload, error = %e, "could not abort a multipart upload");
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Dropped before finish (an error upstream, a cancelled future, a
+        // panic): stop the parts and abort the upload in the background.
+        self.in_flight.abort_all();
+        if let Some(upload) = self.upload_id.take() {
+            let (storage, key) = (self.storage.clone(), self.key.clone());
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move {
+                        if let Err(e) = storage.abort_multipart(&key, &upload).await {
+                            tracing::warn!(key = %key, upload = %upload, error = %e, "could not abort a dropped multipart upload");
+                        }
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(key = %key, upload = %upload, "no runtime to abort a dropped multipart upload")
+                }
+            }
+        }
+    }
+}
