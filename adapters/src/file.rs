@@ -26,7 +26,6 @@ use corral_domain::port::{
     CompletedPart, ListItem, ListOptions, ListStream, ObjectMeta, PutResult, UploadId,
 };
 use corral_domain::{Error, ErrorKind, ObjectKey, Operation, Result};
-use tokio::io::AsyncWriteExt;
 
 /// A File sandbox's directory.
 #[derive(Debug, Clone)]
@@ -223,39 +222,49 @@ impl FileDir {
     ) -> Result<PutResult> {
         let op = Operation::CompleteMultipart;
         let n = self.check_upload(key, upload, op).await?;
-        let err = |e| io_err(e, op, key.as_str());
         let assembled = self.staged(key, n, 0);
-        let mut out = tokio::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&assembled)
-            .await
-            .map_err(err)?;
-        for part in 1..=parts {
-            let mut input = tokio::fs::File::open(self.staged(key, n, part))
-                .await
-                .map_err(|e| {
+        let part_paths: Vec<PathBuf> = (1..=parts).map(|p| self.staged(key, n, p)).collect();
+        let target = self.fs_path(key.as_str());
+        let (k, u) = (key.as_str().to_owned(), upload.to_string());
+        // One blocking task: std::io::copy uses copy_file_range on Linux, so
+        // the parts are concatenated inside the kernel.
+        tokio::task::spawn_blocking(move || {
+            let err = |e| io_err(e, op, &k);
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&assembled)
+                .map_err(err)?;
+            for (i, path) in part_paths.iter().enumerate() {
+                let mut input = std::fs::File::open(path).map_err(|e| {
                     if e.kind() == IoKind::NotFound {
                         Error::invalid_input(format!(
-                            "part {part} of upload {upload} was never uploaded"
+                            "part {} of upload {u} was never uploaded",
+                            i + 1
                         ))
                         .with_operation(op)
-                        .with_path(key.as_str().to_owned())
+                        .with_path(k.clone())
                     } else {
                         err(e)
                     }
                 })?;
-            tokio::io::copy(&mut input, &mut out).await.map_err(err)?;
-        }
-        out.flush().await.map_err(err)?;
-        out.sync_all().await.map_err(err)?;
-        drop(out);
-        tokio::fs::rename(&assembled, self.fs_path(key.as_str()))
-            .await
-            .map_err(err)?;
-        for part in 1..=parts {
-            let _ = tokio::fs::remove_file(self.staged(key, n, part)).await;
-        }
+                std::io::copy(&mut input, &mut out).map_err(err)?;
+            }
+            out.sync_all().map_err(err)?;
+            drop(out);
+            std::fs::rename(&assembled, &target).map_err(err)?;
+            for path in &part_paths {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Other,
+                format!("completing the upload failed: {e}"),
+            )
+        })??;
         Ok(PutResult::default())
     }
 

@@ -8,8 +8,10 @@
 //! has consumed the chunk. That is the backpressure: no free slot, no new
 //! part or read-ahead.
 //!
-//! In **memory mode** a slot's buffer is allocated when the slot is taken
-//! and freed when it is given back: nothing is allocated up front.
+//! In **memory mode** a slot's buffer is allocated the first time the slot
+//! is taken, reused by the transfer's later parts (no fresh pages to fault
+//! in for every part), and freed when the transfer ends: nothing is
+//! allocated up front, and a transfer never holds more than its reservation.
 //!
 //! In **file mode** a slot is a byte range of the cache file. Data is
 //! written with `pwrite` and handed out as [`Bytes`] that point into a
@@ -138,6 +140,8 @@ pub(crate) struct Slots {
     count: usize,
     sem: Arc<Semaphore>,
     free: Mutex<Vec<usize>>,
+    /// Memory mode: buffers given back, kept for the transfer's next parts.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Slots {
@@ -151,6 +155,7 @@ impl Slots {
             count,
             sem: Arc::new(Semaphore::new(count)),
             free: Mutex::new((0..count).rev().collect()),
+            spare: Mutex::new(Vec::new()),
         })
     }
 
@@ -183,8 +188,17 @@ impl Slots {
             .pop()
             .expect("a permit guarantees a free slot");
         let data = match self.backing {
-            // Zeroed allocations of this size come from fresh pages: cheap.
-            Backing::Memory => vec![0u8; len],
+            Backing::Memory => {
+                let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                match spare {
+                    // Every byte of a part or chunk is written before it is read.
+                    Some(mut buf) if buf.capacity() >= len => {
+                        buf.resize(len, 0);
+                        buf
+                    }
+                    _ => vec![0u8; len],
+                }
+            }
             Backing::File(_) => Vec::new(),
         };
         self.pool().add_in_use(len as u64);
@@ -248,6 +262,14 @@ impl SlotBuf {
 impl Drop for SlotBuf {
     fn drop(&mut self) {
         self.slots.pool().sub_in_use(self.len as u64);
+        if self.data.capacity() > 0 {
+            let data = std::mem::take(&mut self.data);
+            self.slots
+                .spare
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(data);
+        }
         self.slots
             .free
             .lock()
