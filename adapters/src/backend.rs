@@ -390,6 +390,15 @@ impl ObjectStorage for ObjectStoreBackend {
             .map_err(|e| self.err(e, Operation::Copy, from))
     }
 
+    async fn rename(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
+        let (src, dst) = (to_path(from)?, to_path(to)?);
+        // LocalFileSystem renames atomically; S3 and memory copy then delete.
+        self.store
+            .rename(&src, &dst)
+            .await
+            .map_err(|e| self.err(e, Operation::Copy, from))
+    }
+
     async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId> {
         let Some(mp) = self.multipart() else {
             let Flavor::File(dir) = &self.flavor else {

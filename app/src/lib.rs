@@ -5,6 +5,11 @@
 //! domain's rules ([`corral_domain`]) to the backends ([`corral_adapters`])
 //! and holds the services that need a runtime:
 //!
-//! - [`cache`]: the bounded transfer cache that stages S3 uploads and downloads.
+//! - [`cache`]: the bounded transfer cache that stages S3 uploads and downloads;
+//! - [`sandbox`]: the sandboxed filesystem service, one [`UserSandbox`] per user.
 
 pub mod cache;
+pub mod config;
+pub mod sandbox;
+
+pub use sandbox::{Corral, Entry, UserSandbox, Writer};

@@ -11,6 +11,7 @@
 //! | [`template`] | `%u`, `%d`, `%f`, `%%` in a sandbox's `path`, with hostile values refused |
 //! | [`config`] | typed `File` / `S3` / `Memory` specs, validated with errors naming the key |
 //! | [`mapping`] | JetStream-compatible mappings and a user's [`UserView`] of mounts |
+//! | [`listing`] | what a directory shows: name clashes, mounts, directory existence |
 //! | [`overwrite`] | the six overwrite modes and the effective decision per backend |
 //! | [`capability`] | what a backend declares it can do |
 //! | [`parts`] | the 1 TiB limit and multipart part plans that fit the upload cache |
@@ -38,6 +39,7 @@ pub mod capability;
 pub mod config;
 pub mod error;
 pub mod key;
+pub mod listing;
 pub mod mapping;
 pub mod overwrite;
 pub mod parts;

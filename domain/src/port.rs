@@ -195,6 +195,17 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
     /// Copies an object within the backend.
     async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()>;
 
+    /// Moves an object within the backend, replacing `to`. Atomic where
+    /// [`Capabilities::atomic_rename`] holds; otherwise a copy then a delete.
+    async fn rename(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
+        self.copy(from, to).await?;
+        let failed = self.delete_many(vec![from.clone()]).await?;
+        match failed.into_iter().next() {
+            None => Ok(()),
+            Some((_, e)) => Err(e),
+        }
+    }
+
     /// Starts a multipart upload.
     async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId>;
 

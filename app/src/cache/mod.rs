@@ -50,7 +50,7 @@ use corral_domain::{Error, ObjectKey, ObjectStorage};
 pub use config::{CacheConfig, CacheSection, SizeValue, parse_size};
 pub use download::Download;
 pub use pool::{CacheMetrics, Reservation};
-pub use upload::Upload;
+pub use upload::{Upload, wait_for_background_aborts};
 
 use pool::PoolInner;
 use store::{Backing, CacheFile, Slots};

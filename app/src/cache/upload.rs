@@ -27,6 +27,26 @@ use tokio::task::JoinSet;
 
 use super::store::{SlotBuf, Slots};
 
+/// Aborts started by dropped uploads, so that a process can wait for them before it exits.
+static BACKGROUND_ABORTS: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits (up to `timeout`) for the aborts of uploads that were dropped
+/// unfinished, e.g. on Ctrl-C: call it before the runtime shuts down, or an
+/// abort may never be sent. Returns how many did not finish in time.
+pub async fn wait_for_background_aborts(timeout: std::time::Duration) -> usize {
+    let tasks: Vec<_> =
+        std::mem::take(&mut *BACKGROUND_ABORTS.lock().unwrap_or_else(|p| p.into_inner()));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut late = 0;
+    for task in tasks {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            late += 1;
+        }
+    }
+    late
+}
+
 fn replay(e: &Error) -> Error {
     Error::new(e.kind(), e.to_string()).with_temporary(e.is_temporary())
 }
@@ -384,11 +404,15 @@ impl Drop for Upload {
             let (storage, key) = (self.storage.clone(), self.key.clone());
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    handle.spawn(async move {
+                    let task = handle.spawn(async move {
                         if let Err(e) = storage.abort_multipart(&key, &upload).await {
                             tracing::warn!(key = %key, upload = %upload, error = %e, "could not abort a dropped multipart upload");
                         }
                     });
+                    BACKGROUND_ABORTS
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(task);
                 }
                 Err(_) => {
                     tracing::warn!(key = %key, upload = %upload, "no runtime to abort a dropped multipart upload")

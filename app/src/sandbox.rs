@@ -1,0 +1,855 @@
+//! The sandboxed filesystem service: one user's view of their mounts, with
+//! the operations of a filesystem on top of object storage.
+//!
+//! [`Corral`] is built once per process from the mappings and the cache
+//! settings; [`Corral::sandbox`] gives a [`UserSandbox`] for one user. Every
+//! path is parsed by the domain ([`VirtualPath`]), located in the user's view
+//! ([`corral_domain::UserView::locate`]) and mapped to a key by the mount's
+//! [`SandboxRoot`]; every listing goes back through the root's strict inverse,
+//! so nothing outside the sandbox is ever listed, read, written or deleted.
+//! The rules themselves live in `corral-domain`; this module wires them to
+//! the backends and the transfer cache.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use corral_adapters::{Backends, OpenSandbox};
+use corral_domain::key::{HiddenCount, KeyClass};
+use corral_domain::listing::{DirEntry, EntryKind, merge};
+use corral_domain::mapping::Location;
+use corral_domain::overwrite::{
+    BACKUP_SUFFIX, OverwriteDecision, PART_FILE_SUFFIX, RefuseReason, WritePlan, decide,
+};
+use corral_domain::port::{ListItem, ListOptions, PutMode};
+use corral_domain::{
+    Capabilities, Error, ErrorKind, Identity, Mappings, ObjectKey, ObjectStorage, OverwriteMode,
+    SandboxRoot, UserView, VirtualPath,
+};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::cache::{CacheConfig, Download, TransferCache, Upload};
+
+/// corral for a whole process: the mappings, the backends and the transfer cache.
+#[derive(Debug, Clone)]
+pub struct Corral {
+    mappings: Arc<Mappings>,
+    backends: Arc<Backends>,
+    cache: TransferCache,
+}
+
+impl Corral {
+    /// Builds the service. The cache is opened (and, in file mode, its file
+    /// created and locked) here; backends connect on first use.
+    pub fn new(mappings: Mappings, cache: CacheConfig) -> Result<Self, Error> {
+        Ok(Self {
+            mappings: Arc::new(mappings),
+            backends: Arc::new(Backends::new()),
+            cache: TransferCache::open(cache)?,
+        })
+    }
+
+    /// The mappings.
+    pub fn mappings(&self) -> &Mappings {
+        &self.mappings
+    }
+
+    /// The transfer cache.
+    pub fn cache(&self) -> &TransferCache {
+        &self.cache
+    }
+
+    /// The sandbox of one user.
+    pub fn sandbox(&self, identity: &Identity) -> Result<UserSandbox, Error> {
+        let view = self.mappings.resolve(identity)?;
+        let opened = view
+            .mounts()
+            .iter()
+            .map(|m| {
+                self.backends
+                    .open(&m.spec)
+                    .map_err(|e| (e.kind(), e.to_string()))
+            })
+            .collect();
+        Ok(UserSandbox {
+            view,
+            opened,
+            cache: self.cache.clone(),
+        })
+    }
+}
+
+/// What `stat` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The path in the user's view.
+    pub path: VirtualPath,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Size in bytes (0 for a directory).
+    pub size: u64,
+    /// Last modification, if known.
+    pub modified: Option<SystemTime>,
+}
+
+/// Where a path leads, with its backend.
+struct Target<'a> {
+    storage: &'a Arc<dyn ObjectStorage>,
+    root: &'a SandboxRoot,
+    inner: VirtualPath,
+    mount_point: &'a VirtualPath,
+}
+
+impl Target<'_> {
+    fn caps(&self) -> &Capabilities {
+        self.storage.capabilities()
+    }
+    fn key(&self) -> Result<ObjectKey, Error> {
+        Ok(self.root.key_for(&self.inner)?)
+    }
+    fn is_mount_root(&self) -> bool {
+        self.inner.is_root()
+    }
+}
+
+enum Place<'a> {
+    Mount(Target<'a>),
+    /// A read-only directory above mounts.
+    Virtual,
+}
+
+/// A write in progress; see [`UserSandbox::create`].
+#[derive(Debug)]
+pub struct Writer {
+    upload: Upload,
+    decision: OverwriteDecision,
+    finish: Finish,
+}
+
+#[derive(Debug)]
+enum Finish {
+    Direct,
+    PartFile {
+        storage: Arc<dyn ObjectStorage>,
+        part: ObjectKey,
+        target: ObjectKey,
+        backup: Option<ObjectKey>,
+    },
+}
+
+impl Writer {
+    /// The effective overwrite decision (with a notice when a requested mode was ignored).
+    pub fn decision(&self) -> &OverwriteDecision {
+        &self.decision
+    }
+
+    /// Writes bytes at an offset (any order, each byte once).
+    pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        self.upload.write_at(offset, data).await
+    }
+
+    /// Writes after what was written so far.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.upload.write(data).await
+    }
+
+    /// Completes the write: the data becomes visible at the target only now.
+    pub async fn finish(self) -> Result<OverwriteDecision, Error> {
+        self.upload.finish().await?;
+        if let Finish::PartFile {
+            storage,
+            part,
+            target,
+            backup,
+        } = self.finish
+        {
+            if let Some(backup) = backup {
+                match storage.rename(&target, &backup).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            storage.rename(&part, &target).await?;
+        }
+        Ok(self.decision)
+    }
+}
+
+/// One user's sandbox. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UserSandbox {
+    view: UserView,
+    opened: Vec<Result<OpenSandbox, (ErrorKind, String)>>,
+    cache: TransferCache,
+}
+
+fn parse(path: &str) -> Result<VirtualPath, Error> {
+    VirtualPath::parse(path).map_err(|e| Error::from(e).with_path(path.to_owned()))
+}
+
+fn read_only(path: &VirtualPath, what: &str) -> Error {
+    Error::new(
+        ErrorKind::PermissionDenied,
+        format!("{what} {path}: it is a read-only directory that lists mounts"),
+    )
+    .with_path(path.to_string())
+}
+
+impl UserSandbox {
+    /// The user's view (mounts and where they lead).
+    pub fn view(&self) -> &UserView {
+        &self.view
+    }
+
+    /// The transfer cache.
+    pub fn cache(&self) -> &TransferCache {
+        &self.cache
+    }
+
+    fn place(&self, path: &VirtualPath) -> Result<Place<'_>, Error> {
+        match self.view.locate(path)? {
+            Location::Virtual => Ok(Place::Virtual),
+            Location::Mount { mount, inner } => {
+                let i = self
+                    .view
+                    .mounts()
+                    .iter()
+                    .position(|m| std::ptr::eq(m, mount))
+                    .ok_or_else(|| Error::new(ErrorKind::Other, "mount not found"))?;
+                let opened = self.opened[i].as_ref().map_err(|(kind, msg)| {
+                    Error::new(*kind, msg.clone()).with_path(path.to_string())
+                })?;
+                Ok(Place::Mount(Target {
+                    storage: &opened.storage,
+                    root: &opened.root,
+                    inner,
+                    mount_point: &mount.point,
+                }))
+            }
+        }
+    }
+
+    fn mount(&self, path: &VirtualPath, what: &str) -> Result<Target<'_>, Error> {
+        match self.place(path)? {
+            Place::Mount(t) => Ok(t),
+            Place::Virtual => Err(read_only(path, what)),
+        }
+    }
+
+    /// Whether a directory exists at `t`: its marker or any visible key below
+    /// it (one listing, which also returns the marker itself), or on a
+    /// backend with real directories, the directory.
+    async fn dir_exists(t: &Target<'_>) -> Result<bool, Error> {
+        if t.is_mount_root() {
+            return Ok(true);
+        }
+        if !t.caps().directory_markers {
+            let Some(marker) = t.root.dir_marker_for(&t.inner)? else {
+                return Ok(true);
+            };
+            return match t.storage.head(&marker).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+        // Not a HEAD of the marker: s3s-fs answers HEAD `f/` with the file `f`.
+        let prefix = t.root.list_prefix_for(&t.inner)?;
+        let mut items = t.storage.list(&prefix, ListOptions::default());
+        while let Some(item) = items.try_next().await? {
+            if matches!(
+                t.root.classify(item.key().as_str()),
+                KeyClass::File(_) | KeyClass::Directory(_)
+            ) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// File or directory at `path`; a directory wins over a file of the same name.
+    pub async fn stat(&self, path: &str) -> Result<Entry, Error> {
+        let vp = parse(path)?;
+        let t = match self.place(&vp)? {
+            Place::Virtual => {
+                return Ok(Entry {
+                    path: vp,
+                    kind: EntryKind::Directory,
+                    size: 0,
+                    modified: None,
+                });
+            }
+            Place::Mount(t) => t,
+        };
+        if Self::dir_exists(&t).await? {
+            return Ok(Entry {
+                path: vp,
+                kind: EntryKind::Directory,
+                size: 0,
+                modified: None,
+            });
+        }
+        let meta = t
+            .storage
+            .head(&t.key()?)
+            .await
+            .map_err(|e| e.with_path(vp.to_string()))?;
+        Ok(Entry {
+            path: vp,
+            kind: EntryKind::File,
+            size: meta.size,
+            modified: meta.last_modified,
+        })
+    }
+
+    /// The entries of directory `path`, streamed as the backend pages in
+    /// (mount points first, then the backend's entries in key order).
+    pub fn list(&self, path: &str) -> BoxStream<'static, Result<DirEntry, Error>> {
+        match self.list_inner(path) {
+            Ok(s) => s,
+            Err(e) => Box::pin(futures::stream::once(async { Err(e) })),
+        }
+    }
+
+    fn list_inner(&self, path: &str) -> Result<BoxStream<'static, Result<DirEntry, Error>>, Error> {
+        let vp = parse(path)?;
+        let mounts = self.view.mount_children(&vp);
+        let mount_entries: Vec<Result<DirEntry, Error>> = mounts
+            .iter()
+            .map(|m| Ok(DirEntry::directory(m.clone())))
+            .collect();
+        let t = match self.place(&vp)? {
+            Place::Virtual => return Ok(Box::pin(futures::stream::iter(mount_entries))),
+            Place::Mount(t) => t,
+        };
+        let root = t.root.clone();
+        let inner = t.inner.clone();
+        let prefix = root.list_prefix_for(&inner)?;
+        let items = t.storage.list(
+            &prefix,
+            ListOptions {
+                delimiter: true,
+                start_after: None,
+            },
+        );
+        let shown = vp.to_string();
+        let state = ListState {
+            root,
+            inner,
+            mounts,
+            hidden: HiddenCount::default(),
+            pending: Vec::new(),
+            shadowed: 0,
+            path: shown,
+        };
+        let entries = futures::stream::unfold(
+            (items, state, false),
+            |(mut items, mut st, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    match items.next().await {
+                        Some(Ok(item)) => {
+                            let out = st.push(item);
+                            if !out.is_empty() {
+                                return Some((
+                                    futures::stream::iter(out.into_iter().map(Ok)).boxed(),
+                                    (items, st, false),
+                                ));
+                            }
+                        }
+                        Some(Err(e)) => {
+                            return Some((
+                                futures::stream::iter(vec![Err(e)]).boxed(),
+                                (items, st, true),
+                            ));
+                        }
+                        None => {
+                            let out = st.end();
+                            return Some((futures::stream::iter(out).boxed(), (items, st, true)));
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(
+            futures::stream::iter(mount_entries).chain(entries.flatten()),
+        ))
+    }
+
+    /// Reads a whole file (for small files; large ones go through [`Self::open`]).
+    pub async fn read(&self, path: &str) -> Result<Bytes, Error> {
+        let mut d = self.open(path).await?;
+        let mut out = Vec::with_capacity(d.size() as usize);
+        while let Some(chunk) = d.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
+    }
+
+    /// Opens a file for reading through the cache's read-ahead.
+    pub async fn open(&self, path: &str) -> Result<Download, Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot read")?;
+        if t.is_mount_root() || Self::dir_exists(&t).await? {
+            return Err(
+                Error::new(ErrorKind::InvalidInput, format!("{vp} is a directory"))
+                    .with_path(vp.to_string()),
+            );
+        }
+        self.cache
+            .download(t.storage.clone(), t.key()?)
+            .await
+            .map_err(|e| e.with_path(vp.to_string()))
+    }
+
+    /// Starts writing `path` (`size` if known), applying the overwrite mode
+    /// (the backend's own when `None` or when the request is ignored). The
+    /// size is checked against the sandbox's limit before any byte moves.
+    pub async fn create(
+        &self,
+        path: &str,
+        size: Option<u64>,
+        mode: Option<OverwriteMode>,
+    ) -> Result<Writer, Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot write")?;
+        if t.is_mount_root() || Self::dir_exists(&t).await? {
+            return Err(
+                Error::new(ErrorKind::AlreadyExists, format!("{vp} is a directory"))
+                    .with_path(vp.to_string()),
+            );
+        }
+        let decision = decide(mode, t.caps());
+        let key = t.key()?;
+        let existing = match t.storage.head(&key).await {
+            Ok(m) => Some(m.size),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e.with_path(vp.to_string())),
+        };
+        let plan = decision.effective.plan(existing, size);
+        let (write_key, finish) = match plan {
+            WritePlan::Refuse(reason) => {
+                let why = match reason {
+                    RefuseReason::Exists => format!(
+                        "{vp} exists and overwrite mode {} never overwrites",
+                        decision.effective
+                    ),
+                    RefuseReason::SizeDiffers { existing } => format!(
+                        "{vp} exists with {existing} bytes and overwrite mode {} only overwrites a file of the same size or an empty one",
+                        decision.effective
+                    ),
+                };
+                return Err(Error::new(ErrorKind::AlreadyExists, why).with_path(vp.to_string()));
+            }
+            WritePlan::InPlace => (key, Finish::Direct),
+            WritePlan::ViaPartFile { backup } => {
+                let name = vp.file_name().unwrap_or_default();
+                let sibling = |suffix: &str| -> Result<ObjectKey, Error> {
+                    let p = vp
+                        .parent()
+                        .unwrap_or_default()
+                        .join(&format!("{name}{suffix}"))?;
+                    let inner = p.strip_prefix(t.mount_point).unwrap_or(p);
+                    Ok(t.root.key_for(&inner)?)
+                };
+                let part = sibling(PART_FILE_SUFFIX)?;
+                let backup = if backup {
+                    Some(sibling(BACKUP_SUFFIX)?)
+                } else {
+                    None
+                };
+                (
+                    part.clone(),
+                    Finish::PartFile {
+                        storage: t.storage.clone(),
+                        part,
+                        target: key,
+                        backup,
+                    },
+                )
+            }
+        };
+        let upload = self
+            .cache
+            .upload(t.storage.clone(), write_key, size)
+            .await
+            .map_err(|e| e.with_path(vp.to_string()))?;
+        Ok(Writer {
+            upload,
+            decision,
+            finish,
+        })
+    }
+
+    /// Writes a whole file from memory.
+    pub async fn write(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: Option<OverwriteMode>,
+    ) -> Result<OverwriteDecision, Error> {
+        let mut w = self.create(path, Some(data.len() as u64), mode).await?;
+        w.write_at(0, data).await?;
+        w.finish().await
+    }
+
+    /// Creates a directory (and, with `parents`, the missing ones above it).
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot create a directory in")?;
+        if t.is_mount_root() || Self::dir_exists(&t).await? {
+            if parents {
+                return Ok(());
+            }
+            return Err(
+                Error::new(ErrorKind::AlreadyExists, format!("{vp} already exists"))
+                    .with_path(vp.to_string()),
+            );
+        }
+        let key = t.key()?;
+        if t.storage.head(&key).await.is_ok() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{vp} exists and is a file"),
+            )
+            .with_path(vp.to_string()));
+        }
+        // Each missing ancestor gets a marker too, so removing the leaf later
+        // does not make its parents vanish.
+        let mut chain = Vec::new();
+        let mut cur = t.inner.parent();
+        while let Some(p) = cur {
+            if p.is_root() {
+                break;
+            }
+            let at = Target {
+                storage: t.storage,
+                root: t.root,
+                inner: p.clone(),
+                mount_point: t.mount_point,
+            };
+            if Self::dir_exists(&at).await? {
+                break;
+            }
+            if !parents {
+                return Err(Error::not_found(format!(
+                    "the parent directory {} does not exist (use -p to create it)",
+                    t.mount_point.join_path(&p)?
+                ))
+                .with_path(vp.to_string()));
+            }
+            chain.push(p.clone());
+            cur = p.parent();
+        }
+        chain.reverse();
+        chain.push(t.inner.clone());
+        for dir in chain {
+            if let Some(marker) = t.root.dir_marker_for(&dir)? {
+                t.storage
+                    .put(&marker, Bytes::new(), PutMode::Overwrite)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every visible key at or below directory `t` (files and markers).
+    async fn keys_below(t: &Target<'_>) -> Result<Vec<ObjectKey>, Error> {
+        let prefix = t.root.list_prefix_for(&t.inner)?;
+        let items: Vec<ListItem> = t
+            .storage
+            .list(&prefix, ListOptions::default())
+            .try_collect()
+            .await?;
+        Ok(items
+            .into_iter()
+            .filter(|i| !matches!(t.root.classify(i.key().as_str()), KeyClass::Hidden(_)))
+            .map(|i| i.key().clone())
+            .collect())
+    }
+
+    /// Removes a file, an empty directory, or (with `recursive`) a directory and everything visible below it.
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot remove")?;
+        if t.is_mount_root() {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("{vp} is a mount point and cannot be removed"),
+            )
+            .with_path(vp.to_string()));
+        }
+        if !self.view.mount_children(&vp).is_empty() {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("{vp} holds a mount point and cannot be removed"),
+            )
+            .with_path(vp.to_string()));
+        }
+        if Self::dir_exists(&t).await? {
+            let mut keys = Self::keys_below(&t).await?;
+            let own_marker = t.root.dir_marker_for(&t.inner)?;
+            let children = keys
+                .iter()
+                .filter(|k| Some(*k) != own_marker.as_ref())
+                .count();
+            if children > 0 && !recursive {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "directory {vp} is not empty (use -r to remove it and everything in it)"
+                    ),
+                )
+                .with_path(vp.to_string()));
+            }
+            if let Some(m) = own_marker {
+                keys.push(m);
+            }
+            keys.sort_by_key(|k| std::cmp::Reverse(k.as_str().len()));
+            keys.dedup();
+            let failed = t.storage.delete_many(keys).await?;
+            return match failed
+                .into_iter()
+                .find(|(_, e)| e.kind() != ErrorKind::NotFound)
+            {
+                None => Ok(()),
+                Some((_, e)) => Err(e.with_path(vp.to_string())),
+            };
+        }
+        let key = t.key()?;
+        t.storage
+            .head(&key)
+            .await
+            .map_err(|e| e.with_path(vp.to_string()))?;
+        let failed = t.storage.delete_many(vec![key]).await?;
+        match failed.into_iter().next() {
+            None => Ok(()),
+            Some((_, e)) => Err(e.with_path(vp.to_string())),
+        }
+    }
+
+    /// Copies a file, or (with `recursive`) a directory, to `to`. Server-side
+    /// within one mount; through the cache between mounts.
+    pub async fn copy(&self, from: &str, to: &str, recursive: bool) -> Result<u64, Error> {
+        self.transfer(from, to, recursive, false).await
+    }
+
+    /// Moves a file or a directory. A file moves atomically where the backend
+    /// renames atomically (File); a directory moves entry by entry, so it is
+    /// never atomic: a failure half-way leaves some entries moved.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<u64, Error> {
+        self.transfer(from, to, true, true).await
+    }
+
+    async fn transfer(
+        &self,
+        from: &str,
+        to: &str,
+        recursive: bool,
+        remove_source: bool,
+    ) -> Result<u64, Error> {
+        let (src, dst) = (parse(from)?, parse(to)?);
+        if dst.starts_with(&src) {
+            return Err(Error::invalid_input(format!(
+                "cannot move or copy {src} into itself ({dst})"
+            )));
+        }
+        let entry = self.stat(from).await?;
+        let (s, d) = (
+            self.mount(&src, "cannot read")?,
+            self.mount(&dst, "cannot write")?,
+        );
+        if d.is_mount_root() || Self::dir_exists(&d).await? {
+            return Err(
+                Error::new(ErrorKind::AlreadyExists, format!("{dst} is a directory"))
+                    .with_path(dst.to_string()),
+            );
+        }
+        let pairs: Vec<(ObjectKey, ObjectKey, bool)> = if entry.kind == EntryKind::File {
+            vec![(s.key()?, d.key()?, false)]
+        } else {
+            if !recursive {
+                return Err(Error::invalid_input(format!(
+                    "{src} is a directory (use -r)"
+                )));
+            }
+            if s.is_mount_root() && remove_source {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("{src} is a mount point and cannot be moved"),
+                ));
+            }
+            let mut pairs = Vec::new();
+            for key in Self::keys_below(&s).await? {
+                let Some(rel) = s.root.entry_for(key.as_str()) else {
+                    continue;
+                };
+                let rest = rel.strip_prefix(&s.inner).unwrap_or(rel);
+                let target = d.inner.join_path(&rest)?;
+                let new_key = if key.is_dir_marker() {
+                    d.root
+                        .dir_marker_for(&target)?
+                        .unwrap_or_else(|| ObjectKey::from_raw(""))
+                } else {
+                    d.root.key_for(&target)?
+                };
+                pairs.push((key.clone(), new_key, key.is_dir_marker()));
+            }
+            if let Some(m) = s.root.dir_marker_for(&s.inner)?
+                && !pairs.iter().any(|(k, _, _)| *k == m)
+            {
+                pairs.push((
+                    m,
+                    d.root
+                        .dir_marker_for(&d.inner)?
+                        .unwrap_or_else(|| ObjectKey::from_raw("")),
+                    true,
+                ));
+            }
+            // Directories (markers) last when removing, so a failure leaves them.
+            pairs.sort_by_key(|(_, _, marker)| *marker);
+            pairs
+        };
+        let same_backend = Arc::ptr_eq(s.storage, d.storage);
+        let mut bytes = 0u64;
+        for (from_key, to_key, marker) in pairs {
+            if to_key.as_str().is_empty() {
+                continue;
+            }
+            if marker {
+                let exists = s.storage.head(&from_key).await.is_ok();
+                if exists || !remove_source {
+                    d.storage
+                        .put(&to_key, Bytes::new(), PutMode::Overwrite)
+                        .await?;
+                }
+                if remove_source && exists {
+                    s.storage.delete_many(vec![from_key]).await?;
+                }
+                continue;
+            }
+            if same_backend {
+                if remove_source {
+                    s.storage.rename(&from_key, &to_key).await?;
+                } else {
+                    s.storage.copy(&from_key, &to_key).await?;
+                }
+                bytes += s.storage.head(&to_key).await.map(|m| m.size).unwrap_or(0);
+            } else {
+                bytes += self
+                    .stream_copy(s.storage, &from_key, d.storage, &to_key)
+                    .await?;
+                if remove_source {
+                    s.storage.delete_many(vec![from_key]).await?;
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Copies through the cache: a download feeding an upload.
+    async fn stream_copy(
+        &self,
+        from: &Arc<dyn ObjectStorage>,
+        from_key: &ObjectKey,
+        to: &Arc<dyn ObjectStorage>,
+        to_key: &ObjectKey,
+    ) -> Result<u64, Error> {
+        let mut down = self.cache.download(from.clone(), from_key.clone()).await?;
+        let size = down.size();
+        let mut up = self
+            .cache
+            .upload(to.clone(), to_key.clone(), Some(size))
+            .await?;
+        let mut at = 0;
+        while let Some(chunk) = down.next_chunk().await? {
+            up.write_at(at, &chunk).await?;
+            at += chunk.len() as u64;
+        }
+        up.finish().await?;
+        Ok(size)
+    }
+}
+
+/// The streaming merge of a delimited listing. Keys arrive sorted, and a file
+/// `x` sorts before the prefix `x/` (with `x.y` between them): a file is held
+/// back until a key past `x/` shows that no directory of its name follows.
+struct ListState {
+    root: SandboxRoot,
+    inner: VirtualPath,
+    mounts: Vec<String>,
+    hidden: HiddenCount,
+    pending: Vec<(String, DirEntry)>,
+    shadowed: u64,
+    path: String,
+}
+
+impl ListState {
+    fn push(&mut self, item: ListItem) -> Vec<DirEntry> {
+        let key = item.key().as_str().to_owned();
+        let entry = match self.hidden.classify(&self.root, &key) {
+            KeyClass::File(p) => p
+                .strip_prefix(&self.inner)
+                .filter(|r| r.depth() == 1)
+                .map(|r| {
+                    let (size, modified) = match &item {
+                        ListItem::Object(m) => (m.size, m.last_modified),
+                        ListItem::Prefix(_) => (0, None),
+                    };
+                    DirEntry::file(r.as_str(), size, modified)
+                }),
+            KeyClass::Directory(p) => p
+                .strip_prefix(&self.inner)
+                .filter(|r| r.depth() == 1)
+                .map(|r| DirEntry::directory(r.as_str())),
+            KeyClass::RootMarker | KeyClass::Hidden(_) => None,
+        };
+        // Everything held back that sorts before `key` minus a directory can now go.
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            if format!("{}/", self.pending[i].0) < key {
+                out.push(self.pending.remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(e) = entry {
+            if self.mounts.contains(&e.name) {
+                self.shadowed += u64::from(e.kind == EntryKind::File);
+            } else if e.is_dir() {
+                if let Some(i) = self.pending.iter().position(|(_, p)| p.name == e.name) {
+                    self.pending.remove(i);
+                    self.shadowed += 1;
+                }
+                out.push(e);
+            } else {
+                self.pending.push((key, e));
+            }
+        }
+        merge(out, &[]).0
+    }
+
+    fn end(&mut self) -> Vec<Result<DirEntry, Error>> {
+        if self.hidden.total > 0 {
+            tracing::warn!(
+                path = %self.path,
+                hidden = self.hidden.total,
+                outside_prefix = self.hidden.outside_prefix,
+                examples = ?self.hidden.examples,
+                "the listing hid keys a user could not have named"
+            );
+        }
+        if self.shadowed > 0 {
+            tracing::info!(path = %self.path, shadowed = self.shadowed, "files shadowed by a directory or mount of the same name");
+        }
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(_, e)| Ok(e))
+            .collect()
+    }
+}

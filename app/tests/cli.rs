@@ -1,0 +1,438 @@
+//! The `corral` binary, end to end: on the embedded default (File) and on a
+//! real S3 server (s3s-fs), with the errors users will hit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use corral_conformance::servers::{Pki, S3Server, Squid, free_port};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn corral(dir: &Path, args: &[&str]) -> Run {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CORRAL_CONFIG")
+        .env("USER", "tester")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run corral");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[track_caller]
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let r = corral(dir, args);
+    assert_eq!(r.code, 0, "corral {args:?} failed:\n{}", r.stderr);
+    r.stdout
+}
+
+#[track_caller]
+fn fails(dir: &Path, args: &[&str], code: i32, needle: &str) -> String {
+    let r = corral(dir, args);
+    assert_eq!(
+        r.code, code,
+        "corral {args:?}: expected exit {code}, got {}:\n{}{}",
+        r.code, r.stdout, r.stderr
+    );
+    assert!(
+        r.stderr.contains(needle),
+        "corral {args:?}: stderr lacks {needle:?}:\n{}",
+        r.stderr
+    );
+    r.stderr
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
+        .collect()
+}
+
+/// The same scenario on any sandbox: upload, list, read, download, mkdir, mv, rm.
+fn scenario(dir: &Path, cfg: &[&str]) {
+    let args =
+        |rest: &[&str]| -> Vec<String> { cfg.iter().chain(rest).map(|s| s.to_string()).collect() };
+    let run_ok = |rest: &[&str]| {
+        let a = args(rest);
+        ok(dir, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let big = pattern(20 << 20, 1); // 20 MiB: a multipart upload of three parts
+    std::fs::write(dir.join("big.bin"), &big).expect("write");
+    std::fs::write(dir.join("small.txt"), b"hello corral\n").expect("write");
+    run_ok(&["cp", "big.bin", "small.txt", "corral:/in/"]);
+    let listing = run_ok(&["ls", "corral:/in"]);
+    assert_eq!(listing, "big.bin\nsmall.txt\n");
+    assert_eq!(run_ok(&["cat", "corral:/in/small.txt"]), "hello corral\n");
+    let long = run_ok(&["ls", "-l", "corral:/in"]);
+    assert!(
+        long.contains(&format!("{} ", 20 << 20)) && long.contains("big.bin"),
+        "{long}"
+    );
+    let stat = run_ok(&["--json", "stat", "corral:/in/big.bin"]);
+    let v: serde_json::Value = serde_json::from_str(stat.trim()).expect("json");
+    assert_eq!(v["size"], 20 << 20);
+    assert_eq!(v["type"], "file");
+
+    run_ok(&["cp", "corral:/in/big.bin", "back.bin"]);
+    assert!(
+        std::fs::read(dir.join("back.bin")).expect("read") == big,
+        "downloaded bytes differ"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".corral-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    run_ok(&["mkdir", "-p", "corral:/a/b/c"]);
+    assert_eq!(run_ok(&["ls", "corral:/a/b"]), "c/\n");
+    run_ok(&["cp", "-r", "corral:/in", "corral:/a/copy"]);
+    assert_eq!(run_ok(&["ls", "corral:/a/copy"]), "big.bin\nsmall.txt\n");
+    run_ok(&["mv", "corral:/a/copy", "corral:/moved"]);
+    assert_eq!(run_ok(&["ls", "corral:/moved"]), "big.bin\nsmall.txt\n");
+    assert_eq!(run_ok(&["ls", "corral:/a"]), "b/\n");
+    let tree = dir.join("tree");
+    run_ok(&["cp", "-r", "corral:/moved", tree.to_str().expect("utf-8")]);
+    assert!(std::fs::read(tree.join("big.bin")).expect("read") == big);
+    run_ok(&["rm", "-r", "corral:/moved", "corral:/a"]);
+    assert_eq!(run_ok(&["ls", "corral:/"]), "in/\n");
+}
+
+#[test]
+fn embedded_default_file_sandbox() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    scenario(dir.path(), &[]);
+    // The embedded default is a real directory.
+    assert!(dir.path().join("corral-data/in/big.bin").is_file());
+    // Errors with their exit codes.
+    fails(
+        dir.path(),
+        &["cat", "corral:/../../etc/passwd"],
+        4,
+        "escapes the sandbox",
+    );
+    fails(dir.path(), &["cat", "corral:/nothing"], 3, "/nothing");
+    fails(
+        dir.path(),
+        &["ls", "/etc"],
+        2,
+        "is not a sandbox path: write sandbox paths as corral:/PATH",
+    );
+    fails(
+        dir.path(),
+        &["cp", "no-such-file", "corral:/x"],
+        3,
+        "cannot read no-such-file",
+    );
+    fails(
+        dir.path(),
+        &["cp", "corral:/in/small.txt", "/nonexistent/dir/out.txt"],
+        3,
+        "cannot write",
+    );
+    fails(dir.path(), &["rm", "corral:/in"], 5, "is not empty (use -r");
+    fails(
+        dir.path(),
+        &["mkdir", "corral:/q/r"],
+        3,
+        "does not exist (use -p",
+    );
+    fails(
+        dir.path(),
+        &[
+            "cp",
+            "small.txt",
+            "corral:/in/small.txt",
+            "--overwrite",
+            "in-place-never",
+        ],
+        5,
+        "never overwrites",
+    );
+    fails(
+        dir.path(),
+        &["--max-cloud-cache-upload-size", "4MiB", "ls"],
+        2,
+        "smaller than one multipart part (5 MiB)",
+    );
+    fails(
+        dir.path(),
+        &["--max-cloud-cache-size", "lots", "ls"],
+        2,
+        "--max-cloud-cache-size: \"lots\" is not a size",
+    );
+    // Part-file backup mode on File: the old file is kept as .jetbak.
+    std::fs::write(dir.path().join("small.txt"), b"second version\n").expect("write");
+    ok(
+        dir.path(),
+        &[
+            "cp",
+            "--overwrite",
+            "5",
+            "small.txt",
+            "corral:/in/small.txt",
+        ],
+    );
+    assert_eq!(
+        ok(dir.path(), &["cat", "corral:/in/small.txt"]),
+        "second version\n"
+    );
+    assert_eq!(
+        ok(dir.path(), &["cat", "corral:/in/small.txt.jetbak"]),
+        "hello corral\n"
+    );
+}
+
+fn write_config(dir: &Path, json: &str) -> PathBuf {
+    let path = dir.join("corral.json");
+    std::fs::write(&path, json).expect("write config");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+fn s3_sandbox(server: &S3Server, bucket: &str, path: &str, extra: &str) -> String {
+    format!(
+        r#"{{"type":"S3","bucketName":"{bucket}","path":"{path}","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}"{extra}}}"#,
+        server.endpoint, server.access_key, server.secret_key
+    )
+}
+
+#[test]
+fn s3_sandbox_end_to_end() {
+    // moto: s3s-fs stores directory markers as directories it does not list.
+    let server = S3Server::moto();
+    server.create_bucket("transfers");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"{{"mappings": {{"": {{"": {}}}}}}}"#,
+            s3_sandbox(&server, "transfers", "users/%u", "")
+        ),
+    );
+    let c = config.to_str().expect("utf-8");
+    scenario(dir.path(), &["--config", c]);
+
+    // Objects live under the user's prefix in the bucket: look with a raw client.
+    let raw: corral_domain::Mappings = serde_json::from_str(&format!(
+        r#"{{"": {{"": {}}}}}"#,
+        s3_sandbox(&server, "transfers", "", "")
+    ))
+    .expect("mapping");
+    let view = raw
+        .resolve(&corral_domain::Identity::user("raw"))
+        .expect("view");
+    let bucket = corral_adapters::Backends::new()
+        .open(&view.mounts()[0].spec)
+        .expect("backend");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let meta = rt
+        .block_on(bucket.storage.head(&corral_domain::ObjectKey::from_raw(
+            "users/tester/in/small.txt",
+        )))
+        .expect("the object is at users/tester/in/small.txt");
+    assert_eq!(meta.size, 13);
+
+    // Another user sees nothing of tester's files.
+    assert_eq!(
+        ok(
+            dir.path(),
+            &["--config", c, "--user", "other", "ls", "corral:/"]
+        ),
+        ""
+    );
+    fails(
+        dir.path(),
+        &[
+            "--config",
+            c,
+            "--user",
+            "other",
+            "cat",
+            "corral:/in/small.txt",
+        ],
+        3,
+        "",
+    );
+    fails(
+        dir.path(),
+        &["--config", c, "--user", "../tester", "ls"],
+        2,
+        "cannot be used in a sandbox path",
+    );
+
+    // S3 ignores a requested overwrite mode, and says so.
+    let err = corral(
+        dir.path(),
+        &[
+            "--config",
+            c,
+            "cp",
+            "--overwrite",
+            "part-file-backup",
+            "small.txt",
+            "corral:/in/small.txt",
+        ],
+    );
+    assert_eq!(err.code, 0, "{}", err.stderr);
+    assert!(err.stderr.contains("overwrite mode part-file-backup (5) is not supported by this sandbox and was ignored; in-place-always (1) applies"), "{}", err.stderr);
+
+    // A file of 1 TiB is refused before a byte moves (a sparse local file).
+    let huge = dir.path().join("huge.bin");
+    std::fs::File::create(&huge)
+        .expect("create")
+        .set_len(1 << 40)
+        .expect("sparse 1 TiB");
+    fails(
+        dir.path(),
+        &["--config", c, "cp", "huge.bin", "corral:/huge.bin"],
+        1,
+        "accepts files smaller than 1099511627776 bytes (1 TiB)",
+    );
+
+    // Secrets never shown.
+    let m = ok(dir.path(), &["--config", c, "mappings"]);
+    assert!(
+        m.contains("secretKey=***") && !m.contains(&server.secret_key),
+        "{m}"
+    );
+    ok(dir.path(), &["--config", c, "check", "--write"]);
+
+    // A cache that fits two uploads and never waits: the third reports "cache full".
+    let busy = write_config(
+        dir.path(),
+        &format!(
+            r#"{{"cache": {{"maxCloudCacheSize": "16MiB", "maxCloudCacheUploadSize": "8MiB", "maxCloudCacheDownloadSize": "8MiB", "waitSeconds": 0}},
+                "mappings": {{"": {{"": {}}}}}}}"#,
+            s3_sandbox(&server, "transfers", "users/%u", "")
+        ),
+    );
+    for i in 0..3 {
+        std::fs::write(dir.path().join(format!("f{i}.bin")), pattern(20 << 20, i)).expect("write");
+    }
+    fails(
+        dir.path(),
+        &[
+            "--config",
+            busy.to_str().expect("utf-8"),
+            "cp",
+            "f0.bin",
+            "f1.bin",
+            "f2.bin",
+            "corral:/many/",
+        ],
+        1,
+        "cache full: 2 transfers hold 16 MiB of 16 MiB",
+    );
+}
+
+#[test]
+fn connection_errors_through_the_binary() {
+    let server = S3Server::s3s_fs();
+    server.create_bucket("transfers");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |sandbox: String, args: &[&str], code: i32, needle: &str| {
+        let config = write_config(
+            dir.path(),
+            &format!(r#"{{"mappings": {{"": {{"": {sandbox}}}}}}}"#),
+        );
+        let mut all = vec!["--config", config.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        fails(dir.path(), &all, code, needle)
+    };
+    run(
+        s3_sandbox(&server, "no-such-bucket", "", r#","maxRetries":0"#),
+        &["check"],
+        3,
+        "bucket \"no-such-bucket\" does not exist",
+    );
+    let wrong = format!(
+        r#"{{"type":"S3","bucketName":"transfers","endpointOverride":"{}","accessKeyId":"{}","secretKey":"wrong","maxRetries":0}}"#,
+        server.endpoint, server.access_key
+    );
+    let e = run(wrong, &["ls"], 4, "`secretKey`");
+    assert!(!e.contains("wrong\""), "{e}");
+    let closed = free_port();
+    let unreachable = format!(
+        r#"{{"type":"S3","bucketName":"transfers","endpointOverride":"http://127.0.0.1:{closed}","accessKeyId":"a","secretKey":"b","maxRetries":0}}"#
+    );
+    run(
+        unreachable,
+        &["ls"],
+        1,
+        &format!("cannot connect to http://127.0.0.1:{closed}"),
+    );
+
+    // An unknown user where only named users are mapped.
+    let config = write_config(
+        dir.path(),
+        r#"{"mappings": {"alice": {"": {"type":"Memory"}}}}"#,
+    );
+    fails(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--user",
+            "mallory",
+            "ls",
+        ],
+        4,
+        "no sandbox is mapped for user \"mallory\"",
+    );
+
+    // Secrets in a config readable by others: a warning.
+    let loose = write_config(
+        dir.path(),
+        &format!(
+            r#"{{"mappings": {{"": {{"": {}}}}}}}"#,
+            s3_sandbox(&server, "transfers", "", "")
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let r = corral(
+        dir.path(),
+        &["--config", loose.to_str().expect("utf-8"), "ls"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("holds secrets and is readable by other users"),
+        "{}",
+        r.stderr
+    );
+
+    // Untrusted certificate and proxy authentication.
+    let pki = Pki::generate();
+    let tls = S3Server::moto_tls(&pki);
+    tls.create_bucket("transfers");
+    run(
+        s3_sandbox(&tls, "transfers", "", r#","maxRetries":0"#),
+        &["ls"],
+        1,
+        "TLS: the server's certificate is signed by an authority that is not trusted",
+    );
+    let squid = Squid::start(&pki);
+    let via_proxy = s3_sandbox(
+        &server,
+        "transfers",
+        "",
+        &format!(
+            r#","proxyHost":"127.0.0.1","proxyPort":{},"proxyUserName":"{}","proxyPassword":"bad","maxRetries":0"#,
+            squid.http_port, squid.user
+        ),
+    );
+    run(via_proxy, &["ls"], 4, "refused the credentials (407)");
+}
