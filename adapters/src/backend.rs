@@ -154,6 +154,13 @@ impl ObjectStoreBackend {
         }
     }
 
+    fn check_name(&self, key: &ObjectKey) -> Result<()> {
+        match self.flavor {
+            Flavor::File(_) => crate::file::check_name(key),
+            _ => Ok(()),
+        }
+    }
+
     fn err(&self, e: object_store::Error, op: Operation, key: &ObjectKey) -> Error {
         from_object_store(e, op, key.as_str(), &self.ctx)
     }
@@ -216,6 +223,16 @@ impl ObjectStoreBackend {
                     .map_err(|e| from_object_store(e, Operation::List, &raw_prefix, &ctx))?
             };
             items.retain(|i| i.key().as_str().starts_with(&raw_prefix));
+            // InMemory does not list the marker equal to the prefix; S3 does.
+            if !raw_prefix.is_empty() && !items.iter().any(|i| i.key().as_str() == raw_prefix) {
+                let marker = to_path(&ObjectKey::from_raw(raw_prefix.clone()))?;
+                if let Ok(m) = store.head(&marker).await {
+                    items.push(ListItem::Object(ObjectMeta {
+                        key: ObjectKey::from_raw(raw_prefix.clone()),
+                        ..meta_from(m)
+                    }));
+                }
+            }
             if let Some(after) = &opts.start_after {
                 items.retain(|i| i.key() > after);
             }
@@ -235,6 +252,12 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
+        if self.check_name(key).is_err() {
+            // A reserved name is never a stored object.
+            return Err(Error::not_found("no such object")
+                .with_operation(Operation::Head)
+                .with_path(key.as_str().to_owned()));
+        }
         if let Flavor::File(dir) = &self.flavor
             && key.is_dir_marker()
         {
@@ -294,6 +317,7 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
+        self.check_name(key)?;
         let data = self.owned(data);
         if let Flavor::File(dir) = &self.flavor
             && key.is_dir_marker()
@@ -383,6 +407,7 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
+        self.check_name(to)?;
         let (src, dst) = (to_path(from)?, to_path(to)?);
         self.store
             .copy(&src, &dst)
@@ -391,6 +416,7 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn rename(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
+        self.check_name(to)?;
         let (src, dst) = (to_path(from)?, to_path(to)?);
         // LocalFileSystem renames atomically; S3 and memory copy then delete.
         self.store
@@ -404,6 +430,7 @@ impl ObjectStorage for ObjectStoreBackend {
             let Flavor::File(dir) = &self.flavor else {
                 unreachable!("only File lacks MultipartStore")
             };
+            crate::file::check_name(key)?;
             return dir.create_multipart(key).await;
         };
         let path = to_path(key)?;

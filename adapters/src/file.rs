@@ -35,7 +35,8 @@ pub(crate) struct FileDir {
 
 fn io_err(e: std::io::Error, op: Operation, key: &str) -> Error {
     let kind = match e.kind() {
-        IoKind::NotFound => ErrorKind::NotFound,
+        // A path through a file (`f/x` where `f` is a file) does not exist.
+        IoKind::NotFound | IoKind::NotADirectory => ErrorKind::NotFound,
         IoKind::AlreadyExists => ErrorKind::AlreadyExists,
         IoKind::PermissionDenied => ErrorKind::PermissionDenied,
         IoKind::DirectoryNotEmpty => ErrorKind::Conflict,
@@ -45,6 +46,23 @@ fn io_err(e: std::io::Error, op: Operation, key: &str) -> Error {
     Error::new(kind, e.to_string())
         .with_operation(op)
         .with_path(key.to_owned())
+}
+
+/// Refuses names the File backend reserves for staging (`…#digits`).
+pub(crate) fn check_name(key: &ObjectKey) -> Result<()> {
+    let name = key
+        .as_str()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    if is_staging_name(name) {
+        return Err(Error::invalid_input(format!(
+            "{name:?}: on a File sandbox, names ending in `#` and digits are reserved for staging uploads; rename the file"
+        ))
+        .with_path(key.as_str().to_owned()));
+    }
+    Ok(())
 }
 
 /// Whether a file name is a staging name (`…#digits`).

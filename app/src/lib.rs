@@ -12,4 +12,4 @@ pub mod cache;
 pub mod config;
 pub mod sandbox;
 
-pub use sandbox::{Corral, Entry, UserSandbox, Writer};
+pub use sandbox::{Copied, Corral, Entry, UserSandbox, Writer};

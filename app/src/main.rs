@@ -147,6 +147,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -167,7 +168,7 @@ fn main() -> ExitCode {
         // Uploads dropped unfinished (an error, Ctrl-C) abort in the background: wait for them.
         let late = wait_for_background_aborts(Duration::from_secs(10)).await;
         if late > 0 {
-            eprintln!("corral: {late} multipart uploads could not be aborted in time; `corral uploads` can clean them up");
+            eprintln!("corral: {late} multipart uploads could not be aborted in time; a bucket lifecycle rule for incomplete uploads removes them");
         }
         r
     });
@@ -243,11 +244,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
             cp(&sb, &paths, &dst, recursive, overwrite, json).await
         }
         Command::Mv { from, to } => {
-            let n = sb.rename(&sandbox_arg(&from)?, &sandbox_arg(&to)?).await?;
+            let moved = sb.rename(&sandbox_arg(&from)?, &sandbox_arg(&to)?).await?;
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"moved": from, "to": to, "bytes": n})
+                    serde_json::json!({"moved": from, "to": to, "files": moved.files, "bytes": moved.bytes})
                 );
             }
             Ok(())
@@ -437,6 +438,7 @@ async fn cp(
         )));
     }
     let mut jobs = Vec::new();
+    let mut within = corral::Copied::default();
     for src in sources {
         let name = base_name(src.strip_prefix("corral:").unwrap_or(src));
         match (src.strip_prefix("corral:"), dst_sandbox) {
@@ -452,7 +454,9 @@ async fn cp(
                 } else {
                     d.to_owned()
                 };
-                sb.copy(s, &target, recursive).await?;
+                let copied = sb.copy(s, &target, recursive).await?;
+                within.files += copied.files;
+                within.bytes += copied.bytes;
             }
             (None, Some(d)) => {
                 let local = PathBuf::from(src);
@@ -495,7 +499,7 @@ async fn cp(
             }
         }
     }
-    let files = jobs.len();
+    let files = jobs.len() as u64 + within.files;
     let notices = std::sync::Mutex::new(Vec::<String>::new());
     // Several files at once; the cache's admission bounds the bytes in flight.
     let bytes: u64 = futures::stream::iter(jobs)
@@ -515,7 +519,7 @@ async fn cp(
             }
         })
         .buffer_unordered(8)
-        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+        .try_fold(within.bytes, |acc, n| async move { Ok(acc + n) })
         .await?;
     let mut notices = notices.into_inner().unwrap_or_default();
     notices.sort();
@@ -655,7 +659,8 @@ async fn upload_file(
     let mut writer = sb.create(target, Some(size), mode).await?;
     let notice = writer.decision().notice();
     let mut progress = Progress::new(size, &base_name(target));
-    let mut buf = vec![0u8; 1 << 20];
+    // Reads of one default part: fewer trips through the blocking pool.
+    let mut buf = vec![0u8; (8 << 20).min(size.max(1) as usize)];
     let mut at = 0u64;
     loop {
         let n = file

@@ -16,11 +16,12 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use corral_adapters::{Backends, OpenSandbox};
 use corral_domain::key::{HiddenCount, KeyClass};
-use corral_domain::listing::{DirEntry, EntryKind, merge};
+use corral_domain::listing::{DirEntry, EntryKind};
 use corral_domain::mapping::Location;
 use corral_domain::overwrite::{
     BACKUP_SUFFIX, OverwriteDecision, PART_FILE_SUFFIX, RefuseReason, WritePlan, decide,
 };
+use corral_domain::parts::MAX_COPY_OBJECT_SIZE;
 use corral_domain::port::{ListItem, ListOptions, PutMode};
 use corral_domain::{
     Capabilities, Error, ErrorKind, Identity, Mappings, ObjectKey, ObjectStorage, OverwriteMode,
@@ -91,6 +92,15 @@ pub struct Entry {
     pub size: u64,
     /// Last modification, if known.
     pub modified: Option<SystemTime>,
+}
+
+/// What a copy or a move did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Copied {
+    /// Files copied or moved.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// Where a path leads, with its backend.
@@ -283,7 +293,8 @@ impl UserSandbox {
             }
             Place::Mount(t) => t,
         };
-        if Self::dir_exists(&t).await? {
+        // A path that holds mount points is a directory even if its own sandbox has nothing there.
+        if !self.view.mount_children(&vp).is_empty() || Self::dir_exists(&t).await? {
             return Ok(Entry {
                 path: vp,
                 kind: EntryKind::Directory,
@@ -634,14 +645,14 @@ impl UserSandbox {
 
     /// Copies a file, or (with `recursive`) a directory, to `to`. Server-side
     /// within one mount; through the cache between mounts.
-    pub async fn copy(&self, from: &str, to: &str, recursive: bool) -> Result<u64, Error> {
+    pub async fn copy(&self, from: &str, to: &str, recursive: bool) -> Result<Copied, Error> {
         self.transfer(from, to, recursive, false).await
     }
 
     /// Moves a file or a directory. A file moves atomically where the backend
     /// renames atomically (File); a directory moves entry by entry, so it is
     /// never atomic: a failure half-way leaves some entries moved.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<u64, Error> {
+    pub async fn rename(&self, from: &str, to: &str) -> Result<Copied, Error> {
         self.transfer(from, to, true, true).await
     }
 
@@ -651,7 +662,7 @@ impl UserSandbox {
         to: &str,
         recursive: bool,
         remove_source: bool,
-    ) -> Result<u64, Error> {
+    ) -> Result<Copied, Error> {
         let (src, dst) = (parse(from)?, parse(to)?);
         if dst.starts_with(&src) {
             return Err(Error::invalid_input(format!(
@@ -710,12 +721,27 @@ impl UserSandbox {
                     true,
                 ));
             }
-            // Directories (markers) last when removing, so a failure leaves them.
-            pairs.sort_by_key(|(_, _, marker)| *marker);
+            // Files first, then directories deepest first: a directory is
+            // removed after what was in it (File refuses a non-empty one), and a
+            // failure half-way leaves the source directories in place.
+            pairs.sort_by_key(|(k, _, marker)| (*marker, std::cmp::Reverse(k.as_str().len())));
             pairs
         };
         let same_backend = Arc::ptr_eq(s.storage, d.storage);
-        let mut bytes = 0u64;
+        let mut done = Copied::default();
+        let delete = |storage: &Arc<dyn ObjectStorage>, key: ObjectKey| {
+            let storage = storage.clone();
+            async move {
+                let failed = storage.delete_many(vec![key]).await?;
+                match failed
+                    .into_iter()
+                    .find(|(_, e)| e.kind() != ErrorKind::NotFound)
+                {
+                    None => Ok::<(), Error>(()),
+                    Some((_, e)) => Err(e),
+                }
+            }
+        };
         for (from_key, to_key, marker) in pairs {
             if to_key.as_str().is_empty() {
                 continue;
@@ -728,27 +754,31 @@ impl UserSandbox {
                         .await?;
                 }
                 if remove_source && exists {
-                    s.storage.delete_many(vec![from_key]).await?;
+                    delete(s.storage, from_key).await?;
                 }
                 continue;
             }
-            if same_backend {
+            let size = s.storage.head(&from_key).await?.size;
+            // S3's CopyObject stops at 5 GiB: larger objects go through the cache.
+            let server_side =
+                same_backend && (s.caps().atomic_rename || size <= MAX_COPY_OBJECT_SIZE);
+            if server_side {
                 if remove_source {
                     s.storage.rename(&from_key, &to_key).await?;
                 } else {
                     s.storage.copy(&from_key, &to_key).await?;
                 }
-                bytes += s.storage.head(&to_key).await.map(|m| m.size).unwrap_or(0);
             } else {
-                bytes += self
-                    .stream_copy(s.storage, &from_key, d.storage, &to_key)
+                self.stream_copy(s.storage, &from_key, d.storage, &to_key)
                     .await?;
                 if remove_source {
-                    s.storage.delete_many(vec![from_key]).await?;
+                    delete(s.storage, from_key).await?;
                 }
             }
+            done.files += 1;
+            done.bytes += size;
         }
-        Ok(bytes)
+        Ok(done)
     }
 
     /// Copies through the cache: a download feeding an upload.
@@ -831,7 +861,7 @@ impl ListState {
                 self.pending.push((key, e));
             }
         }
-        merge(out, &[]).0
+        out
     }
 
     fn end(&mut self) -> Vec<Result<DirEntry, Error>> {

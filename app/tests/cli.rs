@@ -171,6 +171,48 @@ fn embedded_default_file_sandbox() {
         2,
         "--max-cloud-cache-size: \"lots\" is not a size",
     );
+    // A directory moves whole: nothing is left at the source, empty levels included.
+    ok(dir.path(), &["mkdir", "-p", "corral:/deep/x/y"]);
+    ok(dir.path(), &["cp", "small.txt", "corral:/deep/x/y/"]);
+    let moved = ok(
+        dir.path(),
+        &["--json", "mv", "corral:/deep", "corral:/deep2"],
+    );
+    assert!(
+        moved.contains("\"files\":1") && moved.contains("\"bytes\":13"),
+        "{moved}"
+    );
+    assert!(
+        !dir.path().join("corral-data/deep").exists(),
+        "the source directory is left"
+    );
+    assert_eq!(
+        ok(dir.path(), &["cat", "corral:/deep2/x/y/small.txt"]),
+        "hello corral\n"
+    );
+    let copied = ok(
+        dir.path(),
+        &["--json", "cp", "-r", "corral:/deep2", "corral:/deep3"],
+    );
+    assert!(
+        copied.contains("\"files\":1") && copied.contains("\"bytes\":13"),
+        "{copied}"
+    );
+    // Names the File backend reserves for staging are refused clearly.
+    fails(
+        dir.path(),
+        &["cp", "small.txt", "corral:/x#12"],
+        2,
+        "reserved for staging uploads",
+    );
+    // A path through a file does not exist.
+    fails(
+        dir.path(),
+        &["mkdir", "-p", "corral:/in/small.txt/sub"],
+        5,
+        "",
+    );
+
     // Part-file backup mode on File: the old file is kept as .jetbak.
     std::fs::write(dir.path().join("small.txt"), b"second version\n").expect("write");
     ok(

@@ -6,11 +6,12 @@
 //!
 //! - a name that is both a file and a directory is shown once, as the
 //!   directory (a file `a` and keys under `a/` can coexist in a bucket when
-//!   another tool wrote them; the directory is what holds the user's data,
-//!   and the file stays readable by its path);
+//!   another tool wrote them; the directory is what holds the user's data).
+//!   The file is shadowed: neither listed nor opened through corral until
+//!   the directory is gone;
 //! - a mount point shadows whatever the parent sandbox holds under the same
 //!   name: it is shown once, as a directory;
-//! - entries are sorted by name.
+//! - [`merge`] sorts by name; a streamed listing keeps the backend's key order.
 //!
 //! On S3 a directory exists if its marker exists or any key lies below it
 //! ([`directory_exists`]); an empty directory exists only through its marker.

@@ -22,8 +22,7 @@ pub enum OverwriteMode {
     InPlaceAlways = 1,
     /// 2: overwrite in place only if the existing file has the same size or is empty.
     InPlaceSameSize = 2,
-    /// 3: write to a part file and rename it into place; refused if the target
-    /// exists; after a failure the part file stays (for a later resume).
+    /// 3: write to a part file and rename it into place; refused if the target exists.
     PartFileNever = 3,
     /// 4: write to a part file, then replace the target.
     PartFileAlways = 4,

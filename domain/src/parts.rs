@@ -28,6 +28,8 @@ pub const MAX_PART_SIZE: u64 = 5 << 30;
 pub const MAX_PARTS: u64 = 10_000;
 /// The part size used unless a file needs bigger parts.
 pub const DEFAULT_PART_SIZE: u64 = 8 * MIB;
+/// The largest object S3's CopyObject copies in one request (5 GiB).
+pub const MAX_COPY_OBJECT_SIZE: u64 = 5 << 30;
 /// An S3 sandbox accepts files strictly smaller than this (1 TiB).
 pub const S3_MAX_FILE_SIZE: u64 = 1 << 40;
 
