@@ -21,3 +21,8 @@ export HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 ALL_PROXY=ht
 export NO_PROXY=127.0.0.1,localhost
 echo "== cargo test (HTTPS_PROXY=$HTTPS_PROXY, NO_PROXY=$NO_PROXY)"
 cargo test --workspace
+echo "== examples"
+cargo run -q -p corral --example custom_backend
+cargo run -q -p corral --example embed
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q

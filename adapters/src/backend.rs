@@ -43,6 +43,10 @@ pub(crate) enum Flavor {
         multipart: Arc<dyn MultipartStore>,
         raw: RawS3,
     },
+    /// Any store handed over by an embedder; listed with object_store's listing.
+    Custom {
+        multipart: Arc<dyn MultipartStore>,
+    },
     Memory {
         store: Arc<InMemory>,
     },
@@ -136,6 +140,24 @@ impl ObjectStoreBackend {
         )
     }
 
+    /// A backend over any `object_store` store with multipart support.
+    pub fn custom(
+        store: Arc<dyn ObjectStore>,
+        multipart: Arc<dyn MultipartStore>,
+        capabilities: Capabilities,
+    ) -> Self {
+        let name = capabilities.name;
+        Self::new(
+            store,
+            Flavor::Custom { multipart },
+            capabilities,
+            Context {
+                backend: name,
+                ..Context::default()
+            },
+        )
+    }
+
     /// Overrides declared capabilities (per-endpoint quirks from configuration).
     #[must_use]
     pub fn with_capabilities(mut self, caps: Capabilities) -> Self {
@@ -149,7 +171,7 @@ impl ObjectStoreBackend {
     /// and drop them.
     fn owned(&self, data: Bytes) -> Bytes {
         match self.flavor {
-            Flavor::Memory { .. } => Bytes::copy_from_slice(&data),
+            Flavor::Memory { .. } | Flavor::Custom { .. } => Bytes::copy_from_slice(&data),
             _ => data,
         }
     }
@@ -169,13 +191,15 @@ impl ObjectStoreBackend {
         match &self.flavor {
             Flavor::S3 { multipart, .. } => Some(multipart.as_ref()),
             Flavor::Memory { store } => Some(store.as_ref()),
+            Flavor::Custom { multipart } => Some(multipart.as_ref()),
             Flavor::File(_) => None,
         }
     }
 
-    fn list_memory(
+    /// object_store's own listing: for stores that can hold nothing unparseable.
+    fn list_object_store(
         &self,
-        store: &Arc<InMemory>,
+        store: &Arc<dyn ObjectStore>,
         prefix: &ObjectKey,
         opts: ListOptions,
     ) -> ListStream {
@@ -402,7 +426,9 @@ impl ObjectStorage for ObjectStoreBackend {
         match &self.flavor {
             Flavor::S3 { raw, .. } => raw.list(prefix.clone(), options),
             Flavor::File(dir) => dir.list(prefix.clone(), options),
-            Flavor::Memory { store } => self.list_memory(store, prefix, options),
+            Flavor::Memory { .. } | Flavor::Custom { .. } => {
+                self.list_object_store(&self.store, prefix, options)
+            }
         }
     }
 

@@ -66,6 +66,7 @@ pub struct OpenSandbox {
 pub struct Backends {
     memory: Arc<InMemory>,
     s3: Mutex<Vec<(S3Spec, Arc<ObjectStoreBackend>)>>,
+    custom: Mutex<Vec<(String, Arc<dyn ObjectStorage>)>>,
 }
 
 impl Backends {
@@ -89,6 +90,22 @@ impl Backends {
                 storage: self.s3(spec)?,
                 root: root.clone(),
             }),
+            ResolvedSpec::Custom { backend, root } => {
+                let custom = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+                let storage = custom
+                    .iter()
+                    .find(|(name, _)| name == backend)
+                    .map(|(_, s)| s.clone())
+                    .ok_or_else(|| {
+                        corral_domain::Error::invalid_input(format!(
+                            "no backend is registered under the name {backend:?} (a Custom sandbox's `backend`)"
+                        ))
+                    })?;
+                Ok(OpenSandbox {
+                    storage,
+                    root: root.clone(),
+                })
+            }
             other => Err(corral_domain::Error::unsupported(format!(
                 "no backend for sandbox type {}",
                 other.type_name()
@@ -114,6 +131,30 @@ impl Backends {
         let backend = Arc::new(s3::build(spec, Capabilities::s3())?);
         cache.push((spec.clone(), backend.clone()));
         Ok(backend)
+    }
+
+    /// Registers a backend of one's own under `name`, for `Custom` sandboxes
+    /// (`{"type": "Custom", "backend": "NAME", "path": "…"}`). A later
+    /// registration under the same name replaces the earlier one.
+    pub fn register(&self, name: impl Into<String>, storage: Arc<dyn ObjectStorage>) {
+        let name = name.into();
+        let mut custom = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+        custom.retain(|(n, _)| *n != name);
+        custom.push((name, storage));
+    }
+
+    /// Registers any `object_store` store (with multipart support) under `name`.
+    pub fn register_object_store(
+        &self,
+        name: impl Into<String>,
+        store: Arc<dyn object_store::ObjectStore>,
+        multipart: Arc<dyn object_store::multipart::MultipartStore>,
+        capabilities: Capabilities,
+    ) {
+        self.register(
+            name,
+            Arc::new(ObjectStoreBackend::custom(store, multipart, capabilities)),
+        );
     }
 
     /// The in-memory store shared by Memory sandboxes (for tests that plant objects).

@@ -8,6 +8,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -687,6 +688,20 @@ async fn upload_file(
     Ok((size, notice))
 }
 
+async fn join_write(
+    writes: &mut tokio::task::JoinSet<std::io::Result<()>>,
+    temp: &Path,
+) -> Result<(), Error> {
+    match writes.join_next().await {
+        Some(Ok(Ok(()))) | None => Ok(()),
+        Some(Ok(Err(e))) => Err(local_err(temp, "cannot write", e)),
+        Some(Err(e)) => Err(Error::new(
+            ErrorKind::Other,
+            format!("a write task failed: {e}"),
+        )),
+    }
+}
+
 /// Removes the temporary file unless the download completed.
 struct TempGuard(Option<PathBuf>);
 
@@ -710,17 +725,25 @@ async fn download_file(sb: &UserSandbox, src: &str, local: &Path) -> Result<u64,
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.corral-{}.part", std::process::id()));
     let mut guard = TempGuard(Some(temp.clone()));
-    let mut file = std::fs::File::create(&temp).map_err(|e| local_err(&temp, "cannot write", e))?;
+    let file =
+        Arc::new(std::fs::File::create(&temp).map_err(|e| local_err(&temp, "cannot write", e))?);
     let mut progress = Progress::new(d.size(), &name);
     let mut total = 0u64;
+    // Chunks are written by the blocking pool, two at a time, while the next
+    // ones download; a chunk's cache slot comes back when its write is done.
+    let mut writes = tokio::task::JoinSet::new();
     while let Some(chunk) = d.next_chunk().await? {
-        file.write_all(&chunk)
-            .map_err(|e| local_err(&temp, "cannot write", e))?;
-        total += chunk.len() as u64;
-        progress.advance(chunk.len() as u64);
+        let (file, at, len) = (file.clone(), total, chunk.len() as u64);
+        writes.spawn_blocking(move || std::os::unix::fs::FileExt::write_all_at(&*file, &chunk, at));
+        total += len;
+        progress.advance(len);
+        while writes.len() >= 2 {
+            join_write(&mut writes, &temp).await?;
+        }
     }
-    file.sync_all()
-        .map_err(|e| local_err(&temp, "cannot write", e))?;
+    while !writes.is_empty() {
+        join_write(&mut writes, &temp).await?;
+    }
     drop(file);
     std::fs::rename(&temp, local).map_err(|e| local_err(local, "cannot write", e))?;
     guard.0 = None;

@@ -44,11 +44,25 @@ impl Corral {
     /// Builds the service. The cache is opened (and, in file mode, its file
     /// created and locked) here; backends connect on first use.
     pub fn new(mappings: Mappings, cache: CacheConfig) -> Result<Self, Error> {
-        Ok(Self {
-            mappings: Arc::new(mappings),
-            backends: Arc::new(Backends::new()),
-            cache: TransferCache::open(cache)?,
-        })
+        Self::builder(mappings).cache(cache).build()
+    }
+
+    /// Builds the service from mappings written as JSON (the JetStream-compatible shape).
+    pub fn from_json(mappings: &str, cache: CacheConfig) -> Result<Self, Error> {
+        let mappings: Mappings = serde_json::from_str(mappings).map_err(|e| {
+            Error::invalid_input(format!("mappings: {e}"))
+                .with_operation(corral_domain::Operation::Configure)
+        })?;
+        Self::new(mappings, cache)
+    }
+
+    /// A builder, to register backends of one's own before building.
+    pub fn builder(mappings: Mappings) -> CorralBuilder {
+        CorralBuilder {
+            mappings,
+            cache: CacheConfig::default(),
+            backends: Backends::new(),
+        }
     }
 
     /// The mappings.
@@ -77,6 +91,40 @@ impl Corral {
             view,
             opened,
             cache: self.cache.clone(),
+        })
+    }
+}
+
+/// Builds a [`Corral`]: mappings, cache settings, and backends of one's own.
+#[derive(Debug)]
+pub struct CorralBuilder {
+    mappings: Mappings,
+    cache: CacheConfig,
+    backends: Backends,
+}
+
+impl CorralBuilder {
+    /// The transfer cache settings (default: 1 GiB in memory, 64 MiB per transfer).
+    #[must_use]
+    pub fn cache(mut self, cache: CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Registers a backend for `Custom` sandboxes naming it
+    /// (`{"type": "Custom", "backend": "NAME", "path": "prefix/%u"}`).
+    #[must_use]
+    pub fn backend(self, name: impl Into<String>, storage: Arc<dyn ObjectStorage>) -> Self {
+        self.backends.register(name, storage);
+        self
+    }
+
+    /// Opens the cache and builds the service.
+    pub fn build(self) -> Result<Corral, Error> {
+        Ok(Corral {
+            mappings: Arc::new(self.mappings),
+            backends: Arc::new(self.backends),
+            cache: TransferCache::open(self.cache)?,
         })
     }
 }
@@ -399,6 +447,72 @@ impl UserSandbox {
             out.extend_from_slice(&chunk);
         }
         Ok(out.into())
+    }
+
+    /// Up to `len` bytes of a file from `offset` (fewer at the end of the file).
+    pub async fn read_range(&self, path: &str, offset: u64, len: usize) -> Result<Bytes, Error> {
+        let mut d = self.open(path).await?;
+        let mut out = Vec::with_capacity(len.min(d.size().saturating_sub(offset) as usize));
+        let mut at = offset;
+        while out.len() < len {
+            let chunk = d.read_at(at, len - out.len()).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            at += chunk.len() as u64;
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
+    }
+
+    /// A file as an [`tokio::io::AsyncRead`], read ahead through the cache.
+    pub async fn reader(
+        &self,
+        path: &str,
+    ) -> Result<impl tokio::io::AsyncRead + Send + Unpin + 'static, Error> {
+        let d = self.open(path).await?;
+        let chunks = futures::stream::try_unfold(d, |mut d| async move {
+            Ok::<_, Error>(d.next_chunk().await?.map(|c| (c, d)))
+        })
+        .map_err(std::io::Error::other);
+        Ok(tokio_util::io::StreamReader::new(Box::pin(chunks)))
+    }
+
+    /// Writes a file from a stream of byte chunks (`size` if known).
+    pub async fn write_stream<S, E>(
+        &self,
+        path: &str,
+        size: Option<u64>,
+        mode: Option<OverwriteMode>,
+        stream: S,
+    ) -> Result<OverwriteDecision, Error>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut w = self.create(path, size, mode).await?;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| Error::new(ErrorKind::Other, format!("reading the source: {e}")))?;
+            w.write(&chunk).await?;
+        }
+        w.finish().await
+    }
+
+    /// Writes a file from an [`tokio::io::AsyncRead`] (`size` if known).
+    pub async fn write_from<R>(
+        &self,
+        path: &str,
+        size: Option<u64>,
+        mode: Option<OverwriteMode>,
+        reader: R,
+    ) -> Result<OverwriteDecision, Error>
+    where
+        R: tokio::io::AsyncRead + Send + Unpin,
+    {
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20);
+        self.write_stream(path, size, mode, stream).await
     }
 
     /// Opens a file for reading through the cache's read-ahead.

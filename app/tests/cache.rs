@@ -3,97 +3,17 @@
 //! file mode, out-of-order and streamed uploads, backpressure, admission
 //! under load, and that every byte comes back however a transfer ends.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
+use common::Counting;
 use corral::cache::{CacheConfig, TransferCache};
-use corral_adapters::ObjectStoreBackend;
-use corral_domain::port::{
-    ByteRange, CompletedPart, GetResult, ListOptions, ListStream, ObjectMeta, PutMode, PutResult,
-    UploadId,
-};
-use corral_domain::{Capabilities, Error, ErrorKind, ObjectKey, ObjectStorage, Result};
+use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage, Result};
 
 const MIB: u64 = 1 << 20;
-
-/// The Memory backend, counting open multipart uploads and slowing parts down a little.
-#[derive(Debug)]
-struct Counting {
-    inner: ObjectStoreBackend,
-    open_uploads: AtomicI64,
-    parts: AtomicU64,
-    part_delay: Duration,
-}
-
-impl Counting {
-    fn new(part_delay: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            inner: ObjectStoreBackend::memory(Default::default()),
-            open_uploads: AtomicI64::new(0),
-            parts: AtomicU64::new(0),
-            part_delay,
-        })
-    }
-}
-
-#[async_trait]
-impl ObjectStorage for Counting {
-    fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
-    }
-    async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
-        self.inner.head(key).await
-    }
-    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult> {
-        self.inner.get(key, range).await
-    }
-    async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
-        self.inner.put(key, data, mode).await
-    }
-    async fn delete_many(&self, keys: Vec<ObjectKey>) -> Result<Vec<(ObjectKey, Error)>> {
-        self.inner.delete_many(keys).await
-    }
-    fn list(&self, prefix: &ObjectKey, options: ListOptions) -> ListStream {
-        self.inner.list(prefix, options)
-    }
-    async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
-        self.inner.copy(from, to).await
-    }
-    async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId> {
-        let id = self.inner.create_multipart(key).await?;
-        self.open_uploads.fetch_add(1, Ordering::SeqCst);
-        Ok(id)
-    }
-    async fn upload_part(
-        &self,
-        key: &ObjectKey,
-        upload: &UploadId,
-        number: u32,
-        data: Bytes,
-    ) -> Result<CompletedPart> {
-        tokio::time::sleep(self.part_delay).await;
-        self.parts.fetch_add(1, Ordering::SeqCst);
-        self.inner.upload_part(key, upload, number, data).await
-    }
-    async fn complete_multipart(
-        &self,
-        key: &ObjectKey,
-        upload: &UploadId,
-        parts: Vec<CompletedPart>,
-    ) -> Result<PutResult> {
-        let r = self.inner.complete_multipart(key, upload, parts).await?;
-        self.open_uploads.fetch_sub(1, Ordering::SeqCst);
-        Ok(r)
-    }
-    async fn abort_multipart(&self, key: &ObjectKey, upload: &UploadId) -> Result<()> {
-        self.inner.abort_multipart(key, upload).await?;
-        self.open_uploads.fetch_sub(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -74,3 +74,98 @@ async fn mounts_directories_and_planted_objects() {
         ErrorKind::NotFound
     );
 }
+
+mod common;
+
+/// Dropping any future of the API leaves no reservation, no partial object
+/// and no pending multipart upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_futures_leave_nothing_behind() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    let storage = common::Counting::new(Duration::from_millis(100));
+    let m: Mappings = serde_json::from_str(
+        r#"{"": {"": {"type": "Custom", "backend": "counting", "path": "u/%u"}}}"#,
+    )
+    .expect("mappings");
+    // Two 8 MiB parts in flight at a time, 100 ms each: a 40 MiB write takes 300 ms.
+    let cache = CacheConfig {
+        upload: 16 << 20,
+        download: 16 << 20,
+        ..CacheConfig::default()
+    };
+    let corral = Corral::builder(m)
+        .cache(cache)
+        .backend("counting", storage.clone())
+        .build()
+        .expect("corral");
+    let sb = corral.sandbox(&Identity::user("alice")).expect("sandbox");
+    let data = vec![7u8; 40 << 20];
+
+    // A write dropped while parts are in flight.
+    let write = sb.write("/big.bin", &data, None);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), write)
+            .await
+            .is_err(),
+        "still running"
+    );
+    assert_eq!(
+        corral::cache::wait_for_background_aborts(Duration::from_secs(5)).await,
+        0
+    );
+    assert_eq!(
+        storage.open_uploads.load(Ordering::SeqCst),
+        0,
+        "no pending multipart upload"
+    );
+    assert_eq!(
+        sb.stat("/big.bin").await.unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "no partial object"
+    );
+    assert_eq!(corral.cache().metrics().reserved, 0);
+
+    // The same through write_stream and write_from.
+    let chunks = futures::stream::iter(
+        data.chunks(1 << 20)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let stream_write = sb.write_stream("/s.bin", None, None, chunks);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), stream_write)
+            .await
+            .is_err()
+    );
+    let reader_write = sb.write_from("/r.bin", Some(data.len() as u64), None, &data[..]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), reader_write)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        corral::cache::wait_for_background_aborts(Duration::from_secs(5)).await,
+        0
+    );
+    assert_eq!(storage.open_uploads.load(Ordering::SeqCst), 0);
+    assert_eq!(corral.cache().metrics().reserved, 0);
+
+    // Reads dropped half-way.
+    sb.write("/small.bin", &data[..(20 << 20)], None)
+        .await
+        .expect("write");
+    let mut reader = sb.reader("/small.bin").await.expect("reader");
+    let mut first = vec![0u8; 1 << 20];
+    tokio::io::AsyncReadExt::read_exact(&mut reader, &mut first)
+        .await
+        .expect("read");
+    drop(reader);
+    let range = sb.read_range("/small.bin", 5, 10).await.expect("range");
+    assert_eq!(&range[..], &data[5..15]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let m = corral.cache().metrics();
+    assert_eq!((m.reserved, m.in_use), (0, 0), "{m:?}");
+    assert_eq!(storage.open_uploads.load(Ordering::SeqCst), 0);
+}

@@ -1,6 +1,6 @@
 //! The typed sandbox configuration, validated once with errors that name the key.
 //!
-//! A spec is read as written (see [`crate::raw`]) and turned into a
+//! A spec is read as written (a self-describing value per key) and turned into a
 //! [`SandboxSpec`] here. Every check lives in this module, so that an
 //! adapter receiving a `SandboxSpec` can trust it: the scheme is `http` or
 //! `https`, the endpoint is a URL that agrees with the scheme, the proxy port
@@ -211,10 +211,25 @@ pub enum SandboxSpec {
     S3(Box<S3Spec>),
     /// A prefix of the in-memory store.
     Memory(MemorySpec),
+    /// A prefix of a backend registered by the program that embeds corral.
+    Custom(CustomSpec),
+}
+
+/// A sandbox on a backend registered in code under a name
+/// (`{"type": "Custom", "backend": "NAME", "path": "prefix/%u"}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomSpec {
+    /// The name the backend was registered under.
+    pub backend: String,
+    /// The key prefix, possibly with placeholders; empty is the backend's root.
+    pub path: PathTemplate,
 }
 
 /// The type names accepted in `type`.
-pub const SANDBOX_TYPES: [&str; 3] = ["File", "S3", "Memory"];
+pub const SANDBOX_TYPES: [&str; 4] = ["File", "S3", "Memory", "Custom"];
+
+/// Keys accepted for a Custom sandbox.
+pub const CUSTOM_KEYS: [&str; 3] = ["type", "backend", "path"];
 
 /// Keys accepted for an S3 sandbox, in documentation order.
 pub const S3_KEYS: [&str; 20] = [
@@ -250,6 +265,7 @@ impl SandboxSpec {
             Self::File(_) => "File",
             Self::S3(_) => "S3",
             Self::Memory(_) => "Memory",
+            Self::Custom(_) => "Custom",
         }
     }
 
@@ -259,6 +275,7 @@ impl SandboxSpec {
             Self::File(f) => &f.path,
             Self::S3(s) => &s.path,
             Self::Memory(m) => &m.path,
+            Self::Custom(c) => &c.path,
         }
     }
 
@@ -295,14 +312,14 @@ impl SandboxSpec {
                 ConfigError::key(
                     "type",
                     format!(
-                        "unknown sandbox type {type_name:?}; use \"File\", \"S3\" or \"Memory\""
+                        "unknown sandbox type {type_name:?}; use \"File\", \"S3\", \"Memory\" or \"Custom\""
                     ),
                 )
             })?;
-        let valid: &[&str] = if *canonical == "S3" {
-            &S3_KEYS
-        } else {
-            &PATH_ONLY_KEYS
+        let valid: &[&str] = match *canonical {
+            "S3" => &S3_KEYS,
+            "Custom" => &CUSTOM_KEYS,
+            _ => &PATH_ONLY_KEYS,
         };
         opts.reject_unknown(canonical, valid)?;
         match *canonical {
@@ -317,6 +334,22 @@ impl SandboxSpec {
             "Memory" => {
                 let path = opts.string("path")?.unwrap_or_default();
                 Ok(Self::Memory(MemorySpec {
+                    path: prefix_template(&path)?,
+                }))
+            }
+            "Custom" => {
+                let backend = opts
+                    .string("backend")?
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| {
+                        ConfigError::key(
+                            "backend",
+                            "a Custom sandbox needs the name its backend was registered under",
+                        )
+                    })?;
+                let path = opts.string("path")?.unwrap_or_default();
+                Ok(Self::Custom(CustomSpec {
+                    backend,
                     path: prefix_template(&path)?,
                 }))
             }

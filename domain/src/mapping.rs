@@ -230,6 +230,13 @@ pub enum ResolvedSpec {
         /// The expanded prefix.
         root: SandboxRoot,
     },
+    /// A prefix of a backend registered in code.
+    Custom {
+        /// The name it was registered under.
+        backend: String,
+        /// The expanded prefix.
+        root: SandboxRoot,
+    },
 }
 
 impl ResolvedSpec {
@@ -258,6 +265,10 @@ impl ResolvedSpec {
             SandboxSpec::Memory(_) => Self::Memory {
                 root: root(&expanded)?,
             },
+            SandboxSpec::Custom(c) => Self::Custom {
+                backend: c.backend.clone(),
+                root: root(&expanded)?,
+            },
         })
     }
 
@@ -267,6 +278,7 @@ impl ResolvedSpec {
             Self::File { .. } => "File",
             Self::S3 { .. } => "S3",
             Self::Memory { .. } => "Memory",
+            Self::Custom { .. } => "Custom",
         }
     }
 }
@@ -372,6 +384,9 @@ impl fmt::Display for UserView {
                 )?,
                 ResolvedSpec::Memory { root } => {
                     writeln!(f, "{} -> Memory {}", m.point, root.prefix())?
+                }
+                ResolvedSpec::Custom { backend, root } => {
+                    writeln!(f, "{} -> {backend} {}", m.point, root.prefix())?
                 }
             }
         }

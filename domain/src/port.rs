@@ -219,7 +219,8 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
         data: Bytes,
     ) -> Result<CompletedPart>;
 
-    /// Completes an upload from its parts, in part-number order.
+    /// Completes an upload: the object is the parts concatenated in
+    /// part-number order (`parts` may be given in any order).
     async fn complete_multipart(
         &self,
         key: &ObjectKey,

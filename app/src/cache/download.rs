@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 
 use super::store::Slots;
 
-/// A download staged through the cache. See the [module docs](self).
+/// A download staged through the cache: chunks read ahead with ranged GETs,
+/// each checked (range, length, ETag); a slow reader holds the read-ahead back.
 pub struct Download {
     storage: Arc<dyn ObjectStorage>,
     key: ObjectKey,

@@ -90,7 +90,8 @@ impl Plan {
     }
 }
 
-/// An upload staged through the cache. See the [module docs](self).
+/// An upload staged through the cache: blocks at any offset, each part sent
+/// as soon as it is complete; dropping it unfinished aborts the multipart upload.
 pub struct Upload {
     storage: Arc<dyn ObjectStorage>,
     key: ObjectKey,
@@ -398,26 +399,31 @@ impl Drop for Upload {
             return;
         }
         // Dropped before finish (an error upstream, a cancelled future, a
-        // panic): stop the parts and abort the upload in the background.
-        self.in_flight.abort_all();
-        if let Some(upload) = self.upload_id.take() {
-            let (storage, key) = (self.storage.clone(), self.key.clone());
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    let task = handle.spawn(async move {
-                        if let Err(e) = storage.abort_multipart(&key, &upload).await {
+        // panic): in the background, cancel the parts in flight, wait until
+        // they are gone (their cache slots come back with them), then abort
+        // the upload, so that no part lands after the abort.
+        let mut parts = std::mem::take(&mut self.in_flight);
+        parts.abort_all();
+        let upload = self.upload_id.take();
+        if parts.is_empty() && upload.is_none() {
+            return;
+        }
+        let (storage, key) = (self.storage.clone(), self.key.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let task = handle.spawn(async move {
+                    while parts.join_next().await.is_some() {}
+                    if let Some(upload) = upload
+                        && let Err(e) = storage.abort_multipart(&key, &upload).await {
                             tracing::warn!(key = %key, upload = %upload, error = %e, "could not abort a dropped multipart upload");
                         }
-                    });
-                    BACKGROUND_ABORTS
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(task);
-                }
-                Err(_) => {
-                    tracing::warn!(key = %key, upload = %upload, "no runtime to abort a dropped multipart upload")
-                }
+                });
+                BACKGROUND_ABORTS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(task);
             }
+            Err(_) => tracing::warn!(key = %key, "no runtime to abort a dropped multipart upload"),
         }
     }
 }

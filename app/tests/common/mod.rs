@@ -1,0 +1,92 @@
+//! A test double next to the real backends: the Memory backend, counting
+//! open multipart uploads and slowing parts down.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use corral_adapters::ObjectStoreBackend;
+use corral_domain::port::{
+    ByteRange, CompletedPart, GetResult, ListOptions, ListStream, ObjectMeta, PutMode, PutResult,
+    UploadId,
+};
+use corral_domain::{Capabilities, Error, ObjectKey, ObjectStorage, Result};
+
+/// The Memory backend, counting open multipart uploads and slowing parts down a little.
+#[derive(Debug)]
+pub struct Counting {
+    pub inner: ObjectStoreBackend,
+    pub open_uploads: AtomicI64,
+    pub parts: AtomicU64,
+    pub part_delay: Duration,
+}
+
+impl Counting {
+    pub fn new(part_delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            inner: ObjectStoreBackend::memory(Default::default()),
+            open_uploads: AtomicI64::new(0),
+            parts: AtomicU64::new(0),
+            part_delay,
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectStorage for Counting {
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult> {
+        self.inner.get(key, range).await
+    }
+    async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
+        self.inner.put(key, data, mode).await
+    }
+    async fn delete_many(&self, keys: Vec<ObjectKey>) -> Result<Vec<(ObjectKey, Error)>> {
+        self.inner.delete_many(keys).await
+    }
+    fn list(&self, prefix: &ObjectKey, options: ListOptions) -> ListStream {
+        self.inner.list(prefix, options)
+    }
+    async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
+        self.inner.copy(from, to).await
+    }
+    async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId> {
+        let id = self.inner.create_multipart(key).await?;
+        self.open_uploads.fetch_add(1, Ordering::SeqCst);
+        Ok(id)
+    }
+    async fn upload_part(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        number: u32,
+        data: Bytes,
+    ) -> Result<CompletedPart> {
+        tokio::time::sleep(self.part_delay).await;
+        self.parts.fetch_add(1, Ordering::SeqCst);
+        self.inner.upload_part(key, upload, number, data).await
+    }
+    async fn complete_multipart(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        parts: Vec<CompletedPart>,
+    ) -> Result<PutResult> {
+        let r = self.inner.complete_multipart(key, upload, parts).await?;
+        self.open_uploads.fetch_sub(1, Ordering::SeqCst);
+        Ok(r)
+    }
+    async fn abort_multipart(&self, key: &ObjectKey, upload: &UploadId) -> Result<()> {
+        self.inner.abort_multipart(key, upload).await?;
+        self.open_uploads.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
