@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests start on 127.0.0.1 (see tests/SERVERS.md):
-# squid + openssl + curl (apt), moto (PyPI, in a venv) and s3s-fs (crates.io).
+# squid + openssl + curl (apt), moto (PyPI, in a venv), s3s-fs and Garage
+# (crates.io).
 # Idempotent and quick when everything is already present; meant for a fresh
 # Debian 12 machine, run as root (apt-get). Prints one "ok <tool> <path>" line
 # per tool. The Rust fixtures (tests/src/servers.rs) look for the binaries at
-# the same default paths, or at $CORRAL_S3S_FS, $CORRAL_MOTO_SERVER and
-# $CORRAL_SQUID.
+# the same default paths, or at $CORRAL_S3S_FS, $CORRAL_MOTO_SERVER,
+# $CORRAL_GARAGE and $CORRAL_SQUID.
 set -euo pipefail
 
 TOOLS="${CORRAL_TOOLS:-$HOME/.cache/corral-tools}"
 S3S_FS_VERSION=0.14.1
 MOTO_VERSION=5.2.5
+GARAGE_VERSION=2.5.0
 
 S3S_FS="${CORRAL_S3S_FS:-$TOOLS/s3s-fs/bin/s3s-fs}"
 MOTO_SERVER="${CORRAL_MOTO_SERVER:-$TOOLS/moto-venv/bin/moto_server}"
+GARAGE="${CORRAL_GARAGE:-$TOOLS/garage/bin/garage}"
 SQUID="${CORRAL_SQUID:-/usr/sbin/squid}"
 SQUID_BASIC_AUTH=/usr/lib/squid/basic_ncsa_auth
 
@@ -76,8 +79,25 @@ if ! s3s_fs_installed; then
     s3s_fs_installed || die "s3s-fs missing after install: $S3S_FS"
 fi
 
+# ---- Garage (crates.io): ~10 min and ~1.4 GB of RAM to build on 2 cores
+garage_installed() {
+    [[ -x "$GARAGE" ]] || return 1
+    [[ -n "${CORRAL_GARAGE:-}" ]] && return 0
+    # `garage --version` prints "garage cargo:2.5.0 [features: ...]".
+    [[ "$("$GARAGE" --version 2>/dev/null)" == "garage cargo:$GARAGE_VERSION "* ]]
+}
+if ! garage_installed; then
+    [[ -z "${CORRAL_GARAGE:-}" ]] || die "CORRAL_GARAGE=$CORRAL_GARAGE is not executable"
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (rustup) first"
+    echo "installing garage $GARAGE_VERSION into $TOOLS/garage (takes about 10 minutes)" >&2
+    mkdir -p "$TOOLS"
+    cargo install "garage@$GARAGE_VERSION" --locked --root "$TOOLS/garage"
+    garage_installed || die "garage $GARAGE_VERSION missing after install: $GARAGE"
+fi
+
 echo "ok squid $SQUID"
 echo "ok openssl $(command -v openssl)"
 echo "ok curl $(command -v curl)"
 echo "ok moto_server $MOTO_SERVER"
 echo "ok s3s-fs $S3S_FS"
+echo "ok garage $GARAGE"

@@ -128,7 +128,10 @@ impl Backends {
         if let Some((_, b)) = cache.iter().find(|(s, _)| same(s)) {
             return Ok(b.clone());
         }
-        let backend = Arc::new(s3::build(spec, Capabilities::s3())?);
+        let mut caps = Capabilities::s3();
+        caps.list_pending_uploads = spec.quirks.list_multipart_uploads;
+        caps.conditional_create = spec.quirks.conditional_create;
+        let backend = Arc::new(s3::build(spec, caps)?);
         cache.push((spec.clone(), backend.clone()));
         Ok(backend)
     }

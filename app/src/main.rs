@@ -122,6 +122,13 @@ enum Command {
     },
     /// Show the user's effective view: mounts and where they lead (secrets as ***).
     Mappings,
+    /// Run the conformance suite against a mount of the user's sandbox: what
+    /// works on this endpoint, case by case (pass, fail, unsupported).
+    Conformance {
+        /// The mount to test (default: the root mount, or the first one).
+        #[arg(long, value_name = "MOUNT")]
+        mount: Option<String>,
+    },
     /// Validate the config and connect to every mount of the user.
     Check {
         /// Also write, read back and delete a probe object in each mount.
@@ -268,6 +275,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Mappings => mappings(&sb, &id, json),
         Command::Check { write } => check(&sb, write, json).await,
+        Command::Conformance { mount } => conformance(&sb, mount, json).await,
     }
 }
 
@@ -748,6 +756,56 @@ async fn download_file(sb: &UserSandbox, src: &str, local: &Path) -> Result<u64,
     std::fs::rename(&temp, local).map_err(|e| local_err(local, "cannot write", e))?;
     guard.0 = None;
     Ok(total)
+}
+
+async fn conformance(sb: &UserSandbox, mount: Option<String>, json: bool) -> Result<(), Error> {
+    let mount = match mount {
+        Some(m) => m,
+        None => sb
+            .view()
+            .mounts()
+            .first()
+            .map(|m| m.point.to_string())
+            .ok_or_else(|| Error::not_found("the user has no mount"))?,
+    };
+    let (storage, root) = sb.backend(&mount)?;
+    let name = format!("{} mount {mount}", storage.capabilities().name);
+    // The run works in a random directory below the user's prefix and removes it.
+    let target = corral_conformance::Target::new(name, storage).with_base(root.prefix());
+    let report = corral_conformance::run(&target).await;
+    if json {
+        let cases: Vec<_> = report
+            .cases
+            .iter()
+            .map(|c| {
+                let (result, detail) = match &c.outcome {
+                    corral_conformance::Outcome::Pass => ("pass", String::new()),
+                    corral_conformance::Outcome::Fail(d) => ("fail", d.clone()),
+                    corral_conformance::Outcome::Unsupported(d) => ("unsupported", d.clone()),
+                };
+                serde_json::json!({"area": c.area.to_string(), "case": c.name, "result": result, "detail": detail, "ms": c.elapsed.as_millis() as u64})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"target": report.target, "cases": cases, "cleanup": report.cleanup})
+        );
+    } else {
+        print!("{report}");
+    }
+    let failures = report.failures();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Other,
+            format!(
+                "{} conformance case(s) failed: {}",
+                failures.len(),
+                failures.join("; ")
+            ),
+        ))
+    }
 }
 
 fn mappings(sb: &UserSandbox, id: &Identity, json: bool) -> Result<(), Error> {

@@ -266,6 +266,22 @@ impl UserSandbox {
         &self.cache
     }
 
+    /// The backend and key prefix of the mount at `mount` (for tools such as
+    /// the conformance suite, which work below the sandbox's prefix).
+    pub fn backend(&self, mount: &str) -> Result<(Arc<dyn ObjectStorage>, SandboxRoot), Error> {
+        let vp = parse(mount)?;
+        let i = self
+            .view
+            .mounts()
+            .iter()
+            .position(|m| m.point == vp)
+            .ok_or_else(|| Error::not_found(format!("{vp} is not a mount point of this user")))?;
+        let opened = self.opened[i]
+            .as_ref()
+            .map_err(|(kind, msg)| Error::new(*kind, msg.clone()))?;
+        Ok((opened.storage.clone(), opened.root.clone()))
+    }
+
     fn place(&self, path: &VirtualPath) -> Result<Place<'_>, Error> {
         match self.view.locate(path)? {
             Location::Virtual => Ok(Place::Virtual),

@@ -380,6 +380,78 @@ fn s3_sandbox_end_to_end() {
 }
 
 #[test]
+fn conformance_against_a_configured_endpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let moto = S3Server::moto();
+    moto.create_bucket("transfers");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"{{"mappings": {{"": {{"": {}}}}}}}"#,
+            s3_sandbox(&moto, "transfers", "users/%u", "")
+        ),
+    );
+    let out = ok(
+        dir.path(),
+        &["--config", config.to_str().expect("utf-8"), "conformance"],
+    );
+    assert!(
+        out.contains("multipart_complete") && out.contains("pass"),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+
+    // s3s-fs, declared to lack ListMultipartUploads: that case is reported
+    // unsupported with its reason, and its other quirks fail the run (exit 1).
+    let s3s = S3Server::s3s_fs();
+    s3s.create_bucket("transfers");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"{{"mappings": {{"": {{"": {}}}}}}}"#,
+            s3_sandbox(
+                &s3s,
+                "transfers",
+                "users/%u",
+                r#","listMultipartUploads":false"#
+            )
+        ),
+    );
+    let r = corral(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--json",
+            "conformance",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("json");
+    let case = |name: &str| {
+        v["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .find(|c| c["case"] == name)
+            .cloned()
+            .expect(name)
+    };
+    assert_eq!(case("list_pending_uploads")["result"], "unsupported");
+    assert_eq!(
+        case("list_pending_uploads")["detail"],
+        "cannot list pending multipart uploads"
+    );
+    assert_eq!(case("longest_key")["result"], "fail");
+    assert_eq!(case("put_head_get")["result"], "pass");
+    assert!(
+        r.stderr.contains("conformance case(s) failed"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn connection_errors_through_the_binary() {
     let server = S3Server::s3s_fs();
     server.create_bucket("transfers");
@@ -415,6 +487,23 @@ fn connection_errors_through_the_binary() {
         1,
         &format!("cannot connect to http://127.0.0.1:{closed}"),
     );
+
+    // A region mismatch, on Garage, which checks the region of every signature.
+    let garage = S3Server::garage();
+    garage.create_bucket("transfers");
+    let wrong_region = s3_sandbox(
+        &garage,
+        "transfers",
+        "",
+        r#","region":"eu-west-3","maxRetries":0"#,
+    );
+    let e = run(
+        wrong_region,
+        &["ls"],
+        2,
+        "is not in region \"eu-west-3\": set `region`",
+    );
+    assert!(e.contains("us-east-1"), "{e}");
 
     // An unknown user where only named users are mapped.
     let config = write_config(

@@ -200,6 +200,29 @@ pub struct S3Spec {
     pub ca_file: Option<String>,
     /// Retries and timeouts.
     pub transport: TransportSpec,
+    /// What the server is declared to lack (corral's own options), so a
+    /// quirky S3-compatible server is described in configuration.
+    pub quirks: ServerQuirks,
+}
+
+/// Capabilities an S3-compatible server lacks, declared in configuration:
+/// `listMultipartUploads: false` (s3s-fs), `conditionalCreate: false` (a
+/// server that ignores `If-None-Match`, such as Garage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerQuirks {
+    /// The server answers ListMultipartUploads (default true).
+    pub list_multipart_uploads: bool,
+    /// The server enforces create-if-absent (default true).
+    pub conditional_create: bool,
+}
+
+impl Default for ServerQuirks {
+    fn default() -> Self {
+        Self {
+            list_multipart_uploads: true,
+            conditional_create: true,
+        }
+    }
 }
 
 /// One sandbox, by type.
@@ -232,7 +255,7 @@ pub const SANDBOX_TYPES: [&str; 4] = ["File", "S3", "Memory", "Custom"];
 pub const CUSTOM_KEYS: [&str; 3] = ["type", "backend", "path"];
 
 /// Keys accepted for an S3 sandbox, in documentation order.
-pub const S3_KEYS: [&str; 20] = [
+pub const S3_KEYS: [&str; 22] = [
     "type",
     "path",
     "accessKeyId",
@@ -253,6 +276,8 @@ pub const S3_KEYS: [&str; 20] = [
     "maxRetries",
     "connectTimeoutSeconds",
     "requestTimeoutSeconds",
+    "listMultipartUploads",
+    "conditionalCreate",
 ];
 
 /// Keys accepted for a File or Memory sandbox.
@@ -535,6 +560,10 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
         o.integer("requestTimeoutSeconds")?,
         defaults.request_timeout,
     )?;
+    let quirks = ServerQuirks {
+        list_multipart_uploads: o.boolean("listMultipartUploads")?.unwrap_or(true),
+        conditional_create: o.boolean("conditionalCreate")?.unwrap_or(true),
+    };
 
     Ok(S3Spec {
         path,
@@ -552,6 +581,7 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
             connect_timeout,
             request_timeout,
         },
+        quirks,
     })
 }
 
@@ -761,6 +791,11 @@ mod tests {
         assert!(s.proxy.is_none() && s.credentials.is_none() && s.endpoint.is_none());
         assert!(s.path.is_empty());
         assert_eq!(s.transport, TransportSpec::default());
+        assert_eq!(s.quirks, ServerQuirks::default());
+        let s = s3(
+            r#"{"type":"S3","bucketName":"bkt","listMultipartUploads":false,"conditionalCreate":"false"}"#,
+        );
+        assert!(!s.quirks.list_multipart_uploads && !s.quirks.conditional_create);
     }
 
     #[test]

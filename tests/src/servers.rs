@@ -1,7 +1,9 @@
 //! Real servers for tests, started on 127.0.0.1 and stopped on drop.
 //!
 //! - [`Pki`]: a throwaway CA and a `127.0.0.1`/`localhost` server certificate made with `openssl`.
-//! - [`S3Server`]: s3s-fs (verifies SigV4) or moto (accepts any credentials), over http or https.
+//! - [`S3Server`]: s3s-fs (verifies SigV4), moto (accepts any credentials), over http or https,
+//!   or a single-node Garage (verifies SigV4).
+//! - [`GarageCluster`]: several Garage nodes replicating each other, any of which can be killed.
 //! - [`Squid`]: an HTTP proxy with Basic auth, listening with plain http and with TLS.
 //!
 //! Everything here is synchronous and uses only `std` and `tempfile`. A missing tool
@@ -31,8 +33,16 @@ const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495
 const S3_ACCESS_KEY: &str = "AKIACORRALTEST000001";
 /// Secret key of every [`S3Server`].
 const S3_SECRET_KEY: &str = "corral-test-secret-key";
-/// Region of every [`S3Server`].
+/// Region of every [`S3Server`] and [`GarageCluster`].
 const S3_REGION: &str = "us-east-1";
+/// Access key of Garage servers: Garage wants `GK` followed by 24 hex digits.
+const GARAGE_ACCESS_KEY: &str = "GKc0441a100000000000000001";
+/// Secret key of Garage servers: Garage wants 64 hex digits.
+const GARAGE_SECRET_KEY: &str = "c0441a1c0441a1c0441a1c0441a1c0441a1c0441a1c0441a1c0441a1c0441a1c";
+/// Bucket that [`S3Server::garage`] creates at startup (read, write and owner for its key).
+pub const GARAGE_DEFAULT_BUCKET: &str = "garage-default";
+/// Capacity given to each [`GarageCluster`] node in the layout (a weight, not a quota).
+const GARAGE_NODE_CAPACITY: &str = "1G";
 /// Squid's Basic-auth helper, shipped by Debian's `squid` package.
 const SQUID_BASIC_AUTH: &str = "/usr/lib/squid/basic_ncsa_auth";
 /// Proxy variables a child must not inherit: every target is on loopback.
@@ -101,6 +111,14 @@ fn moto_server_bin() -> PathBuf {
             .join("moto-venv")
             .join("bin")
             .join("moto_server"),
+    )
+}
+
+fn garage_bin() -> PathBuf {
+    tool(
+        "garage",
+        "CORRAL_GARAGE",
+        tools_dir().join("garage").join("bin").join("garage"),
     )
 }
 
@@ -261,6 +279,53 @@ fn temp_dir(prefix: &str) -> TempDir {
         .prefix(prefix)
         .tempdir()
         .expect("cannot create a temporary directory")
+}
+
+/// `bytes` random bytes from `/dev/urandom`, as lowercase hex.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0_u8; bytes];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("cannot read /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `n` distinct ports that were free on 127.0.0.1 a moment ago.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    while ports.len() < n {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+/// `curl` making a SigV4-signed, bodiless request (`x-amz-content-sha256` of the empty body).
+fn sigv4_curl(method: &str, access_key: &str, secret_key: &str, region: &str) -> Command {
+    let mut cmd = curl();
+    cmd.args(["-X", method, "-H"])
+        .arg(format!("x-amz-content-sha256: {EMPTY_SHA256}"))
+        .arg("--aws-sigv4")
+        .arg(format!("aws:amz:{region}:s3"))
+        .arg("--user")
+        .arg(format!("{access_key}:{secret_key}"));
+    cmd
+}
+
+/// Runs a curl command (adding `-o /dev/null -w %{http_code}`) and returns the HTTP status,
+/// or `None` if curl failed (nothing listening, timeout, …).
+fn http_status(cmd: &mut Command) -> Option<u16> {
+    let out = cmd
+        .args(["--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 // ---------------------------------------------------------------- PKI
@@ -451,12 +516,15 @@ pub enum S3Kind {
     S3sFs,
     /// moto 5.2.5 (`moto_server`): in memory; accepts any credentials.
     Moto,
+    /// Garage 2.5.0, one node (`server --single-node --default-bucket`): verifies SigV4,
+    /// its own access key format (`GK…`), one bucket made at startup.
+    Garage,
 }
 
 /// A real S3 server on 127.0.0.1, killed (and its files removed) on drop.
 ///
-/// Path-style addressing, region `us-east-1`. State starts empty: create buckets with
-/// [`S3Server::create_bucket`] after each start.
+/// Path-style addressing, region `us-east-1`. State starts empty (Garage: only
+/// [`GARAGE_DEFAULT_BUCKET`]): create buckets with [`S3Server::create_bucket`] after each start.
 #[derive(Debug)]
 pub struct S3Server {
     /// Which server this is.
@@ -465,9 +533,9 @@ pub struct S3Server {
     pub endpoint: String,
     /// The TCP port it listens on (127.0.0.1 only).
     pub port: u16,
-    /// Access key to sign requests with.
+    /// Access key to sign requests with (`AKIACORRALTEST000001`; Garage: `GKc0441a1…`).
     pub access_key: String,
-    /// Secret key to sign requests with (s3s-fs rejects any other with 403).
+    /// Secret key to sign requests with (s3s-fs and Garage reject any other with 403).
     pub secret_key: String,
     /// Region to sign requests for: `us-east-1`.
     pub region: String,
@@ -540,6 +608,30 @@ impl S3Server {
         Self::start(S3Kind::Moto, cmd, dir, port, Some(ca))
     }
 
+    /// Starts a single-node Garage on free ports (S3 API and RPC) with fresh directories:
+    /// `garage -c garage.toml server --single-node --default-bucket`.
+    ///
+    /// The key (`access_key`/`secret_key`, Garage's `GK…` format) may create buckets, and
+    /// owns [`GARAGE_DEFAULT_BUCKET`], made at startup. Metadata in SQLite under `dir()/meta`,
+    /// data under `dir()/data`, config `dir()/garage.toml`.
+    ///
+    /// # Panics
+    ///
+    /// If garage is missing (see `scripts/install-test-deps.sh`), dies or does not answer.
+    pub fn garage() -> S3Server {
+        let bin = garage_bin();
+        let dir = temp_dir("corral-garage-");
+        let ports = free_ports(2);
+        let (s3_port, rpc_port) = (ports[0], ports[1]);
+        let config = write_garage_config(dir.path(), 1, rpc_port, s3_port, &random_hex(32));
+        let mut cmd = garage_command(&bin, &config);
+        cmd.args(["server", "--single-node", "--default-bucket"])
+            .env("GARAGE_DEFAULT_ACCESS_KEY", GARAGE_ACCESS_KEY)
+            .env("GARAGE_DEFAULT_SECRET_KEY", GARAGE_SECRET_KEY)
+            .env("GARAGE_DEFAULT_BUCKET", GARAGE_DEFAULT_BUCKET);
+        Self::start(S3Kind::Garage, cmd, dir, s3_port, None)
+    }
+
     fn start(
         kind: S3Kind,
         mut cmd: Command,
@@ -550,6 +642,11 @@ impl S3Server {
         let what = match kind {
             S3Kind::S3sFs => "s3s-fs",
             S3Kind::Moto => "moto_server",
+            S3Kind::Garage => "garage",
+        };
+        let (access_key, secret_key) = match kind {
+            S3Kind::S3sFs | S3Kind::Moto => (S3_ACCESS_KEY, S3_SECRET_KEY),
+            S3Kind::Garage => (GARAGE_ACCESS_KEY, GARAGE_SECRET_KEY),
         };
         let log_file = dir.path().join("server.log");
         let mut child = spawn_logged(&mut cmd, &log_file, what);
@@ -562,8 +659,8 @@ impl S3Server {
             kind,
             endpoint: format!("{scheme}://127.0.0.1:{port}"),
             port,
-            access_key: S3_ACCESS_KEY.to_owned(),
-            secret_key: S3_SECRET_KEY.to_owned(),
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
             region: S3_REGION.to_owned(),
             ca_file,
             log_file,
@@ -578,14 +675,8 @@ impl S3Server {
     ///
     /// If the server does not answer 200.
     pub fn create_bucket(&self, name: &str) {
-        let mut cmd = curl();
-        cmd.args(["-X", "PUT", "-H"])
-            .arg(format!("x-amz-content-sha256: {EMPTY_SHA256}"))
-            .arg("--aws-sigv4")
-            .arg(format!("aws:amz:{}:s3", self.region))
-            .arg("--user")
-            .arg(format!("{}:{}", self.access_key, self.secret_key))
-            .args(["-w", "\n%{http_code}"]);
+        let mut cmd = sigv4_curl("PUT", &self.access_key, &self.secret_key, &self.region);
+        cmd.args(["-w", "\n%{http_code}"]);
         if let Some(ca) = &self.ca_file {
             cmd.arg("--cacert").arg(ca);
         }
@@ -605,7 +696,8 @@ impl S3Server {
         read_lossy(&self.log_file)
     }
 
-    /// The temporary directory holding the log (and, for s3s-fs, the data under `data/`).
+    /// The temporary directory holding the log (and, for s3s-fs, the data under `data/`;
+    /// for Garage, `garage.toml`, `meta/` and `data/`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -624,6 +716,409 @@ impl Drop for S3Server {
         // Best effort: the child may already have exited.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- Garage
+
+/// A TOML basic string holding `text`.
+fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Writes `dir/garage.toml` (metadata in SQLite under `dir/meta`, data under `dir/data`,
+/// RPC and S3 API on 127.0.0.1) and returns its path.
+fn write_garage_config(
+    dir: &Path,
+    replication_factor: usize,
+    rpc_port: u16,
+    s3_port: u16,
+    rpc_secret: &str,
+) -> PathBuf {
+    let (meta, data) = (dir.join("meta"), dir.join("data"));
+    for d in [&meta, &data] {
+        fs::create_dir_all(d).unwrap_or_else(|e| panic!("cannot create {}: {e}", d.display()));
+    }
+    let config = dir.join("garage.toml");
+    write(
+        &config,
+        &format!(
+            "metadata_dir = {}\n\
+             data_dir = {}\n\
+             db_engine = \"sqlite\"\n\
+             replication_factor = {replication_factor}\n\
+             rpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
+             rpc_public_addr = \"127.0.0.1:{rpc_port}\"\n\
+             rpc_secret = \"{rpc_secret}\"\n\
+             \n\
+             [s3_api]\n\
+             s3_region = \"{S3_REGION}\"\n\
+             api_bind_addr = \"127.0.0.1:{s3_port}\"\n\
+             root_domain = \".s3.garage.localhost\"\n",
+            toml_string(&meta.to_string_lossy()),
+            toml_string(&data.to_string_lossy()),
+        ),
+    );
+    config
+}
+
+/// `garage -c CONFIG`, without any inherited `GARAGE_*` setting, quiet logs (a server
+/// caller raises `RUST_LOG`).
+fn garage_command(bin: &Path, config: &Path) -> Command {
+    let mut cmd = command(bin);
+    for (var, _) in env::vars_os() {
+        if var.to_string_lossy().starts_with("GARAGE_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.env("RUST_LOG", "netapp=warn,garage=warn")
+        .env("NO_COLOR", "1")
+        .arg("-c")
+        .arg(config);
+    cmd
+}
+
+/// One node of a [`GarageCluster`].
+#[derive(Debug)]
+pub struct GarageNode {
+    /// Full node id (64 hex digits, the node's public key), as `garage node id` prints it.
+    pub id: String,
+    /// RPC port on 127.0.0.1 (the cluster shares one random `rpc_secret`).
+    pub rpc_port: u16,
+    /// S3 API port on 127.0.0.1.
+    pub s3_port: u16,
+    /// S3 API base URL without a trailing slash: `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// This node's `garage.toml`: `garage -c CONFIG …` talks to this node.
+    pub config: PathBuf,
+    log_file: PathBuf,
+    child: Child,
+    running: bool,
+}
+
+/// A Garage 2.5.0 cluster of several nodes on 127.0.0.1, each with its own directories and
+/// ports, killed (and its files removed) on drop.
+///
+/// Every node is a storage node in zone `dc1` with the same capacity, and
+/// `replication_factor = min(n, 3)` (default `consistent` mode: with 3 copies, reads and
+/// writes need 2 nodes). One key (`access_key`/`secret_key`) may create buckets and owns
+/// every bucket made by [`GarageCluster::create_bucket`]. Any node's S3 API serves every
+/// bucket; [`GarageCluster::stop_node`] kills one to test failures.
+#[derive(Debug)]
+pub struct GarageCluster {
+    /// The nodes, in start order; node `i` serves `endpoints[i]`.
+    pub nodes: Vec<GarageNode>,
+    /// S3 API base URL of each node: `http://127.0.0.1:PORT` (path style).
+    pub endpoints: Vec<String>,
+    /// Access key to sign requests with (Garage's `GK…` format).
+    pub access_key: String,
+    /// Secret key to sign requests with (anything else gets 403).
+    pub secret_key: String,
+    /// Region to sign requests for: `us-east-1`.
+    pub region: String,
+    /// Copies of each object and metadata entry: `min(n, 3)`.
+    pub replication_factor: usize,
+    bin: PathBuf,
+    dir: TempDir,
+}
+
+impl GarageCluster {
+    /// Starts `n` (≥ 1; typically 3) Garage nodes, connects them, applies a layout (all
+    /// nodes in zone `dc1`, capacity 1G each, `layout apply --version 1`), imports the
+    /// key and allows it to create buckets.
+    ///
+    /// Returns once `garage health`, asked of every node, reports all nodes up and every
+    /// partition healthy, and a signed `ListBuckets` answers 200 on every node.
+    ///
+    /// # Panics
+    ///
+    /// If garage is missing (see `scripts/install-test-deps.sh`), a node dies, a `garage`
+    /// command fails or the cluster is not ready in time (with every node's log).
+    pub fn start(n: usize) -> GarageCluster {
+        assert!(n >= 1, "a Garage cluster needs at least one node");
+        let bin = garage_bin();
+        let replication_factor = n.min(3);
+        // A fresh secret per cluster: a node still trying to reach a killed peer's port
+        // cannot join another cluster that reuses that port.
+        let rpc_secret = random_hex(32);
+        let ports = free_ports(2 * n);
+        let mut cluster = GarageCluster {
+            nodes: Vec::with_capacity(n),
+            endpoints: Vec::with_capacity(n),
+            access_key: GARAGE_ACCESS_KEY.to_owned(),
+            secret_key: GARAGE_SECRET_KEY.to_owned(),
+            region: S3_REGION.to_owned(),
+            replication_factor,
+            bin,
+            dir: temp_dir("corral-garage-cluster-"),
+        };
+        for i in 0..n {
+            let node_dir = cluster.dir.path().join(format!("node{i}"));
+            let (rpc_port, s3_port) = (ports[2 * i], ports[2 * i + 1]);
+            let config = write_garage_config(
+                &node_dir,
+                replication_factor,
+                rpc_port,
+                s3_port,
+                &rpc_secret,
+            );
+            let log_file = node_dir.join("server.log");
+            let mut cmd = garage_command(&cluster.bin, &config);
+            cmd.arg("server").env("RUST_LOG", "netapp=info,garage=info");
+            let child = spawn_logged(&mut cmd, &log_file, &format!("garage node {i}"));
+            let endpoint = format!("http://127.0.0.1:{s3_port}");
+            cluster.endpoints.push(endpoint.clone());
+            cluster.nodes.push(GarageNode {
+                id: String::new(),
+                rpc_port,
+                s3_port,
+                endpoint,
+                config,
+                log_file,
+                child,
+                running: true,
+            });
+        }
+        // A node's S3 API listens once its key pair exists and its RPC listens.
+        cluster.wait_until("every node's S3 API to answer", |c| {
+            c.nodes.iter().all(|node| answers_http(node.s3_port))
+        });
+        for i in 0..n {
+            let out = cluster.cli_on(i, &["node", "id", "-q"]);
+            let id = out.trim().split('@').next().unwrap_or_default().to_owned();
+            assert!(
+                id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "unexpected `garage node id -q` output from node {i}: {out:?}"
+            );
+            cluster.nodes[i].id = id;
+        }
+        for i in 1..n {
+            let peer = format!(
+                "{}@127.0.0.1:{}",
+                cluster.nodes[i].id, cluster.nodes[i].rpc_port
+            );
+            cluster.cli_on(0, &["node", "connect", &peer]);
+        }
+        let ids: Vec<String> = cluster.nodes.iter().map(|node| node.id.clone()).collect();
+        let mut assign = vec!["layout", "assign", "-z", "dc1", "-c", GARAGE_NODE_CAPACITY];
+        assign.extend(ids.iter().map(String::as_str));
+        cluster.cli_on(0, &assign);
+        cluster.cli_on(0, &["layout", "apply", "--version", "1"]);
+        // Node 0 is healthy first; the others learn of each other a few hundred ms later
+        // (until then a request through them can fail with 503 "Could not reach quorum").
+        cluster.wait_until(
+            "every node to see all nodes up and every partition healthy",
+            |c| (0..n).all(|i| c.is_healthy(i, n)),
+        );
+        let (key, secret) = (cluster.access_key.clone(), cluster.secret_key.clone());
+        cluster.cli_on(
+            0,
+            &["key", "import", "--yes", "-n", "corral", &key, &secret],
+        );
+        cluster.cli_on(0, &["key", "allow", "--create-bucket", &key]);
+        cluster.wait_until(
+            "every node to accept the key (signed ListBuckets: 200)",
+            |c| (0..n).all(|i| c.signed_status(i, "GET", "/") == Some(200)),
+        );
+        cluster
+    }
+
+    /// The S3 API base URL of node `i`: `http://127.0.0.1:PORT`.
+    ///
+    /// # Panics
+    ///
+    /// If there is no node `i`.
+    pub fn endpoint(&self, i: usize) -> &str {
+        &self.node(i).endpoint
+    }
+
+    /// Creates bucket `name` with the `garage` CLI (`bucket create`, then `bucket allow
+    /// --read --write --owner` for the key) and waits until every running node serves it
+    /// (signed `ListObjectsV2`: 200).
+    ///
+    /// # Panics
+    ///
+    /// If a `garage` command fails (e.g. the bucket exists, or too many nodes are down) or
+    /// a running node does not see the bucket in time.
+    pub fn create_bucket(&self, name: &str) {
+        self.cli(&["bucket", "create", name]);
+        self.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            name,
+            "--key",
+            &self.access_key,
+        ]);
+        let path = format!("/{name}?list-type=2&max-keys=0");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let missing: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| {
+                    self.nodes[i].running && self.signed_status(i, "GET", &path) != Some(200)
+                })
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bucket {name} not served by node(s) {missing:?} within {READY_TIMEOUT:?}:\n{}",
+                self.tails()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills node `i` (SIGKILL) and waits for it; the others keep running and keep trying
+    /// to reach it. Stopping a stopped node does nothing.
+    ///
+    /// # Panics
+    ///
+    /// If there is no node `i`.
+    pub fn stop_node(&mut self, i: usize) {
+        let node = self.node_mut(i);
+        if node.running {
+            // Best effort: it may have died already; wait reaps it either way.
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+            node.running = false;
+        }
+    }
+
+    /// Whether node `i` is running (was not stopped and has not exited).
+    ///
+    /// # Panics
+    ///
+    /// If there is no node `i`.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        let node = self.node_mut(i);
+        node.running && matches!(node.child.try_wait(), Ok(None))
+    }
+
+    /// Runs `garage -c CONFIG ARGS…` against the first running node and returns its stdout
+    /// (e.g. `cli(&["status"])`, `cli(&["layout", "show"])`).
+    ///
+    /// # Panics
+    ///
+    /// If every node is stopped or the command fails (with its output).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let i = (0..self.nodes.len())
+            .find(|&i| self.nodes[i].running)
+            .expect("every Garage node is stopped: no node to run a garage command on");
+        self.cli_on(i, args)
+    }
+
+    /// Runs `garage -c CONFIG ARGS…` against node `i` and returns its stdout.
+    ///
+    /// # Panics
+    ///
+    /// If there is no node `i` or the command fails (with its output).
+    pub fn cli_on(&self, i: usize, args: &[&str]) -> String {
+        let mut cmd = garage_command(&self.bin, &self.node(i).config);
+        cmd.args(args);
+        run(&mut cmd, &format!("garage (node {i})"))
+    }
+
+    /// Node `i`'s stdout and stderr so far.
+    ///
+    /// # Panics
+    ///
+    /// If there is no node `i`.
+    pub fn log(&self, i: usize) -> String {
+        read_lossy(&self.node(i).log_file)
+    }
+
+    /// The temporary directory holding one `node<i>/` per node (`garage.toml`, `meta/`,
+    /// `data/`, `server.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn node(&self, i: usize) -> &GarageNode {
+        let n = self.nodes.len();
+        self.nodes
+            .get(i)
+            .unwrap_or_else(|| panic!("no Garage node {i}: the cluster has {n}"))
+    }
+
+    fn node_mut(&mut self, i: usize) -> &mut GarageNode {
+        let n = self.nodes.len();
+        self.nodes
+            .get_mut(i)
+            .unwrap_or_else(|| panic!("no Garage node {i}: the cluster has {n}"))
+    }
+
+    /// Status of a signed bodiless request to node `i`, `None` if it did not answer.
+    fn signed_status(&self, i: usize, method: &str, path: &str) -> Option<u16> {
+        let mut cmd = sigv4_curl(method, &self.access_key, &self.secret_key, &self.region);
+        cmd.arg(format!("{}{path}", self.node(i).endpoint));
+        http_status(&mut cmd)
+    }
+
+    /// Whether node `i` sees `n` storage nodes up and every partition fully healthy
+    /// (`garage health`).
+    fn is_healthy(&self, i: usize, n: usize) -> bool {
+        let mut cmd = garage_command(&self.bin, &self.node(i).config);
+        cmd.arg("health");
+        let Ok(out) = cmd.output() else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        out.status.success()
+            && field("Cluster health") == Some("HEALTHY")
+            && field("Storage nodes up") == Some(n.to_string().as_str())
+            && field("Partitions").is_some()
+            && field("Fully healthy partitions") == field("Partitions")
+    }
+
+    /// Polls `ready` until it holds; panics with every log if a node exits or time runs out.
+    fn wait_until(&mut self, what: &str, mut ready: impl FnMut(&GarageCluster) -> bool) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let exited = self.nodes.iter_mut().enumerate().find_map(|(i, node)| {
+                let status = node.child.try_wait().expect("cannot poll a child process");
+                status.filter(|_| node.running).map(|status| (i, status))
+            });
+            if let Some((i, status)) = exited {
+                self.nodes[i].running = false;
+                panic!(
+                    "garage node {i} exited while waiting for {what} ({status}):\n{}",
+                    self.tails()
+                );
+            }
+            if ready(self) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Garage cluster: no {what} within {READY_TIMEOUT:?}:\n{}",
+                self.tails()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn tails(&self) -> String {
+        let logs: Vec<&Path> = self.nodes.iter().map(|n| n.log_file.as_path()).collect();
+        tails(&logs)
+    }
+}
+
+impl Drop for GarageCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            // Best effort: a node may already be dead.
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
     }
 }
 

@@ -8,8 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use corral_domain::key::{HiddenCount, KeyClass};
+use corral_domain::listing::{DirEntry, merge};
 use corral_domain::port::{ByteRange, ListItem, ListOptions, PutMode};
-use corral_domain::{Capabilities, Error, ErrorKind, ObjectKey, ObjectStorage};
+use corral_domain::template::{Identity, PathTemplate};
+use corral_domain::{
+    Capabilities, Error, ErrorKind, ObjectKey, ObjectStorage, SandboxRoot, VirtualPath,
+};
 use futures::{StreamExt, TryStreamExt};
 
 /// What a case checks, for grouping in a report.
@@ -24,6 +29,9 @@ pub enum Area {
     Multipart,
     /// Conditional requests.
     Conditional,
+    /// Sandbox rules applied through the port: confinement, hidden keys,
+    /// isolation of users, directory emulation, rename.
+    Sandbox,
 }
 
 impl fmt::Display for Area {
@@ -33,6 +41,7 @@ impl fmt::Display for Area {
             Self::Listing => "listing",
             Self::Multipart => "multipart",
             Self::Conditional => "conditional",
+            Self::Sandbox => "sandbox",
         })
     }
 }
@@ -248,6 +257,21 @@ fn cases() -> Vec<Case> {
             |c| (!c.list_pending_uploads).then_some("cannot list pending multipart uploads"),
             list_pending_uploads
         ),
+        case!(Area::Sandbox, "confinement", always, confinement),
+        case!(
+            Area::Sandbox,
+            "dot_segments_hidden",
+            always,
+            dot_segments_hidden
+        ),
+        case!(Area::Sandbox, "users_isolated", always, users_isolated),
+        case!(
+            Area::Sandbox,
+            "directory_emulation",
+            always,
+            directory_emulation
+        ),
+        case!(Area::Sandbox, "rename", always, rename),
         case!(
             Area::Conditional,
             "conditional_create",
@@ -937,4 +961,261 @@ async fn conditional_create(ctx: Ctx) -> CaseResult {
     let (_, body) = read_all(&ctx, &key, None).await?;
     ensure!(body == b"first", "the refused create changed the object");
     Ok(())
+}
+
+/// Everything the sandbox rooted at `root` would show, and what it hid.
+async fn visible(
+    ctx: &Ctx,
+    root: &SandboxRoot,
+) -> Result<(Vec<VirtualPath>, HiddenCount, Vec<String>), String> {
+    let items = list_keys(ctx, root.prefix(), false).await?;
+    let mut hidden = HiddenCount::default();
+    let mut shown = Vec::new();
+    let mut outside = Vec::new();
+    for i in &items {
+        let key = i.key().as_str();
+        if !key.starts_with(root.prefix()) {
+            outside.push(short(key, 120));
+        }
+        match hidden.classify(root, key) {
+            KeyClass::File(p) | KeyClass::Directory(p) => shown.push(p),
+            KeyClass::RootMarker | KeyClass::Hidden(_) => {}
+        }
+    }
+    Ok((shown, hidden, outside))
+}
+
+fn root_at(ctx: &Ctx, rest: &str) -> Result<SandboxRoot, String> {
+    SandboxRoot::new(&format!("{}{rest}", ctx.dir)).map_err(|e| format!("test bug: {e}"))
+}
+
+/// Nothing outside a sandbox's prefix is listed, and deleting everything a
+/// sandbox shows leaves objects planted beside it untouched.
+async fn confinement(ctx: Ctx) -> CaseResult {
+    let root = root_at(&ctx, "users/alice")?;
+    for k in ["mine", "sub/deeper"] {
+        let key = root
+            .key_for(&VirtualPath::parse(k).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        ctx.storage
+            .put(&key, Bytes::from_static(b"own"), PutMode::Overwrite)
+            .await
+            .check("put")?;
+    }
+    let mut beside = vec![
+        "users/alice-evil/x",
+        "users/bob/x",
+        "users/alicex",
+        "outside",
+    ];
+    for k in beside.clone() {
+        ctx.storage
+            .put(
+                &ctx.key(k),
+                Bytes::from_static(b"planted"),
+                PutMode::Overwrite,
+            )
+            .await
+            .check(&format!("plant {k}"))?;
+    }
+    // A file named like the sandbox's prefix: only object stores can hold it beside the directory.
+    if ctx
+        .storage
+        .put(
+            &ctx.key("users/alice"),
+            Bytes::from_static(b"planted"),
+            PutMode::Overwrite,
+        )
+        .await
+        .is_ok()
+    {
+        beside.push("users/alice");
+    }
+    let (shown, hidden, outside) = visible(&ctx, &root).await?;
+    ensure!(
+        outside.is_empty(),
+        "the server listed keys outside the requested prefix: {outside:?}"
+    );
+    ensure!(
+        hidden.outside_prefix == 0,
+        "keys outside the prefix reached the sandbox"
+    );
+    let mut names: Vec<String> = shown.iter().map(|p| p.as_str().to_owned()).collect();
+    names.sort();
+    // A backend with real directories also lists `sub` itself.
+    names.retain(|n| n != "sub");
+    ensure!(
+        names == ["mine", "sub/deeper"],
+        "the sandbox shows {names:?}"
+    );
+    // Remove what the sandbox shows, as a recursive remove does: the listed keys, deepest first.
+    let mut keys: Vec<ObjectKey> = list_keys(&ctx, root.prefix(), false)
+        .await?
+        .into_iter()
+        .map(|i| i.key().clone())
+        .filter(|k| root.entry_for(k.as_str()).is_some())
+        .collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.as_str().len()));
+    ctx.storage.delete_many(keys).await.check("delete")?;
+    for k in &beside {
+        ctx.storage
+            .head(&ctx.key(k))
+            .await
+            .check(&format!("{k} planted beside the sandbox must survive"))?;
+    }
+    Ok(())
+}
+
+/// Objects named `.` or `..` (or with empty segments), planted by another
+/// client, are never shown.
+async fn dot_segments_hidden(ctx: Ctx) -> CaseResult {
+    let root = root_at(&ctx, "sandbox")?;
+    let mut planted = 0;
+    for k in [
+        "sandbox/a/../b",
+        "sandbox/./c",
+        "sandbox/..",
+        "sandbox/d//e",
+    ] {
+        match ctx
+            .storage
+            .put(&ctx.key(k), Bytes::from_static(b"odd"), PutMode::Overwrite)
+            .await
+        {
+            Ok(_) => planted += 1,
+            Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+            Err(e) => return Err(format!("plant {k}: {}", describe(&e))),
+        }
+    }
+    ctx.storage
+        .put(
+            &ctx.key("sandbox/ok"),
+            Bytes::from_static(b"ok"),
+            PutMode::Overwrite,
+        )
+        .await
+        .check("put")?;
+    let (shown, hidden, _) = visible(&ctx, &root).await?;
+    let names: Vec<&str> = shown.iter().map(VirtualPath::as_str).collect();
+    ensure!(names == ["ok"], "the sandbox shows {names:?}");
+    ensure!(
+        hidden.total == planted,
+        "{planted} odd keys stored, {} hidden",
+        hidden.total
+    );
+    if planted == 0 {
+        // The backend refuses such names: nothing can be planted, nothing to hide.
+        ctx.storage
+            .delete_many(vec![ctx.key("sandbox/ok")])
+            .await
+            .check("delete")?;
+    }
+    Ok(())
+}
+
+/// Two users' `%u` prefixes see only their own files.
+async fn users_isolated(ctx: Ctx) -> CaseResult {
+    let template =
+        PathTemplate::parse("path", &format!("{}users/%u", ctx.dir)).map_err(|e| e.to_string())?;
+    let root_of = |user: &str| -> Result<SandboxRoot, String> {
+        let expanded = template
+            .expand(&Identity::user(user))
+            .map_err(|e| e.to_string())?;
+        SandboxRoot::new(&expanded).map_err(|e| e.to_string())
+    };
+    let (alice, al) = (root_of("alice")?, root_of("al")?);
+    let path = VirtualPath::parse("/report.csv").map_err(|e| e.to_string())?;
+    ctx.storage
+        .put(
+            &alice.key_for(&path).map_err(|e| e.to_string())?,
+            Bytes::from_static(b"alice"),
+            PutMode::Overwrite,
+        )
+        .await
+        .check("put")?;
+    let (shown, _, _) = visible(&ctx, &al).await?;
+    ensure!(shown.is_empty(), "user `al` sees {shown:?} of user `alice`");
+    match ctx
+        .storage
+        .head(&al.key_for(&path).map_err(|e| e.to_string())?)
+        .await
+    {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => Err(format!("user `al` reaches alice's file: {other:?}")),
+    }
+}
+
+/// A directory exists through its marker or a key below it, and a file of
+/// the same name is shown once, as the directory.
+async fn directory_emulation(ctx: Ctx) -> CaseResult {
+    let root = root_at(&ctx, "home")?;
+    let key = |p: &str| ctx.key(&format!("home/{p}"));
+    ctx.storage
+        .put(&key("empty/"), Bytes::new(), PutMode::Overwrite)
+        .await
+        .check("marker")?;
+    ctx.storage
+        .put(
+            &key("full/file"),
+            Bytes::from_static(b"1"),
+            PutMode::Overwrite,
+        )
+        .await
+        .check("put")?;
+    // Only object stores can hold a file and a directory of one name.
+    if ctx.caps.directory_markers {
+        ctx.storage
+            .put(&key("dup"), Bytes::from_static(b"f"), PutMode::Overwrite)
+            .await
+            .check("put")?;
+        ctx.storage
+            .put(
+                &key("dup/inside"),
+                Bytes::from_static(b"d"),
+                PutMode::Overwrite,
+            )
+            .await
+            .check("put")?;
+    }
+    let items = list_keys(&ctx, root.prefix(), true).await?;
+    let mut entries = Vec::new();
+    for i in &items {
+        match root.classify(i.key().as_str()) {
+            KeyClass::File(p) => entries.push(DirEntry::file(p.as_str(), 0, None)),
+            KeyClass::Directory(p) => entries.push(DirEntry::directory(p.as_str())),
+            _ => {}
+        }
+    }
+    let (merged, _) = merge(entries, &[]);
+    let shown: Vec<String> = merged
+        .iter()
+        .map(|e| format!("{}{}", e.name, if e.is_dir() { "/" } else { "" }))
+        .collect();
+    let want = if ctx.caps.directory_markers {
+        vec!["dup/", "empty/", "full/"]
+    } else {
+        vec!["empty/", "full/"]
+    };
+    ensure!(
+        shown == want,
+        "the home directory shows {shown:?}, expected {want:?}"
+    );
+    Ok(())
+}
+
+/// A rename moves the bytes and removes the source.
+async fn rename(ctx: Ctx) -> CaseResult {
+    let (a, b) = (ctx.key("a.bin"), ctx.key("moved/b.bin"));
+    let data = pattern(70_000, 5);
+    ctx.storage
+        .put(&a, data.clone(), PutMode::Overwrite)
+        .await
+        .check("put")?;
+    ctx.storage.rename(&a, &b).await.check("rename")?;
+    let (_, body) = read_all(&ctx, &b, None).await?;
+    ensure!(body == data, "the renamed object differs");
+    match ctx.storage.head(&a).await {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => Err(format!("the source is still there after rename: {other:?}")),
+    }
 }

@@ -7,11 +7,27 @@ use corral_domain::{Mappings, SandboxSpec};
 
 /// An S3 spec for `server`'s `bucket`, with extra JSON options (`"key": value, …`).
 pub fn s3_spec(server: &S3Server, bucket: &str, extra: &str) -> S3Spec {
+    s3_spec_at(
+        &server.endpoint,
+        &server.access_key,
+        &server.secret_key,
+        bucket,
+        extra,
+    )
+}
+
+/// An S3 spec for any endpoint and keys.
+pub fn s3_spec_at(
+    endpoint: &str,
+    access_key: &str,
+    secret_key: &str,
+    bucket: &str,
+    extra: &str,
+) -> S3Spec {
     let sep = if extra.is_empty() { "" } else { "," };
     let json = format!(
-        r#"{{"": {{"": {{"type":"S3","bucketName":"{bucket}","endpointOverride":"{}",
-            "accessKeyId":"{}","secretKey":"{}","region":"{}"{sep}{extra}}}}}}}"#,
-        server.endpoint, server.access_key, server.secret_key, server.region
+        r#"{{"": {{"": {{"type":"S3","bucketName":"{bucket}","endpointOverride":"{endpoint}",
+            "accessKeyId":"{access_key}","secretKey":"{secret_key}","region":"us-east-1"{sep}{extra}}}}}}}"#
     );
     spec_from(&json)
 }
