@@ -554,6 +554,17 @@ impl ObjectStorage for ObjectStoreBackend {
             .map_err(|e| self.err(e, Operation::AbortMultipart, key))
     }
 
+    async fn set_upload_expiry(&self, days: u32, replace: bool) -> Result<()> {
+        match &self.flavor {
+            Flavor::S3 { raw, .. } => raw.set_upload_expiry(days, replace).await,
+            _ => Err(Error::unsupported(format!(
+                "the {} backend has no bucket lifecycle rules",
+                self.caps.name
+            ))
+            .with_operation(Operation::Configure)),
+        }
+    }
+
     async fn list_pending_uploads(&self, prefix: &ObjectKey) -> Result<Vec<PendingUpload>> {
         match &self.flavor {
             Flavor::S3 { raw, .. } if self.caps.list_pending_uploads => {

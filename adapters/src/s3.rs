@@ -301,6 +301,18 @@ impl RawS3 {
         query: &[(&str, &str)],
         op: Operation,
     ) -> Result<Bytes> {
+        self.send_body(method, query, Bytes::new(), op).await
+    }
+
+    /// Sends a signed request with a body (with its Content-MD5, which some
+    /// bucket configuration calls require).
+    async fn send_body(
+        &self,
+        method: http::Method,
+        query: &[(&str, &str)],
+        body: Bytes,
+        op: Operation,
+    ) -> Result<Bytes> {
         let query: Vec<String> = query
             .iter()
             .map(|(k, v)| {
@@ -314,7 +326,7 @@ impl RawS3 {
         let url = format!("{}/?{}", self.bucket_url, query.join("&"));
         let mut attempt = 0u32;
         loop {
-            let result = self.send_once(&method, &url).await;
+            let result = self.send_once(&method, &url, body.clone()).await;
             match result {
                 Err(e) if e.is_temporary() && attempt < self.max_retries => {
                     attempt += 1;
@@ -327,17 +339,24 @@ impl RawS3 {
         }
     }
 
-    async fn send_once(&self, method: &http::Method, url: &str) -> Result<Bytes> {
+    async fn send_once(&self, method: &http::Method, url: &str, body: Bytes) -> Result<Bytes> {
         let credential = self.credentials.get_credential().await.map_err(|e| {
             Error::new(
                 ErrorKind::Unauthenticated,
                 format!("no S3 credentials: {}", chain_text(&e)),
             )
         })?;
-        let mut request: HttpRequest = http::Request::builder()
-            .method(method.clone())
-            .uri(url)
-            .body(HttpRequestBody::empty())
+        let mut builder = http::Request::builder().method(method.clone()).uri(url);
+        if !body.is_empty() {
+            use base64::Engine;
+            use md5::Digest;
+            let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+            builder = builder
+                .header("content-md5", md5)
+                .header("content-type", "application/xml");
+        }
+        let mut request: HttpRequest = builder
+            .body(HttpRequestBody::from(body))
             .map_err(|e| Error::invalid_input(format!("bad request URL: {e}")))?;
         AwsAuthorizer::new(&credential, "s3", &self.region)
             .try_authorize(&mut request, None)
@@ -470,6 +489,52 @@ impl RawS3 {
             )))
         });
         Box::pin(pages.try_flatten())
+    }
+
+    /// Installs a bucket lifecycle rule that aborts incomplete multipart
+    /// uploads `days` after they start. Refuses to replace existing rules
+    /// unless `replace`.
+    pub(crate) async fn set_upload_expiry(&self, days: u32, replace: bool) -> Result<()> {
+        match self
+            .send(
+                http::Method::GET,
+                &[("lifecycle", "")],
+                Operation::Configure,
+            )
+            .await
+        {
+            Ok(existing) if !replace && String::from_utf8_lossy(&existing).contains("<Rule>") => {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    "the bucket already has lifecycle rules and setting this one would replace them: add the rule with your usual tool, or pass --replace",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                return Err(Error::unsupported(format!(
+                    "the server at {} does not support bucket lifecycle rules: abort leftovers with `corral uploads abort --older-than 24h` instead",
+                    self.ctx.endpoint.as_deref().unwrap_or("the endpoint")
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        let body = format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><LifecycleConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Rule><ID>corral-abort-incomplete-multipart-uploads</ID><Filter><Prefix></Prefix></Filter><Status>Enabled</Status><AbortIncompleteMultipartUpload><DaysAfterInitiation>{days}</DaysAfterInitiation></AbortIncompleteMultipartUpload></Rule></LifecycleConfiguration>"#
+        );
+        self.send_body(http::Method::PUT, &[("lifecycle", "")], Bytes::from(body), Operation::Configure)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if e.kind() == ErrorKind::Unsupported {
+                    Error::unsupported(format!(
+                        "the server at {} does not support bucket lifecycle rules: abort leftovers with `corral uploads abort --older-than 24h` instead",
+                        self.ctx.endpoint.as_deref().unwrap_or("the endpoint")
+                    ))
+                } else {
+                    e
+                }
+            })
     }
 
     /// ListMultipartUploads under `prefix`, every page.

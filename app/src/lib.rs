@@ -39,6 +39,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod journal;
 pub mod sandbox;
 
 pub use sandbox::{Copied, Corral, CorralBuilder, Entry, UserSandbox, Writer};

@@ -12,12 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use corral::cache::part_checksum;
 use corral::cache::{CacheConfig, parse_size, wait_for_background_aborts};
 use corral::config::{ConfigFile, DEFAULT_SANDBOX_DIR};
+use corral::journal::{EntryGuard, EntryWriter, Journal, JournalEntry, SourceId};
 use corral::{Corral, UserSandbox};
 use corral_domain::listing::{DirEntry, EntryKind};
 use corral_domain::mapping::ResolvedSpec;
 use corral_domain::parts::human;
+use corral_domain::port::UploadId;
 use corral_domain::{Error, ErrorKind, Identity, OverwriteMode};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
@@ -70,6 +73,9 @@ struct Global {
     /// Stage transfers in this file (on fast local storage) instead of memory.
     #[arg(long, global = true, value_name = "PATH")]
     cloud_cache_file: Option<PathBuf>,
+    /// Where the journal of uploads in flight is kept (default ~/.local/state/corral).
+    #[arg(long, global = true, env = "CORRAL_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Machine-readable output (JSON; one object per line for listings).
     #[arg(long, global = true)]
     json: bool,
@@ -98,10 +104,20 @@ enum Command {
         /// S3 sandboxes always write in place and say so.
         #[arg(long, value_name = "MODE")]
         overwrite: Option<OverwriteMode>,
+        /// Continue interrupted uploads of the same files where they stopped
+        /// (after checking that the sources did not change).
+        #[arg(long)]
+        resume: bool,
+        /// Abort interrupted uploads older than this (e.g. 24h, 30m, 0s).
+        #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+        stale_after: Duration,
         /// Sources, then the destination.
         #[arg(required = true, num_args = 2..)]
         paths: Vec<String>,
     },
+    /// Multipart uploads left pending in the user's S3 prefixes, by any tool.
+    #[command(subcommand)]
+    Uploads(UploadsCommand),
     /// Move or rename within the sandbox.
     Mv { from: String, to: String },
     /// Remove files (and directories with -r).
@@ -134,6 +150,36 @@ enum Command {
         /// Also write, read back and delete a probe object in each mount.
         #[arg(long)]
         write: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UploadsCommand {
+    /// List pending multipart uploads under the user's prefixes.
+    List {
+        /// Only those started longer ago than this (e.g. 24h).
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+    },
+    /// Abort pending multipart uploads under the user's prefixes.
+    Abort {
+        /// Those started longer ago than this (e.g. 24h).
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, conflicts_with_all = ["all", "upload_id"])]
+        older_than: Option<Duration>,
+        /// All of them.
+        #[arg(long, conflicts_with = "upload_id")]
+        all: bool,
+        /// One upload, by id.
+        upload_id: Option<String>,
+    },
+    /// Install the bucket rule that aborts incomplete multipart uploads after N days.
+    Lifecycle {
+        /// Days after which an incomplete upload is aborted.
+        #[arg(long)]
+        days: u32,
+        /// Replace the bucket's existing lifecycle rules.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -246,11 +292,29 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Cp {
             recursive,
             overwrite,
+            resume,
+            stale_after,
             mut paths,
         } => {
             let dst = paths.pop().unwrap_or_default();
-            cp(&sb, &paths, &dst, recursive, overwrite, json).await
+            let state = g.state_dir.clone().unwrap_or_else(Journal::default_dir);
+            let journal = Resumable {
+                journal: Journal::open(&state, &id.user)?,
+                resume,
+            };
+            cp(
+                &sb,
+                &paths,
+                &dst,
+                recursive,
+                overwrite,
+                json,
+                Some(&journal),
+                stale_after,
+            )
+            .await
         }
+        Command::Uploads(cmd) => uploads(&sb, cmd, json).await,
         Command::Mv { from, to } => {
             let moved = sb.rename(&sandbox_arg(&from)?, &sandbox_arg(&to)?).await?;
             if json {
@@ -417,6 +481,7 @@ fn join_sandbox(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn cp(
     sb: &UserSandbox,
     sources: &[String],
@@ -424,8 +489,13 @@ async fn cp(
     recursive: bool,
     mode: Option<OverwriteMode>,
     json: bool,
+    journal: Option<&Resumable>,
+    stale_after: Duration,
 ) -> Result<(), Error> {
     let started = Instant::now();
+    if let Some(jr) = journal {
+        sweep_stale(sb, &jr.journal, stale_after).await;
+    }
     let dst_sandbox = dst
         .strip_prefix("corral:")
         .map(|p| if p.is_empty() { "/" } else { p });
@@ -510,18 +580,20 @@ async fn cp(
     }
     let files = jobs.len() as u64 + within.files;
     let notices = std::sync::Mutex::new(Vec::<String>::new());
+    let sent = std::sync::atomic::AtomicU64::new(0);
     // Several files at once; the cache's admission bounds the bytes in flight.
     let bytes: u64 = futures::stream::iter(jobs)
         .map(|job| {
-            let notices = &notices;
+            let (notices, sent) = (&notices, &sent);
             async move {
                 match job {
                     Job::Upload(local, target) => {
-                        let (n, notice) = upload_file(sb, &local, &target, mode).await?;
-                        if let Some(msg) = notice {
+                        let up = upload_file(sb, &local, &target, mode, journal).await?;
+                        if let Some(msg) = up.notice {
                             notices.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
                         }
-                        Ok::<u64, Error>(n)
+                        sent.fetch_add(up.sent, std::sync::atomic::Ordering::Relaxed);
+                        Ok::<u64, Error>(up.size)
                     }
                     Job::Download(src, local) => download_file(sb, &src, &local).await,
                 }
@@ -540,7 +612,7 @@ async fn cp(
     if json {
         println!(
             "{}",
-            serde_json::json!({"files": files, "bytes": bytes, "seconds": secs, "notices": notices})
+            serde_json::json!({"files": files, "bytes": bytes, "bytes_sent": sent.load(std::sync::atomic::Ordering::Relaxed), "seconds": secs, "notices": notices})
         );
     } else if files > 0 && std::io::stderr().is_terminal() {
         eprintln!(
@@ -651,49 +723,222 @@ impl Drop for Progress {
     }
 }
 
+/// Aborts the uploads of entries older than `stale_after` whose process is
+/// gone, and removes the entries; says what it did.
+async fn sweep_stale(sb: &UserSandbox, journal: &Journal, stale_after: Duration) {
+    for (path, entry) in journal.entries() {
+        let alive =
+            entry.pid != std::process::id() && Path::new(&format!("/proc/{}", entry.pid)).exists();
+        if entry.upload_id.is_empty() || alive || entry.age_secs() < stale_after.as_secs() {
+            continue;
+        }
+        match sb.object(&entry.path) {
+            Ok((storage, key, _)) if key.as_str() == entry.key => {
+                abort_entry(&storage, &entry).await;
+                Journal::remove(&path);
+                eprintln!(
+                    "corral: aborted the interrupted upload of {} ({} of its parts were sent, {} s ago)",
+                    entry.path,
+                    entry.parts.len(),
+                    entry.age_secs()
+                );
+            }
+            _ => {
+                tracing::warn!(path = %entry.path, "a journal entry no longer matches the mappings; left as is")
+            }
+        }
+    }
+}
+
+/// The journal of a `cp` run: where entries go, and whether to resume.
+struct Resumable {
+    journal: Journal,
+    resume: bool,
+}
+
+/// What one upload did.
+struct Uploaded {
+    size: u64,
+    sent: u64,
+    notice: Option<String>,
+}
+
+async fn abort_entry(storage: &Arc<dyn corral_domain::ObjectStorage>, entry: &JournalEntry) {
+    let key = corral_domain::ObjectKey::from_raw(entry.key.clone());
+    match storage
+        .abort_multipart(&key, &UploadId(entry.upload_id.clone()))
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => eprintln!(
+            "corral: could not abort upload {} of {}: {e}",
+            entry.upload_id, entry.path
+        ),
+    }
+}
+
+/// Why a journal entry no longer matches its source, if it does not.
+async fn verify_source(entry: &JournalEntry, now: &SourceId, local: &Path) -> Result<(), String> {
+    if entry.source.size != now.size {
+        return Err(format!(
+            "the source's size changed ({} -> {} bytes)",
+            entry.source.size, now.size
+        ));
+    }
+    if entry.source.mtime_ns != now.mtime_ns {
+        return Err("the source was modified since the upload started".to_owned());
+    }
+    let (local, parts, part_size) = (local.to_path_buf(), entry.parts.clone(), entry.part_size);
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&local).map_err(|e| format!("cannot read the source: {e}"))?;
+        for p in parts {
+            let start = (u64::from(p.number) - 1) * part_size;
+            let len = part_size.min(now_size(&f)?.saturating_sub(start)) as usize;
+            let mut buf = vec![0u8; len];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, start)
+                .map_err(|e| format!("cannot read the source: {e}"))?;
+            if part_checksum(&buf) != p.crc64 {
+                return Err(format!(
+                    "part {} of the source no longer matches what was sent",
+                    p.number
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+fn now_size(f: &std::fs::File) -> Result<u64, String> {
+    f.metadata().map(|m| m.len()).map_err(|e| e.to_string())
+}
+
 async fn upload_file(
     sb: &UserSandbox,
     local: &Path,
     target: &str,
     mode: Option<OverwriteMode>,
-) -> Result<(u64, Option<String>), Error> {
+    journal: Option<&Resumable>,
+) -> Result<Uploaded, Error> {
+    let source = SourceId::of(local).map_err(|e| local_err(local, "cannot read", e))?;
+    let size = source.size;
+    let (storage, key, mount) = sb.object(target)?;
+    let journal = journal.filter(|_| storage.capabilities().resume);
+    let mut _guard = None;
+    let (mut writer, notice) = match journal {
+        None => {
+            let w = sb.create(target, Some(size), mode).await?;
+            let notice = w.decision().notice();
+            (w, notice)
+        }
+        Some(jr) => {
+            let path = jr
+                .journal
+                .path_for(&mount.to_string(), key.as_str(), &source.path);
+            let mut resumed = None;
+            if let Some(entry) = Journal::load(&path).filter(|e| !e.upload_id.is_empty()) {
+                if jr.resume {
+                    match verify_source(&entry, &source, local).await {
+                        Ok(()) => resumed = Some(entry),
+                        Err(why) => {
+                            eprintln!("corral: {target}: restarting the upload from zero: {why}");
+                            abort_entry(&storage, &entry).await;
+                            Journal::remove(&path);
+                        }
+                    }
+                } else {
+                    abort_entry(&storage, &entry).await;
+                    Journal::remove(&path);
+                    eprintln!(
+                        "corral: aborted the interrupted upload of {target} (cp --resume continues one)"
+                    );
+                }
+            }
+            _guard = Some(EntryGuard(path.clone()));
+            match resumed {
+                Some(entry) => {
+                    eprintln!(
+                        "corral: {target}: resuming the upload: {} of {} parts are on the server",
+                        entry.parts.len(),
+                        size.div_ceil(entry.part_size)
+                    );
+                    let mut w = sb
+                        .resume(
+                            target,
+                            size,
+                            entry.part_size,
+                            UploadId(entry.upload_id.clone()),
+                            entry.completed(),
+                        )
+                        .await?;
+                    w.set_journal(Box::new(EntryWriter::new(path, entry)));
+                    (w, None)
+                }
+                None => {
+                    let mut w = sb.create(target, Some(size), mode).await?;
+                    let notice = w.decision().notice();
+                    let entry = JournalEntry {
+                        version: 1,
+                        mount: mount.to_string(),
+                        path: target.to_owned(),
+                        key: key.as_str().to_owned(),
+                        upload_id: String::new(),
+                        part_size: w.part_size(),
+                        source: source.clone(),
+                        parts: Vec::new(),
+                        started: 0,
+                        pid: std::process::id(),
+                    };
+                    w.set_journal(Box::new(EntryWriter::new(path, entry)));
+                    (w, notice)
+                }
+            }
+        }
+    };
+    let part = writer.part_size();
+    let done: std::collections::BTreeSet<u64> = writer.parts_sent().into_iter().collect();
     let mut file = tokio::fs::File::open(local)
         .await
         .map_err(|e| local_err(local, "cannot read", e))?;
-    let size = file
-        .metadata()
-        .await
-        .map_err(|e| local_err(local, "cannot read", e))?
-        .len();
-    let mut writer = sb.create(target, Some(size), mode).await?;
-    let notice = writer.decision().notice();
     let mut progress = Progress::new(size, &base_name(target));
-    // Reads of one default part: fewer trips through the blocking pool.
+    // Reads of at most one default part: fewer trips through the blocking pool.
     let mut buf = vec![0u8; (8 << 20).min(size.max(1) as usize)];
-    let mut at = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
+    let mut sent = 0u64;
+    for n in 1..=size.div_ceil(part) {
+        let (start, end) = ((n - 1) * part, (n * part).min(size));
+        if done.contains(&n) {
+            progress.advance(end - start);
+            continue;
+        }
+        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(start))
             .await
             .map_err(|e| local_err(local, "cannot read", e))?;
-        if n == 0 {
-            break;
+        let mut at = start;
+        while at < end {
+            let want = buf.len().min((end - at) as usize);
+            let n = file
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| local_err(local, "cannot read", e))?;
+            if n == 0 {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{} changed size while it was read ({size} -> {at} bytes)",
+                        local.display()
+                    ),
+                ));
+            }
+            writer.write_at(at, &buf[..n]).await?;
+            at += n as u64;
+            sent += n as u64;
+            progress.advance(n as u64);
         }
-        writer.write_at(at, &buf[..n]).await?;
-        at += n as u64;
-        progress.advance(n as u64);
-    }
-    if at != size {
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            format!(
-                "{} changed size while it was read ({size} -> {at} bytes)",
-                local.display()
-            ),
-        ));
     }
     writer.finish().await?;
-    Ok((size, notice))
+    Ok(Uploaded { size, sent, notice })
 }
 
 async fn join_write(
@@ -756,6 +1001,129 @@ async fn download_file(sb: &UserSandbox, src: &str, local: &Path) -> Result<u64,
     std::fs::rename(&temp, local).map_err(|e| local_err(local, "cannot write", e))?;
     guard.0 = None;
     Ok(total)
+}
+
+/// The user's mounts that can list pending uploads, with their backends.
+fn upload_mounts(
+    sb: &UserSandbox,
+) -> Vec<(
+    String,
+    Arc<dyn corral_domain::ObjectStorage>,
+    corral_domain::SandboxRoot,
+)> {
+    sb.view()
+        .mounts()
+        .iter()
+        .filter_map(|m| {
+            let point = m.point.to_string();
+            let (storage, root) = sb.backend(&point).ok()?;
+            storage
+                .capabilities()
+                .multipart
+                .then_some((point, storage, root))
+        })
+        .collect()
+}
+
+async fn uploads(sb: &UserSandbox, cmd: UploadsCommand, json: bool) -> Result<(), Error> {
+    let now = std::time::SystemTime::now();
+    let age = |u: &corral_domain::port::PendingUpload| {
+        u.initiated.and_then(|t| now.duration_since(t).ok())
+    };
+    match cmd {
+        UploadsCommand::List { older_than } => {
+            let mut rows = Vec::new();
+            for (point, storage, root) in upload_mounts(sb) {
+                let pending = storage
+                    .list_pending_uploads(&corral_domain::ObjectKey::from_raw(root.prefix()))
+                    .await?;
+                for u in pending {
+                    let Some(path) = root.entry_for(u.key.as_str()) else {
+                        continue;
+                    };
+                    if older_than.is_some_and(|min| age(&u).is_none_or(|a| a < min)) {
+                        continue;
+                    }
+                    let shown = if point == "/" {
+                        path.to_string()
+                    } else {
+                        format!("{point}{path}")
+                    };
+                    rows.push((shown, u.upload_id.0.clone(), age(&u).map(|a| a.as_secs())));
+                }
+            }
+            for (path, id, secs) in &rows {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"path": path, "upload_id": id, "age_seconds": secs})
+                    );
+                } else {
+                    let age = secs
+                        .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
+                        .unwrap_or_else(|| "?".into());
+                    println!("{path}\t{id}\t{age}");
+                }
+            }
+            Ok(())
+        }
+        UploadsCommand::Abort {
+            older_than,
+            all,
+            upload_id,
+        } => {
+            if older_than.is_none() && !all && upload_id.is_none() {
+                return Err(Error::invalid_input(
+                    "say which uploads to abort: --older-than AGE, --all, or an UPLOAD_ID",
+                ));
+            }
+            let mut aborted = 0;
+            for (_, storage, root) in upload_mounts(sb) {
+                let pending = storage
+                    .list_pending_uploads(&corral_domain::ObjectKey::from_raw(root.prefix()))
+                    .await?;
+                for u in pending {
+                    // Only what lies inside this user's sandbox.
+                    if root.entry_for(u.key.as_str()).is_none() {
+                        continue;
+                    }
+                    let chosen = all
+                        || upload_id.as_deref() == Some(u.upload_id.0.as_str())
+                        || older_than.is_some_and(|min| age(&u).is_some_and(|a| a >= min));
+                    if chosen {
+                        storage.abort_multipart(&u.key, &u.upload_id).await?;
+                        aborted += 1;
+                    }
+                }
+            }
+            if let Some(id) = upload_id
+                && aborted == 0
+            {
+                return Err(Error::not_found(format!(
+                    "no pending upload {id} in your sandbox"
+                )));
+            }
+            if json {
+                println!("{}", serde_json::json!({"aborted": aborted}));
+            } else {
+                println!("aborted {aborted} upload(s)");
+            }
+            Ok(())
+        }
+        UploadsCommand::Lifecycle { days, replace } => {
+            let mounts = upload_mounts(sb);
+            if mounts.is_empty() {
+                return Err(Error::unsupported("no mount of this user is on S3"));
+            }
+            for (point, storage, _) in mounts {
+                storage.set_upload_expiry(days, replace).await?;
+                println!(
+                    "{point}: incomplete multipart uploads are aborted {days} day(s) after they start"
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn conformance(sb: &UserSandbox, mount: Option<String>, json: bool) -> Result<(), Error> {

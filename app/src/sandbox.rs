@@ -202,6 +202,21 @@ impl Writer {
         &self.decision
     }
 
+    /// Records the upload's progress (multipart uploads only).
+    pub fn set_journal(&mut self, journal: Box<dyn crate::cache::UploadJournal>) {
+        self.upload.set_journal(journal);
+    }
+
+    /// The part size of the upload.
+    pub fn part_size(&self) -> u64 {
+        self.upload.part_size()
+    }
+
+    /// The parts already sent (or, when resumed, already on the server).
+    pub fn parts_sent(&self) -> Vec<u64> {
+        self.upload.parts_sent().collect()
+    }
+
     /// Writes bytes at an offset (any order, each byte once).
     pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.upload.write_at(offset, data).await
@@ -623,6 +638,47 @@ impl UserSandbox {
             upload,
             decision,
             finish,
+        })
+    }
+
+    /// Where a file of the sandbox is stored: its backend, its key and the
+    /// mount point it is under (for journals and tools).
+    pub fn object(
+        &self,
+        path: &str,
+    ) -> Result<(Arc<dyn ObjectStorage>, ObjectKey, VirtualPath), Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot address")?;
+        Ok((t.storage.clone(), t.key()?, t.mount_point.clone()))
+    }
+
+    /// Continues an in-place multipart upload to `path` that an earlier
+    /// process started (`parts` are on the server). Only where the backend
+    /// declares [`Capabilities::resume`].
+    pub async fn resume(
+        &self,
+        path: &str,
+        size: u64,
+        part_size: u64,
+        upload: corral_domain::port::UploadId,
+        parts: Vec<corral_domain::port::CompletedPart>,
+    ) -> Result<Writer, Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot write")?;
+        if !t.caps().resume {
+            return Err(Error::unsupported(format!(
+                "the {} backend cannot resume uploads",
+                t.caps().name
+            )));
+        }
+        let upload = self
+            .cache
+            .resume_upload(t.storage.clone(), t.key()?, size, part_size, upload, parts)
+            .await?;
+        Ok(Writer {
+            upload,
+            decision: decide(None, t.caps()),
+            finish: Finish::Direct,
         })
     }
 

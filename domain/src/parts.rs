@@ -63,6 +63,16 @@ pub enum SizeError {
         /// The configured per-transfer upload cache.
         cache: u64,
     },
+    /// A recorded part size cannot carry this file (a corrupt or foreign journal).
+    #[error(
+        "a part size of {part_size} bytes cannot carry a file of {size} bytes within S3's limits"
+    )]
+    InvalidPartSize {
+        /// The file's size.
+        size: u64,
+        /// The part size.
+        part_size: u64,
+    },
     /// A stream of unknown size reached part 10,001.
     #[error("the upload reached 10,000 parts of {} ({} in all) and has more data: set --max-cloud-cache-upload-size higher (each MiB of part size allows 10,000 MiB of file)", human(*part_size), human(*part_size * MAX_PARTS))]
     TooManyParts {
@@ -151,6 +161,21 @@ impl PartPlan {
             size,
             part_size,
             parts,
+        })
+    }
+
+    /// The plan of an upload that already started with `part_size` (a resumed
+    /// upload keeps its part size, whatever the cache allows today).
+    pub fn with_part_size(size: u64, part_size: u64) -> Result<Self, SizeError> {
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size)
+            || size.div_ceil(part_size) > MAX_PARTS
+        {
+            return Err(SizeError::InvalidPartSize { size, part_size });
+        }
+        Ok(Self {
+            size,
+            part_size,
+            parts: size.div_ceil(part_size).max(1),
         })
     }
 

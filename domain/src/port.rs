@@ -231,6 +231,17 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
     /// Aborts an upload, freeing its parts.
     async fn abort_multipart(&self, key: &ObjectKey, upload: &UploadId) -> Result<()>;
 
+    /// Installs a rule on the bucket that aborts incomplete multipart uploads
+    /// `days` after they start (refusing to replace existing rules unless `replace`).
+    async fn set_upload_expiry(&self, days: u32, replace: bool) -> Result<()> {
+        let _ = (days, replace);
+        Err(Error::unsupported(format!(
+            "the {} backend has no bucket lifecycle rules",
+            self.capabilities().name
+        ))
+        .with_operation(Operation::Configure))
+    }
+
     /// Uploads under `prefix` that were neither completed nor aborted.
     async fn list_pending_uploads(&self, prefix: &ObjectKey) -> Result<Vec<PendingUpload>> {
         let _ = prefix;

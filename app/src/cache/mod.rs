@@ -50,7 +50,7 @@ use corral_domain::{Error, ObjectKey, ObjectStorage};
 pub use config::{CacheConfig, CacheSection, SizeValue, parse_size};
 pub use download::Download;
 pub use pool::{CacheMetrics, Reservation};
-pub use upload::{Upload, wait_for_background_aborts};
+pub use upload::{Upload, UploadJournal, part_checksum, wait_for_background_aborts};
 
 use pool::PoolInner;
 use store::{Backing, CacheFile, Slots};
@@ -142,6 +142,25 @@ impl TransferCache {
         let reservation = self.pool.reserve(min, max).await?;
         let slots = Slots::new(self.backing.clone(), reservation, part_size.min(max.max(1)));
         Ok(Upload::new(storage, key, plan, slots))
+    }
+
+    /// Continues a multipart upload of `size` bytes to `key` that an earlier
+    /// process started with parts of `part_size`; `parts` are on the server.
+    pub async fn resume_upload(
+        &self,
+        storage: Arc<dyn ObjectStorage>,
+        key: ObjectKey,
+        size: u64,
+        part_size: u64,
+        upload: corral_domain::port::UploadId,
+        parts: Vec<corral_domain::port::CompletedPart>,
+    ) -> Result<Upload, Error> {
+        check_file_size(size, storage.capabilities())?;
+        let plan = PartPlan::with_part_size(size, part_size)?;
+        let max = self.config.upload.max(part_size).min(self.config.total);
+        let reservation = self.pool.reserve(part_size, max).await?;
+        let slots = Slots::new(self.backing.clone(), reservation, part_size);
+        Ok(Upload::new(storage, key, Plan::Known(plan), slots).resume(upload, parts))
     }
 
     /// Starts a download of `key`, reading ahead in chunks of up to 8 MiB.

@@ -51,6 +51,20 @@ fn replay(e: &Error) -> Error {
     Error::new(e.kind(), e.to_string()).with_temporary(e.is_temporary())
 }
 
+/// Told of a multipart upload's progress, to record it (see the CLI's
+/// journal): called from the task that owns the [`Upload`], in order.
+pub trait UploadJournal: Send {
+    /// The multipart upload was created.
+    fn started(&mut self, upload: &UploadId, part_size: u64);
+    /// A part was accepted by the server; `crc64` is the CRC-64/NVME of its bytes.
+    fn part_done(&mut self, part: &CompletedPart, crc64: u64);
+}
+
+/// The CRC-64/NVME of a part's bytes, as journals record it.
+pub fn part_checksum(data: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data)
+}
+
 /// A part being filled.
 struct Filling {
     buf: SlotBuf,
@@ -101,7 +115,8 @@ pub struct Upload {
     /// Parts handed to `upload_part` (or kept for the single PUT).
     sent: BTreeSet<u64>,
     upload_id: Option<UploadId>,
-    in_flight: JoinSet<Result<CompletedPart, Error>>,
+    in_flight: JoinSet<Result<(CompletedPart, u64), Error>>,
+    journal: Option<Box<dyn UploadJournal>>,
     done: Vec<CompletedPart>,
     single: Option<Bytes>,
     failed: Option<Error>,
@@ -136,12 +151,34 @@ impl Upload {
             sent: BTreeSet::new(),
             upload_id: None,
             in_flight: JoinSet::new(),
+            journal: None,
             done: Vec::new(),
             single: None,
             failed: None,
             finished: false,
             end: 0,
         }
+    }
+
+    /// Records the upload's progress in `journal` as parts complete.
+    pub fn set_journal(&mut self, journal: Box<dyn UploadJournal>) {
+        self.journal = Some(journal);
+    }
+
+    /// Continues a multipart upload that an earlier process started:
+    /// `parts` are already on the server and are not sent again.
+    pub(crate) fn resume(mut self, upload: UploadId, parts: Vec<CompletedPart>) -> Self {
+        self.upload_id = Some(upload);
+        for p in &parts {
+            self.sent.insert(u64::from(p.number));
+        }
+        self.done = parts;
+        self
+    }
+
+    /// The numbers of the parts sent so far (or already on the server).
+    pub fn parts_sent(&self) -> impl Iterator<Item = u64> + '_ {
+        self.sent.iter().copied()
     }
 
     /// The part size in use.
@@ -274,10 +311,13 @@ impl Upload {
 
     fn record(
         &mut self,
-        r: Result<Result<CompletedPart, Error>, tokio::task::JoinError>,
+        r: Result<Result<(CompletedPart, u64), Error>, tokio::task::JoinError>,
     ) -> Result<(), Error> {
         match r {
-            Ok(Ok(part)) => {
+            Ok(Ok((part, crc))) => {
+                if let Some(j) = &mut self.journal {
+                    j.part_done(&part, crc);
+                }
                 self.done.push(part);
                 Ok(())
             }
@@ -305,14 +345,21 @@ impl Upload {
             None => {
                 let u = self.storage.create_multipart(&self.key).await?;
                 self.upload_id = Some(u.clone());
+                let part_size = self.part_size();
+                if let Some(j) = &mut self.journal {
+                    j.started(&u, part_size);
+                }
                 u
             }
         };
         let (storage, key) = (self.storage.clone(), self.key.clone());
         let number =
             u32::try_from(n).map_err(|_| Error::invalid_input("part number out of range"))?;
-        self.in_flight
-            .spawn(async move { storage.upload_part(&key, &upload, number, bytes).await });
+        self.in_flight.spawn(async move {
+            let crc = part_checksum(&bytes);
+            let part = storage.upload_part(&key, &upload, number, bytes).await?;
+            Ok((part, crc))
+        });
         Ok(())
     }
 
