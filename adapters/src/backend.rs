@@ -474,7 +474,7 @@ impl ObjectStorage for ObjectStoreBackend {
         number: u32,
         data: Bytes,
     ) -> Result<CompletedPart> {
-        if !(1..=10_000).contains(&number) {
+        if number == 0 || u64::from(number) > corral_domain::parts::MAX_PARTS {
             return Err(
                 Error::invalid_input(format!("part number {number} is outside 1..=10000"))
                     .with_operation(Operation::UploadPart),

@@ -65,11 +65,7 @@ impl CaBundle {
                     format!("{file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
                 ));
             }
-            for b in blocks {
-                if seen.insert(b.clone()) {
-                    pems.push(b);
-                }
-            }
+            pems.extend(blocks.into_iter().filter(|b| seen.insert(b.clone())));
         }
         if let Some(dir) = ca_path {
             let found = load_dir(Path::new(dir))?;
@@ -79,11 +75,7 @@ impl CaBundle {
                     format!("{dir} holds no PEM certificate file"),
                 ));
             }
-            for b in found {
-                if seen.insert(b.clone()) {
-                    pems.push(b);
-                }
-            }
+            pems.extend(found.into_iter().filter(|b| seen.insert(b.clone())));
         }
         Ok(Some(Self { pems }))
     }

@@ -66,6 +66,18 @@ async fn download_all(
     Ok(out)
 }
 
+async fn assert_round_trip(
+    cache: &TransferCache,
+    storage: &Arc<dyn ObjectStorage>,
+    key: &ObjectKey,
+    data: &[u8],
+) {
+    let back = download_all(cache, storage.clone(), key)
+        .await
+        .expect("download");
+    assert!(back == data, "{key}: the bytes read back differ");
+}
+
 async fn round_trips(cache: &TransferCache) {
     let storage = Counting::new(Duration::ZERO);
     let dynamic: Arc<dyn ObjectStorage> = storage.clone();
@@ -175,12 +187,7 @@ async fn out_of_order_and_streamed_uploads() {
             .expect("write");
     }
     up.finish().await.expect("finish");
-    assert!(
-        download_all(&cache, storage.clone(), &key)
-            .await
-            .expect("download")
-            == data
-    );
+    assert_round_trip(&cache, &storage, &key, &data).await;
 
     // Unknown size: fixed parts of half the upload cache (16 MiB), the last one short.
     let key = ObjectKey::from_raw("streamed");
@@ -193,12 +200,7 @@ async fn out_of_order_and_streamed_uploads() {
         up.write(chunk).await.expect("write");
     }
     up.finish().await.expect("finish");
-    assert!(
-        download_all(&cache, storage.clone(), &key)
-            .await
-            .expect("download")
-            == data
-    );
+    assert_round_trip(&cache, &storage, &key, &data).await;
 
     // A short stream goes as one PUT.
     let key = ObjectKey::from_raw("short-stream");
