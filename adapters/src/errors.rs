@@ -261,6 +261,15 @@ fn classify_inner(
             ));
         }
     }
+    if text.contains("Requested ") && text.contains(", got ") {
+        return Some((
+            ErrorKind::InvalidResponse,
+            format!(
+                "the server at {endpoint} sent another byte range than the one asked for ({})",
+                last_cause(text)
+            ),
+        ));
+    }
     if lower.contains("invalid http version parsed") || lower.contains("invalid content-length") {
         return Some((
             ErrorKind::InvalidResponse,

@@ -104,6 +104,9 @@ enum Command {
         /// S3 sandboxes always write in place and say so.
         #[arg(long, value_name = "MODE")]
         overwrite: Option<OverwriteMode>,
+        /// Read every copied file back and compare it with its source.
+        #[arg(long)]
+        verify: bool,
         /// Continue interrupted uploads of the same files where they stopped
         /// (after checking that the sources did not change).
         #[arg(long)]
@@ -292,6 +295,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Cp {
             recursive,
             overwrite,
+            verify,
             resume,
             stale_after,
             mut paths,
@@ -302,17 +306,15 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 journal: Journal::open(&state, &id.user)?,
                 resume,
             };
-            cp(
-                &sb,
-                &paths,
-                &dst,
+            let options = CpOptions {
                 recursive,
-                overwrite,
+                mode: overwrite,
                 json,
-                Some(&journal),
+                journal: Some(&journal),
                 stale_after,
-            )
-            .await
+                verify,
+            };
+            cp(&sb, &paths, &dst, &options).await
         }
         Command::Uploads(cmd) => uploads(&sb, cmd, json).await,
         Command::Mv { from, to } => {
@@ -481,17 +483,65 @@ fn join_sandbox(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How `cp` copies.
+struct CpOptions<'a> {
+    recursive: bool,
+    mode: Option<OverwriteMode>,
+    json: bool,
+    journal: Option<&'a Resumable>,
+    stale_after: Duration,
+    verify: bool,
+}
+
+/// The CRC-64 of a local file and of a sandbox file must agree.
+async fn verify_copy(sb: &UserSandbox, local: &Path, remote: &str) -> Result<(), Error> {
+    let path = local.to_path_buf();
+    let local_crc = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let mut f = std::fs::File::open(&path)?;
+        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+        let mut buf = vec![0u8; 8 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)?;
+            if n == 0 {
+                return Ok(digest.finalize());
+            }
+            digest.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Other, e.to_string()))?
+    .map_err(|e| local_err(local, "cannot read", e))?;
+    let mut d = sb.open(remote).await?;
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+    while let Some(chunk) = d.next_chunk().await? {
+        digest.update(&chunk);
+    }
+    if digest.finalize() != local_crc {
+        return Err(Error::new(
+            ErrorKind::InvalidResponse,
+            format!(
+                "verification failed: {remote} does not match {} (CRC-64 differs)",
+                local.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn cp(
     sb: &UserSandbox,
     sources: &[String],
     dst: &str,
-    recursive: bool,
-    mode: Option<OverwriteMode>,
-    json: bool,
-    journal: Option<&Resumable>,
-    stale_after: Duration,
+    options: &CpOptions<'_>,
 ) -> Result<(), Error> {
+    let CpOptions {
+        recursive,
+        mode,
+        json,
+        journal,
+        stale_after,
+        verify,
+    } = *options;
     let started = Instant::now();
     if let Some(jr) = journal {
         sweep_stale(sb, &jr.journal, stale_after).await;
@@ -589,13 +639,22 @@ async fn cp(
                 match job {
                     Job::Upload(local, target) => {
                         let up = upload_file(sb, &local, &target, mode, journal).await?;
+                        if verify {
+                            verify_copy(sb, &local, &target).await?;
+                        }
                         if let Some(msg) = up.notice {
                             notices.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
                         }
                         sent.fetch_add(up.sent, std::sync::atomic::Ordering::Relaxed);
                         Ok::<u64, Error>(up.size)
                     }
-                    Job::Download(src, local) => download_file(sb, &src, &local).await,
+                    Job::Download(src, local) => {
+                        let n = download_file(sb, &src, &local).await?;
+                        if verify {
+                            verify_copy(sb, &local, &src).await?;
+                        }
+                        Ok(n)
+                    }
                 }
             }
         })

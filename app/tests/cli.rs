@@ -82,7 +82,9 @@ fn scenario(dir: &Path, cfg: &[&str]) {
     assert_eq!(v["size"], 20 << 20);
     assert_eq!(v["type"], "file");
 
-    run_ok(&["cp", "corral:/in/big.bin", "back.bin"]);
+    run_ok(&["cp", "--verify", "corral:/in/big.bin", "back.bin"]);
+    run_ok(&["cp", "--verify", "small.txt", "corral:/in/verified.txt"]);
+    run_ok(&["rm", "corral:/in/verified.txt"]);
     assert!(
         std::fs::read(dir.join("back.bin")).expect("read") == big,
         "downloaded bytes differ"

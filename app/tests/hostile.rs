@@ -1,0 +1,220 @@
+//! A hostile or buggy server cannot move a user out of the sandbox nor crash
+//! corral: every crafted answer is refused or hidden with a clear message.
+
+use corral::Corral;
+use corral::cache::CacheConfig;
+use corral_conformance::hostile::{Answer, HostileServer, Request};
+use corral_domain::{ErrorKind, Identity};
+use futures::TryStreamExt;
+
+fn sandbox(server: &HostileServer) -> corral::UserSandbox {
+    let json = format!(
+        r#"{{"": {{"": {{"type":"S3","bucketName":"bkt","path":"users/%u","endpointOverride":"{}","accessKeyId":"a","secretKey":"b","maxRetries":0}}}}}}"#,
+        server.endpoint
+    );
+    let corral = Corral::from_json(&json, CacheConfig::default()).expect("corral");
+    corral.sandbox(&Identity::user("alice")).expect("sandbox")
+}
+
+fn listing(keys: &[&str], prefixes: &[&str], truncated: Option<&str>) -> Answer {
+    let mut xml =
+        String::from(r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>bkt</Name>"#);
+    for k in keys {
+        xml.push_str(&format!("<Contents><Key>{k}</Key><Size>1</Size><ETag>\"x\"</ETag><LastModified>2026-11-28T00:00:00.000Z</LastModified></Contents>"));
+    }
+    for p in prefixes {
+        xml.push_str(&format!(
+            "<CommonPrefixes><Prefix>{p}</Prefix></CommonPrefixes>"
+        ));
+    }
+    match truncated {
+        Some(token) => xml.push_str(&format!(
+            "<IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken>"
+        )),
+        None => xml.push_str("<IsTruncated>false</IsTruncated>"),
+    }
+    xml.push_str("</ListBucketResult>");
+    Answer::xml(xml)
+}
+
+async fn names(sb: &corral::UserSandbox, path: &str) -> Result<Vec<String>, corral_domain::Error> {
+    let entries: Vec<_> = sb.list(path).try_collect().await?;
+    Ok(entries.into_iter().map(|e| e.name).collect())
+}
+
+#[tokio::test]
+async fn listings_outside_the_prefix_or_with_odd_segments_are_hidden() {
+    let server = HostileServer::start(|r: &Request| {
+        if r.query.contains("list-type=2") {
+            listing(
+                &[
+                    "users/alice/ok",
+                    "users/bob/secret",
+                    "users/alice-evil/x",
+                    "users/alice/../bob/y",
+                    "users/alice/./z",
+                    "users/alice//w",
+                    "users/alice/bad&#x1;name",
+                    "/etc/passwd",
+                ],
+                &["users/alice/dir/", "users/bob/", "users/alice/../"],
+                None,
+            )
+        } else {
+            Answer::status(404, &[], "")
+        }
+    });
+    let sb = sandbox(&server);
+    let mut shown = names(&sb, "/").await.expect("list");
+    shown.sort();
+    assert_eq!(shown, ["dir", "ok"]);
+}
+
+#[tokio::test]
+async fn a_looping_continuation_token_is_refused() {
+    let server =
+        HostileServer::start(|_: &Request| listing(&["users/alice/a"], &[], Some("again")));
+    let e = names(&sandbox(&server), "/").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{e}");
+    assert!(
+        e.to_string()
+            .contains("repeated the continuation token \"again\""),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_truncated_listing_without_a_token_and_malformed_xml_are_refused() {
+    let server = HostileServer::start(|_: &Request| {
+        Answer::xml("<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>")
+    });
+    let e = names(&sandbox(&server), "/").await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("truncated but the server gave no continuation token"),
+        "{e}"
+    );
+
+    let server = HostileServer::start(|_: &Request| {
+        Answer::xml("<ListBucketResult><Contents><Key>users/alice/a</Contents>")
+    });
+    let e = names(&sandbox(&server), "/").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{e}");
+    assert!(e.to_string().contains("not valid XML"), "{e}");
+}
+
+/// A server that serves `data` at users/alice/f, answering ranged GETs with `ranged`.
+fn object_server(data: Vec<u8>, ranged: fn(&[u8], u64, u64) -> Answer) -> HostileServer {
+    HostileServer::start(move |r: &Request| {
+        if r.query.contains("list-type=2") {
+            return listing(&[], &[], None);
+        }
+        if r.path != "/bkt/users/alice/f" {
+            return Answer::status(404, &[], "");
+        }
+        let len = data.len().to_string();
+        if r.method == "HEAD" {
+            return Answer::status(
+                200,
+                &[
+                    ("content-length", len.as_str()),
+                    ("etag", "\"e\""),
+                    ("last-modified", "Sat, 28 Nov 2026 00:00:00 GMT"),
+                ],
+                Vec::new(),
+            );
+        }
+        let (start, end) = r
+            .header("range")
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.split_once('-'))
+            .map(|(a, b)| {
+                (
+                    a.parse().unwrap_or(0),
+                    b.parse().unwrap_or(data.len() as u64 - 1),
+                )
+            })
+            .unwrap_or((0, data.len() as u64 - 1));
+        ranged(&data, start, end)
+    })
+}
+
+fn content_range(data: &[u8], start: u64, end: u64) -> String {
+    format!("bytes {start}-{end}/{}", data.len())
+}
+
+#[tokio::test]
+async fn a_wrong_range_a_whole_body_and_a_lying_length_are_refused() {
+    let data: Vec<u8> = (0..100u8).collect();
+
+    // The range of other bytes than those asked for.
+    let server = object_server(data.clone(), |d, s, e| {
+        let (s, e) = (s + 1, (e + 1).min(d.len() as u64 - 1));
+        Answer::status(
+            206,
+            &[
+                ("content-range", &content_range(d, s, e)),
+                ("etag", "\"e\""),
+                ("last-modified", "Sat, 28 Nov 2026 00:00:00 GMT"),
+            ],
+            d[s as usize..=e as usize].to_vec(),
+        )
+    });
+    let e = sandbox(&server).read_range("/f", 10, 20).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{e}");
+    assert!(
+        e.to_string()
+            .contains("sent another byte range than the one asked for"),
+        "{e}"
+    );
+
+    // 200 with the whole object for a ranged request.
+    let server = object_server(data.clone(), |d, _, _| {
+        Answer::status(
+            200,
+            &[
+                ("etag", "\"e\""),
+                ("last-modified", "Sat, 28 Nov 2026 00:00:00 GMT"),
+            ],
+            d.to_vec(),
+        )
+    });
+    let r = sandbox(&server).read_range("/f", 10, 20).await;
+    match r {
+        // Either refused, or the right bytes: never the wrong ones.
+        Ok(bytes) => assert_eq!(&bytes[..], &data[10..30]),
+        Err(e) => assert!(e.to_string().to_lowercase().contains("range"), "{e}"),
+    }
+
+    // A Content-Length larger than what is sent: the read fails, clearly.
+    let server = object_server(data.clone(), |d, s, e| {
+        let body = d[s as usize..=e as usize].to_vec();
+        let n = body.len();
+        Answer::Http {
+            status: 206,
+            headers: vec![
+                ("content-range".into(), content_range(d, s, e)),
+                ("etag".into(), "\"e\"".into()),
+                (
+                    "last-modified".into(),
+                    "Sat, 28 Nov 2026 00:00:00 GMT".into(),
+                ),
+            ],
+            body: body[..n / 2].to_vec(),
+            content_length: Some(n),
+        }
+    });
+    let e = sandbox(&server).read("/f").await.unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::Unavailable | ErrorKind::InvalidResponse | ErrorKind::Other
+        ),
+        "{e}"
+    );
+
+    // A connection reset instead of an answer.
+    let server = HostileServer::start(|_: &Request| Answer::Reset);
+    let e = sandbox(&server).stat("/f").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+}

@@ -1,0 +1,84 @@
+//! Fuzzing the parsers with proptest (cargo-fuzz needs a nightly toolchain,
+//! which these machines cannot fetch): the mapping/config JSON, arbitrary and
+//! mutated, must never panic, and whatever it accepts must keep every user in
+//! their prefix. Shrunk failures become unit tests in src/.
+#![allow(clippy::unwrap_used)]
+
+use corral_domain::mapping::ResolvedSpec;
+use corral_domain::{Identity, Mappings, VirtualPath};
+use proptest::prelude::*;
+
+const CASES: u32 = 20_000;
+
+/// Fragments a mapping file is made of, valid and not.
+fn fragment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(r#""type":"S3""#.to_owned()),
+        Just(r#""type":"Memory""#.to_owned()),
+        Just(r#""type":"File""#.to_owned()),
+        Just(r#""type":"Custom","backend":"x""#.to_owned()),
+        Just(r#""bucketName":"bkt""#.to_owned()),
+        Just(r#""path":"users/%u""#.to_owned()),
+        Just(r#""path":"%d/%f/%%/%x""#.to_owned()),
+        Just(r#""path":"a/../b""#.to_owned()),
+        Just(r#""proxyPort":70000"#.to_owned()),
+        Just(r#""proxyHost":"u:p@h""#.to_owned()),
+        Just(r#""endpointOverride":"http://127.0.0.1:9""#.to_owned()),
+        Just(r#""verifySSL":"maybe""#.to_owned()),
+        Just(r#""secretKey":null"#.to_owned()),
+        Just(r#""region":[1,2]"#.to_owned()),
+        "\"[a-zA-Z%./\\\\ ]{0,12}\":\"[a-zA-Z%./\\\\ \u{1}]{0,12}\"",
+        "[{}\\[\\]:,\"]{1,3}",
+    ]
+}
+
+fn document() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec("[a-z%./]{0,6}", 1..3),
+        prop::collection::vec("[a-z%./]{0,6}", 1..3),
+        prop::collection::vec(fragment(), 0..6),
+    )
+        .prop_map(|(users, mounts, fields)| {
+            let spec = format!("{{{}}}", fields.join(","));
+            let mounts: Vec<String> = mounts.iter().map(|m| format!("{m:?}:{spec}")).collect();
+            let users: Vec<String> = users
+                .iter()
+                .map(|u| format!("{u:?}:{{{}}}", mounts.join(",")))
+                .collect();
+            format!("{{{}}}", users.join(","))
+        })
+}
+
+fn user() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("alice".to_owned()),
+        Just("..".to_owned()),
+        Just("a/b".to_owned()),
+        "[a-z./\\\\%]{0,8}"
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let _ = serde_json::from_str::<Mappings>(&text);
+    }
+
+    #[test]
+    fn accepted_mappings_keep_users_in_their_prefix(doc in document(), name in user()) {
+        let Ok(mappings) = serde_json::from_str::<Mappings>(&doc) else { return Ok(()) };
+        let Ok(view) = mappings.resolve(&Identity::user(name.clone()).with_domain("d").with_full_name("f")) else { return Ok(()) };
+        for mount in view.mounts() {
+            let root = match &mount.spec {
+                ResolvedSpec::S3 { root, .. } | ResolvedSpec::Memory { root } | ResolvedSpec::Custom { root, .. } => root.clone(),
+                _ => continue,
+            };
+            // A user's prefix holds no `..` or `.` segment, whatever the name.
+            prop_assert!(root.prefix().split('/').all(|s| s != ".." && s != "."), "prefix {:?}", root.prefix());
+            let key = root.key_for(&VirtualPath::parse("x").unwrap()).unwrap();
+            prop_assert!(key.as_str().starts_with(root.prefix()));
+        }
+    }
+}
