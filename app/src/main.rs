@@ -1000,66 +1000,15 @@ async fn upload_file(
     Ok(Uploaded { size, sent, notice })
 }
 
-async fn join_write(
-    writes: &mut tokio::task::JoinSet<std::io::Result<()>>,
-    temp: &Path,
-) -> Result<(), Error> {
-    match writes.join_next().await {
-        Some(Ok(Ok(()))) | None => Ok(()),
-        Some(Ok(Err(e))) => Err(local_err(temp, "cannot write", e)),
-        Some(Err(e)) => Err(Error::new(
-            ErrorKind::Other,
-            format!("a write task failed: {e}"),
-        )),
-    }
-}
-
-/// Removes the temporary file unless the download completed.
-struct TempGuard(Option<PathBuf>);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 async fn download_file(sb: &UserSandbox, src: &str, local: &Path) -> Result<u64, Error> {
-    let mut d = sb.open(src).await?;
-    let dir = local
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let size = sb.stat(src).await?.size;
     let name = local
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.corral-{}.part", std::process::id()));
-    let mut guard = TempGuard(Some(temp.clone()));
-    let file =
-        Arc::new(std::fs::File::create(&temp).map_err(|e| local_err(&temp, "cannot write", e))?);
-    let mut progress = Progress::new(d.size(), &name);
-    let mut total = 0u64;
-    // Chunks are written by the blocking pool, two at a time, while the next
-    // ones download; a chunk's cache slot comes back when its write is done.
-    let mut writes = tokio::task::JoinSet::new();
-    while let Some(chunk) = d.next_chunk().await? {
-        let (file, at, len) = (file.clone(), total, chunk.len() as u64);
-        writes.spawn_blocking(move || std::os::unix::fs::FileExt::write_all_at(&*file, &chunk, at));
-        total += len;
-        progress.advance(len);
-        while writes.len() >= 2 {
-            join_write(&mut writes, &temp).await?;
-        }
-    }
-    while !writes.is_empty() {
-        join_write(&mut writes, &temp).await?;
-    }
-    drop(file);
-    std::fs::rename(&temp, local).map_err(|e| local_err(local, "cannot write", e))?;
-    guard.0 = None;
-    Ok(total)
+    let mut progress = Progress::new(size, &name);
+    sb.download_to_file(src, local, |n| progress.advance(n))
+        .await
 }
 
 /// The user's mounts that can list pending uploads, with their backends.

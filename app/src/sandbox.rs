@@ -546,6 +546,67 @@ impl UserSandbox {
         self.write_stream(path, size, mode, stream).await
     }
 
+    /// Downloads a file to a local path: into a temporary file beside it
+    /// (`.<name>.corral-<pid>.part`), renamed over `local` only when every byte
+    /// arrived, so that a failure or a cancellation leaves no partial file.
+    /// `progress` is told of the bytes as they are written.
+    pub async fn download_to_file(
+        &self,
+        path: &str,
+        local: &std::path::Path,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, Error> {
+        let mut d = self.open(path).await?;
+        let dir = local
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let name = local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = dir.join(format!(".{name}.corral-{}.part", std::process::id()));
+        let local_err = |p: &std::path::Path, e: std::io::Error| {
+            let kind = match e.kind() {
+                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+                std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+                _ => ErrorKind::Other,
+            };
+            Error::new(kind, format!("cannot write {}: {e}", p.display()))
+        };
+        let mut guard = TempGuard(Some(temp.clone()));
+        let file = Arc::new(std::fs::File::create(&temp).map_err(|e| local_err(&temp, e))?);
+        let mut total = 0u64;
+        // Chunks are written by the blocking pool, two at a time, while the next
+        // ones download; a chunk's cache slot comes back when its write is done.
+        let mut writes: tokio::task::JoinSet<std::io::Result<()>> = tokio::task::JoinSet::new();
+        let join = |r: Option<Result<std::io::Result<()>, tokio::task::JoinError>>| match r {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(local_err(&temp, e)),
+            Some(Err(e)) => Err(Error::new(
+                ErrorKind::Other,
+                format!("a write task failed: {e}"),
+            )),
+        };
+        while let Some(chunk) = d.next_chunk().await? {
+            let (f, at, len) = (file.clone(), total, chunk.len() as u64);
+            writes
+                .spawn_blocking(move || std::os::unix::fs::FileExt::write_all_at(&*f, &chunk, at));
+            total += len;
+            progress(len);
+            while writes.len() >= 2 {
+                join(writes.join_next().await)?;
+            }
+        }
+        while !writes.is_empty() {
+            join(writes.join_next().await)?;
+        }
+        drop(file);
+        std::fs::rename(&temp, local).map_err(|e| local_err(local, e))?;
+        guard.0 = None;
+        Ok(total)
+    }
+
     /// Opens a file for reading through the cache's read-ahead.
     pub async fn open(&self, path: &str) -> Result<Download, Error> {
         let vp = parse(path)?;
@@ -988,6 +1049,17 @@ impl UserSandbox {
         }
         up.finish().await?;
         Ok(size)
+    }
+}
+
+/// Removes a temporary file unless the download completed.
+struct TempGuard(Option<std::path::PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

@@ -26,6 +26,7 @@
 //! [`servers`] starts real S3 servers, a proxy and a throwaway CA on
 //! 127.0.0.1 for the project's own tests.
 
+pub mod faults;
 pub mod hostile;
 pub mod servers;
 mod suite;

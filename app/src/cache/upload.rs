@@ -47,6 +47,31 @@ pub async fn wait_for_background_aborts(timeout: std::time::Duration) -> usize {
     late
 }
 
+/// Aborts the multipart uploads of `key` that started during this upload and
+/// are still pending: a CreateMultipartUpload whose answer was lost (a reset
+/// connection) and that was retried leaves an upload whose id this process
+/// never learnt. Only where the server can list pending uploads.
+async fn sweep_orphans(storage: &dyn ObjectStorage, key: &ObjectKey, since: std::time::SystemTime) {
+    if !storage.capabilities().list_pending_uploads {
+        return;
+    }
+    let Ok(pending) = storage.list_pending_uploads(key).await else {
+        return;
+    };
+    for u in pending {
+        if u.key == *key && u.initiated.is_none_or(|t| t >= since) {
+            match storage.abort_multipart(key, &u.upload_id).await {
+                Ok(()) => {
+                    tracing::info!(key = %key, upload = %u.upload_id, "aborted an upload whose creation answer was lost")
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key, upload = %u.upload_id, error = %e, "could not abort an orphaned upload")
+                }
+            }
+        }
+    }
+}
+
 fn replay(e: &Error) -> Error {
     Error::new(e.kind(), e.to_string()).with_temporary(e.is_temporary())
 }
@@ -123,6 +148,10 @@ pub struct Upload {
     finished: bool,
     /// The end of the highest byte written (the size of a streamed file).
     end: u64,
+    /// When this upload started, less a margin for the server's clock.
+    started: std::time::SystemTime,
+    /// A CreateMultipartUpload was sent.
+    create_attempted: bool,
 }
 
 impl std::fmt::Debug for Upload {
@@ -157,6 +186,8 @@ impl Upload {
             failed: None,
             finished: false,
             end: 0,
+            started: std::time::SystemTime::now() - std::time::Duration::from_secs(5),
+            create_attempted: false,
         }
     }
 
@@ -343,6 +374,9 @@ impl Upload {
         let upload = match &self.upload_id {
             Some(u) => u.clone(),
             None => {
+                // From here an upload may exist that this process never learns
+                // of (a lost answer): the end of this upload sweeps for it.
+                self.create_attempted = true;
                 let u = self.storage.create_multipart(&self.key).await?;
                 self.upload_id = Some(u.clone());
                 let part_size = self.part_size();
@@ -425,6 +459,7 @@ impl Upload {
             .complete_multipart(&self.key, &upload, parts)
             .await?;
         self.upload_id = None;
+        sweep_orphans(&*self.storage, &self.key, self.started).await;
         Ok(result)
     }
 
@@ -436,6 +471,9 @@ impl Upload {
             && let Err(e) = self.storage.abort_multipart(&self.key, &upload).await
         {
             tracing::warn!(key = %self.key, upload = %upload, error = %e, "could not abort a multipart upload");
+        }
+        if self.create_attempted {
+            sweep_orphans(&*self.storage, &self.key, self.started).await;
         }
     }
 }
@@ -452,10 +490,10 @@ impl Drop for Upload {
         let mut parts = std::mem::take(&mut self.in_flight);
         parts.abort_all();
         let upload = self.upload_id.take();
-        if parts.is_empty() && upload.is_none() {
+        if parts.is_empty() && upload.is_none() && !self.create_attempted {
             return;
         }
-        let (storage, key) = (self.storage.clone(), self.key.clone());
+        let (storage, key, started) = (self.storage.clone(), self.key.clone(), self.started);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let task = handle.spawn(async move {
@@ -464,6 +502,7 @@ impl Drop for Upload {
                         && let Err(e) = storage.abort_multipart(&key, &upload).await {
                             tracing::warn!(key = %key, upload = %upload, error = %e, "could not abort a dropped multipart upload");
                         }
+                    sweep_orphans(&*storage, &key, started).await;
                 });
                 BACKGROUND_ABORTS
                     .lock()

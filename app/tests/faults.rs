@@ -1,0 +1,250 @@
+//! Transfers under injected faults, against a real S3 server (Garage) behind
+//! a fault-injecting proxy: 200 transfers of mixed sizes, six at a time
+//! through the cache, with about 15% of requests faulted. Counted: completed
+//! byte-identical, failed with an error, corrupted (must be 0), multipart
+//! uploads left pending (must be 0), partial local files (must be 0), cache
+//! bytes still reserved (must be 0), and the peak RSS. The figures of
+//! docs/RELIABILITY.md come from this test (`-- --nocapture` prints them).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corral::Corral;
+use corral::cache::{CacheConfig, part_checksum, wait_for_background_aborts};
+use corral_conformance::faults::FaultProxy;
+use corral_conformance::servers::S3Server;
+use corral_domain::port::PutMode;
+use corral_domain::{Identity, ObjectKey, ObjectStorage};
+use futures::{StreamExt, TryStreamExt};
+
+const MIB: usize = 1 << 20;
+const TRANSFERS: usize = 200;
+const RATE: f64 = 0.15;
+
+fn sizes(i: usize) -> usize {
+    [0, 1, 5 * MIB - 1, 5 * MIB + 1, 16 * MIB][i % 5]
+}
+
+fn data(i: usize) -> Vec<u8> {
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..sizes(i))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_transfers_under_faults() {
+    let started = Instant::now();
+    let garage = S3Server::garage();
+    garage.create_bucket("faults");
+    let proxy = FaultProxy::start(
+        &format!("127.0.0.1:{}", garage.port),
+        RATE,
+        42,
+        Duration::from_secs(3),
+    );
+    let spec = |endpoint: &str| {
+        format!(
+            r#"{{"type":"S3","bucketName":"faults","path":"users/%u","endpointOverride":"{endpoint}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":4,"requestTimeoutSeconds":2,"connectTimeoutSeconds":2}}"#,
+            garage.access_key, garage.secret_key
+        )
+    };
+    let cache = CacheConfig {
+        total: 32 << 20,
+        upload: 5 << 20,
+        download: 5 << 20,
+        ..CacheConfig::default()
+    };
+    let corral = Corral::from_json(
+        &format!(r#"{{"": {{"": {}}}}}"#, spec(&proxy.endpoint)),
+        cache,
+    )
+    .expect("corral");
+    let sb = corral.sandbox(&Identity::user("u")).expect("sandbox");
+    // A direct view of the bucket, without faults, to plant and to check.
+    let direct_corral = Corral::from_json(
+        &format!(r#"{{"": {{"": {}}}}}"#, spec(&garage.endpoint)),
+        CacheConfig::default(),
+    )
+    .expect("direct");
+    let direct = direct_corral
+        .sandbox(&Identity::user("u"))
+        .expect("direct sandbox");
+    let (bucket, _) = direct.backend("/").expect("backend");
+    let bucket: Arc<dyn ObjectStorage> = bucket;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let downloads = TRANSFERS / 2;
+    for i in 0..downloads {
+        bucket
+            .put(
+                &ObjectKey::from_raw(format!("users/u/seed/{i}")),
+                Bytes::from(data(i)),
+                PutMode::Overwrite,
+            )
+            .await
+            .expect("seed");
+        std::fs::write(dir.path().join(format!("up-{i}")), data(downloads + i)).expect("source");
+    }
+
+    // 100 uploads and 100 downloads, interleaved, six at a time.
+    let results: Vec<(usize, bool, Result<(), corral_domain::Error>)> =
+        futures::stream::iter(0..TRANSFERS)
+            .map(|t| {
+                let (sb, dir) = (sb.clone(), dir.path().to_path_buf());
+                async move {
+                    let i = t / 2;
+                    let upload = t % 2 == 0;
+                    let r = if upload {
+                        let local = dir.join(format!("up-{i}"));
+                        match tokio::fs::File::open(&local).await {
+                            Ok(f) => {
+                                let len = f.metadata().await.map(|m| m.len()).ok();
+                                sb.write_from(&format!("/up/{i}"), len, None, f)
+                                    .await
+                                    .map(|_| ())
+                            }
+                            Err(e) => Err(corral_domain::Error::new(
+                                corral_domain::ErrorKind::Other,
+                                e.to_string(),
+                            )),
+                        }
+                    } else {
+                        sb.download_to_file(
+                            &format!("/seed/{i}"),
+                            &dir.join(format!("down-{i}")),
+                            |_| {},
+                        )
+                        .await
+                        .map(|_| ())
+                    };
+                    (i, upload, r)
+                }
+            })
+            .buffer_unordered(6)
+            .collect()
+            .await;
+    proxy.set_enabled(false);
+    assert_eq!(
+        wait_for_background_aborts(Duration::from_secs(30)).await,
+        0,
+        "aborts still running"
+    );
+
+    let (mut completed, mut failed, mut corrupted, mut partial) = (0, 0, 0, 0);
+    let mut examples = Vec::new();
+    for (i, upload, r) in &results {
+        let (i, upload) = (*i, *upload);
+        let expected = if upload { data(downloads + i) } else { data(i) };
+        match r {
+            Ok(()) => {
+                completed += 1;
+                let got = if upload {
+                    direct
+                        .read(&format!("/up/{i}"))
+                        .await
+                        .expect("uploaded object")
+                        .to_vec()
+                } else {
+                    std::fs::read(dir.path().join(format!("down-{i}"))).expect("downloaded file")
+                };
+                if part_checksum(&got) != part_checksum(&expected) || got.len() != expected.len() {
+                    corrupted += 1;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if examples.len() < 4 {
+                    examples.push(e.to_string());
+                }
+                // A failed upload leaves nothing, or (when only the answer was lost) the right bytes.
+                if upload {
+                    if let Ok(got) = direct.read(&format!("/up/{i}")).await
+                        && got[..] != expected[..]
+                    {
+                        corrupted += 1;
+                    }
+                } else if dir.path().join(format!("down-{i}")).exists() {
+                    partial += 1;
+                }
+            }
+        }
+    }
+    partial += std::fs::read_dir(dir.path())
+        .expect("read_dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".corral-"))
+        .count();
+    let pending = bucket
+        .list_pending_uploads(&ObjectKey::from_raw(""))
+        .await
+        .expect("list pending");
+    let metrics = corral.cache().metrics();
+    let stats = proxy.stats();
+    println!(
+        "== {TRANSFERS} transfers (100 up, 100 down; 0 B, 1 B, 5 MiB-1, 5 MiB+1, 16 MiB), 6 at a time, 5 MiB parts"
+    );
+    println!(
+        "requests through the proxy: {}, faulted: {} ({:.1}%)",
+        stats.requests,
+        stats.total_faults(),
+        100.0 * stats.total_faults() as f64 / stats.requests.max(1) as f64
+    );
+    for ((fault, op), n) in &stats.faults {
+        println!("  {n:>4}  {fault} on {op}");
+    }
+    println!("completed byte-identical: {completed}");
+    println!("failed with an error: {failed}");
+    for e in &examples {
+        println!("  e.g. {e}");
+    }
+    println!("corrupted: {corrupted}");
+    println!("multipart uploads pending on the server: {}", pending.len());
+    println!("partial local files: {partial}");
+    println!(
+        "cache bytes reserved at the end: {} (in use {})",
+        metrics.reserved, metrics.in_use
+    );
+    println!(
+        "peak RSS: {} MiB; elapsed {:.1} s",
+        peak_rss_mib(),
+        started.elapsed().as_secs_f64()
+    );
+
+    assert_eq!(corrupted, 0);
+    assert!(pending.is_empty(), "{pending:?}");
+    assert_eq!(partial, 0);
+    assert_eq!((metrics.reserved, metrics.in_use), (0, 0));
+    assert!(
+        stats.total_faults() * 10 >= stats.requests,
+        "fewer than 10% of requests faulted"
+    );
+    assert!(
+        completed >= TRANSFERS / 2,
+        "only {completed} transfers completed"
+    );
+    let listed: Vec<_> = bucket
+        .list(&ObjectKey::from_raw("users/u/up/"), Default::default())
+        .try_collect()
+        .await
+        .expect("list");
+    assert!(listed.len() <= TRANSFERS / 2);
+}

@@ -1,0 +1,309 @@
+//! A fault-injecting HTTP proxy on 127.0.0.1, put between corral and a real
+//! S3 server: it forwards requests (one per connection) and, at a chosen
+//! rate, injects a fault instead, by operation and at random (seeded):
+//! 500 InternalError, 503 SlowDown, a connection reset before the answer or
+//! in the middle of the body, a stall longer than the client's timeout, a
+//! truncated listing page (more pages announced, no token), and failed
+//! CompleteMultipartUpload and AbortMultipartUpload calls (500).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Which S3 operation a request is.
+fn operation(method: &str, query: &str) -> &'static str {
+    let has = |k: &str| {
+        query
+            .split('&')
+            .any(|p| p == k || p.starts_with(&format!("{k}=")))
+    };
+    match method {
+        "PUT" if has("partNumber") => "UploadPart",
+        "PUT" => "PutObject",
+        "POST" if has("uploads") => "CreateMultipartUpload",
+        "POST" if has("uploadId") => "CompleteMultipartUpload",
+        "POST" if has("delete") => "DeleteObjects",
+        "DELETE" if has("uploadId") => "AbortMultipartUpload",
+        "DELETE" => "DeleteObject",
+        "GET" if has("list-type") => "ListObjectsV2",
+        "GET" if has("uploads") => "ListMultipartUploads",
+        "GET" => "GetObject",
+        "HEAD" => "HeadObject",
+        _ => "Other",
+    }
+}
+
+/// The faults, by name.
+pub const FAULTS: [&str; 6] = [
+    "500 InternalError",
+    "503 SlowDown",
+    "reset before the answer",
+    "reset mid-body",
+    "stall",
+    "truncated listing",
+];
+
+/// What the proxy did, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct FaultStats {
+    /// Requests seen.
+    pub requests: u64,
+    /// Faults injected, by fault and operation.
+    pub faults: BTreeMap<(String, String), u64>,
+}
+
+impl FaultStats {
+    /// Faults injected in all.
+    pub fn total_faults(&self) -> u64 {
+        self.faults.values().sum()
+    }
+}
+
+/// The proxy; stops when dropped.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:PORT`: point corral's `endpointOverride` here.
+    pub endpoint: String,
+    enabled: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<FaultStats>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// A small deterministic generator (xorshift), shared by the connections.
+struct Rng(AtomicU64);
+
+impl Rng {
+    fn next(&self) -> u64 {
+        let mut x = self.0.load(Ordering::Relaxed);
+        loop {
+            let mut y = x;
+            y ^= y << 13;
+            y ^= y >> 7;
+            y ^= y << 17;
+            match self
+                .0
+                .compare_exchange(x, y, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return y,
+                Err(now) => x = now,
+            }
+        }
+    }
+    fn chance(&self, p: f64) -> bool {
+        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
+    }
+}
+
+impl FaultProxy {
+    /// Forwards to `upstream` (`127.0.0.1:PORT`), faulting a `rate` of requests
+    /// (0.0–1.0); a stall lasts `stall`.
+    pub fn start(upstream: &str, rate: f64, seed: u64, stall: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (stop, enabled) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(true)),
+        );
+        let stats = Arc::new(Mutex::new(FaultStats::default()));
+        let rng = Arc::new(Rng(AtomicU64::new(seed | 1)));
+        let upstream = upstream.to_owned();
+        let thread = std::thread::spawn({
+            let (stop, enabled, stats) = (stop.clone(), enabled.clone(), stats.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            let (upstream, rng, stats, enabled) = (
+                                upstream.clone(),
+                                rng.clone(),
+                                stats.clone(),
+                                enabled.clone(),
+                            );
+                            std::thread::spawn(move || {
+                                let rate = if enabled.load(Ordering::Relaxed) {
+                                    rate
+                                } else {
+                                    0.0
+                                };
+                                let _ = handle(client, &upstream, rate, &rng, &stats, stall);
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            }
+        });
+        Self {
+            endpoint,
+            enabled,
+            stop,
+            stats,
+            thread: Some(thread),
+        }
+    }
+
+    /// Turns injection on or off (off to check the results through the same path).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// What was done so far.
+    pub fn stats(&self) -> FaultStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn error_body(code: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>injected</Message></Error>"#
+    )
+}
+
+fn handle(
+    client: TcpStream,
+    upstream: &str,
+    rate: f64,
+    rng: &Rng,
+    stats: &Mutex<FaultStats>,
+    stall: Duration,
+) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = String::new();
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let target = parts.next().unwrap_or_default().to_owned();
+    let query = target
+        .split_once('?')
+        .map(|(_, q)| q.to_owned())
+        .unwrap_or_default();
+    head.push_str(&line);
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        if h.trim().is_empty() {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("connection:") {
+            continue;
+        }
+        head.push_str(&h);
+    }
+    head.push_str("connection: close\r\n\r\n");
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    let op = operation(&method, &query);
+    let mut client = client;
+    stats.lock().unwrap_or_else(|p| p.into_inner()).requests += 1;
+    let fault = if rng.chance(rate) {
+        let pick = match op {
+            "ListObjectsV2" => 5,
+            "CompleteMultipartUpload" | "AbortMultipartUpload" => 0,
+            _ => (rng.next() % 5) as usize,
+        };
+        Some(FAULTS[pick])
+    } else {
+        None
+    };
+    if let Some(f) = fault {
+        *stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .faults
+            .entry((f.to_owned(), op.to_owned()))
+            .or_default() += 1;
+    }
+    let respond = |client: &mut TcpStream, status: &str, code: &str| {
+        let body = error_body(code);
+        let _ = write!(
+            client,
+            "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    match fault {
+        Some("500 InternalError") => {
+            respond(&mut client, "500 Internal Server Error", "InternalError");
+            return Ok(());
+        }
+        Some("503 SlowDown") => {
+            respond(&mut client, "503 Slow Down", "SlowDown");
+            return Ok(());
+        }
+        Some("reset before the answer") => {
+            return client.shutdown(std::net::Shutdown::Both);
+        }
+        Some("stall") => {
+            std::thread::sleep(stall);
+            return client.shutdown(std::net::Shutdown::Both);
+        }
+        _ => {}
+    }
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(head.as_bytes())?;
+    up.write_all(&body)?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer)?;
+    match fault {
+        Some("reset mid-body") => {
+            let cut = answer.len() * 3 / 4;
+            client.write_all(&answer[..cut])?;
+            client.shutdown(std::net::Shutdown::Both)
+        }
+        Some("truncated listing") => {
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let mut body = body.replace(
+                "<IsTruncated>false</IsTruncated>",
+                "<IsTruncated>true</IsTruncated>",
+            );
+            if let (Some(a), Some(b)) = (
+                body.find("<NextContinuationToken>"),
+                body.find("</NextContinuationToken>"),
+            ) {
+                body.replace_range(a..b + "</NextContinuationToken>".len(), "");
+            }
+            let head: Vec<&str> = head
+                .lines()
+                .filter(|l| !l.to_ascii_lowercase().starts_with("content-length"))
+                .collect();
+            write!(
+                client,
+                "{}\r\ncontent-length: {}\r\n\r\n{body}",
+                head.join("\r\n"),
+                body.len()
+            )?;
+            Ok(())
+        }
+        _ => client.write_all(&answer),
+    }
+}
