@@ -169,6 +169,16 @@ fn classify_inner(
                     "the server does not know this access key: check `accessKeyId` (endpoint {endpoint})"
                 ),
             )),
+            "BadDigest"
+            | "InvalidDigest"
+            | "XAmzContentSHA256Mismatch"
+            | "XAmzContentChecksumMismatch"
+            | "InvalidChecksum" => Some((
+                ErrorKind::Unavailable,
+                format!(
+                    "the server refused the data: its checksum does not match what was sent (corrupted on the way?) ({code})"
+                ),
+            )),
             "NotSignedUp" => Some((
                 ErrorKind::Unauthenticated,
                 format!(

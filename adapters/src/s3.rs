@@ -176,6 +176,15 @@ pub(crate) fn build(spec: &S3Spec, caps: Capabilities) -> Result<ObjectStoreBack
         .with_virtual_hosted_style_request(!path_style(spec))
         .with_retry(retry_config(spec))
         .with_disable_tagging(true);
+    match spec.checksum {
+        corral_domain::config::UploadChecksum::None => {}
+        corral_domain::config::UploadChecksum::Sha256 => {
+            builder = builder.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+        }
+        corral_domain::config::UploadChecksum::Crc64Nvme => {
+            builder = builder.with_checksum_algorithm(object_store::aws::Checksum::CRC64NVME);
+        }
+    }
     if spec.endpoint.is_some() {
         builder = builder.with_endpoint(&endpoint);
     }

@@ -203,6 +203,22 @@ pub struct S3Spec {
     /// What the server is declared to lack (corral's own options), so a
     /// quirky S3-compatible server is described in configuration.
     pub quirks: ServerQuirks,
+    /// `checksum`: the checksum sent with every PUT and part for the server
+    /// to verify (corral's own option).
+    pub checksum: UploadChecksum,
+}
+
+/// The checksum corral sends with each PUT and part (`x-amz-checksum-*`),
+/// which the server verifies before storing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UploadChecksum {
+    /// `"none"`: no checksum header.
+    None,
+    /// `"sha256"` (default): `x-amz-checksum-sha256`, the most widely verified.
+    #[default]
+    Sha256,
+    /// `"crc64nvme"`: `x-amz-checksum-crc64nvme`, cheaper to compute.
+    Crc64Nvme,
 }
 
 /// Capabilities an S3-compatible server lacks, declared in configuration:
@@ -255,7 +271,7 @@ pub const SANDBOX_TYPES: [&str; 4] = ["File", "S3", "Memory", "Custom"];
 pub const CUSTOM_KEYS: [&str; 3] = ["type", "backend", "path"];
 
 /// Keys accepted for an S3 sandbox, in documentation order.
-pub const S3_KEYS: [&str; 22] = [
+pub const S3_KEYS: [&str; 23] = [
     "type",
     "path",
     "accessKeyId",
@@ -278,6 +294,7 @@ pub const S3_KEYS: [&str; 22] = [
     "requestTimeoutSeconds",
     "listMultipartUploads",
     "conditionalCreate",
+    "checksum",
 ];
 
 /// Keys accepted for a File or Memory sandbox.
@@ -560,6 +577,21 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
         o.integer("requestTimeoutSeconds")?,
         defaults.request_timeout,
     )?;
+    let checksum = match o
+        .string("checksum")?
+        .map(|c| c.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("sha256") => UploadChecksum::Sha256,
+        Some("none") => UploadChecksum::None,
+        Some("crc64nvme") => UploadChecksum::Crc64Nvme,
+        Some(other) => {
+            return Err(ConfigError::key(
+                "checksum",
+                format!("must be \"sha256\", \"crc64nvme\" or \"none\", not {other:?}"),
+            ));
+        }
+    };
     let quirks = ServerQuirks {
         list_multipart_uploads: o.boolean("listMultipartUploads")?.unwrap_or(true),
         conditional_create: o.boolean("conditionalCreate")?.unwrap_or(true),
@@ -582,6 +614,7 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
             request_timeout,
         },
         quirks,
+        checksum,
     })
 }
 

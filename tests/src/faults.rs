@@ -110,6 +110,17 @@ impl FaultProxy {
     /// Forwards to `upstream` (`127.0.0.1:PORT`), faulting a `rate` of requests
     /// (0.0–1.0); a stall lasts `stall`.
     pub fn start(upstream: &str, rate: f64, seed: u64, stall: Duration) -> Self {
+        Self::start_with(upstream, rate, seed, stall, false)
+    }
+
+    /// Forwards everything, but flips one byte in the body of every PUT
+    /// (objects and parts) on its way: a server that verifies checksums
+    /// must refuse them.
+    pub fn corrupting(upstream: &str) -> Self {
+        Self::start_with(upstream, 0.0, 1, Duration::ZERO, true)
+    }
+
+    fn start_with(upstream: &str, rate: f64, seed: u64, stall: Duration, corrupt: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         listener.set_nonblocking(true).expect("nonblocking");
@@ -138,7 +149,8 @@ impl FaultProxy {
                                 } else {
                                     0.0
                                 };
-                                let _ = handle(client, &upstream, rate, &rng, &stats, stall);
+                                let _ =
+                                    handle(client, &upstream, rate, &rng, &stats, stall, corrupt);
                             });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(1)),
@@ -188,6 +200,7 @@ fn handle(
     rng: &Rng,
     stats: &Mutex<FaultStats>,
     stall: Duration,
+    corrupt: bool,
 ) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(client.try_clone()?);
@@ -222,6 +235,16 @@ fn handle(
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
     let op = operation(&method, &query);
+    if corrupt && method == "PUT" && !body.is_empty() {
+        let mid = body.len() / 2;
+        body[mid] ^= 0x5a;
+        *stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .faults
+            .entry(("corrupted body".to_owned(), op.to_owned()))
+            .or_default() += 1;
+    }
     let mut client = client;
     stats.lock().unwrap_or_else(|p| p.into_inner()).requests += 1;
     let fault = if rng.chance(rate) {
