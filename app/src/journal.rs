@@ -6,7 +6,8 @@
 //! the mount and key, the upload id and part size, every completed part with
 //! its ETag and the CRC-64 of its bytes, and the source's identity (path,
 //! size, modification time). It is rewritten atomically (a temporary file,
-//! synced, renamed, and the directory synced) each time a part completes.
+//! synced, renamed, and the directory synced) each time a part completes, by
+//! a thread of its own so that syncing never slows the transfer.
 //!
 //! A transfer that ends — done, failed, or cancelled (Ctrl-C) — removes its
 //! entry, having completed or aborted the upload. Only a process that is
@@ -224,24 +225,53 @@ impl Journal {
     }
 }
 
-/// Keeps one entry up to date as an upload progresses.
+/// Keeps one entry up to date as an upload progresses. The writes (each
+/// atomic and synced) happen on a thread of their own, so that a slow disk
+/// never holds the transfer back: updates that pile up are coalesced into
+/// the latest. Dropping the writer waits for the last write, so that an
+/// [`EntryGuard`] dropped afterwards removes the final state.
 #[derive(Debug)]
 pub struct EntryWriter {
-    path: PathBuf,
     entry: JournalEntry,
+    tx: Option<std::sync::mpsc::Sender<JournalEntry>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EntryWriter {
     /// An entry for a new upload (written when the multipart upload is created),
     /// or for a resumed one (already written).
     pub fn new(path: PathBuf, entry: JournalEntry) -> Self {
-        Self { path, entry }
+        let (tx, rx) = std::sync::mpsc::channel::<JournalEntry>();
+        let thread = std::thread::spawn(move || {
+            while let Ok(mut latest) = rx.recv() {
+                while let Ok(newer) = rx.try_recv() {
+                    latest = newer;
+                }
+                if let Err(e) = Journal::write(&path, &latest) {
+                    // The transfer goes on; only its resumability is lost.
+                    tracing::warn!(error = %e, "cannot record the upload's progress");
+                }
+            }
+        });
+        Self {
+            entry,
+            tx: Some(tx),
+            thread: Some(thread),
+        }
     }
 
     fn save(&self) {
-        if let Err(e) = Journal::write(&self.path, &self.entry) {
-            // The transfer goes on; only its resumability is lost.
-            tracing::warn!(error = %e, "cannot record the upload's progress");
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(self.entry.clone());
+        }
+    }
+}
+
+impl Drop for EntryWriter {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
