@@ -393,7 +393,8 @@ impl RawS3 {
             String::from_utf8_lossy(&body)
         );
         let io = std::io::Error::other(text.clone());
-        let temporary = status.is_server_error() || status.as_u16() == 429;
+        // 501 Not Implemented will not change by retrying.
+        let temporary = matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504);
         Err(match classify(&io, &text, &self.ctx) {
             Some(c) => c.into_error(),
             None => Error::new(ErrorKind::Other, format!("the server answered {status}")),

@@ -218,3 +218,41 @@ async fn a_wrong_range_a_whole_body_and_a_lying_length_are_refused() {
     let e = sandbox(&server).stat("/f").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
 }
+
+/// A 501 Not Implemented is final: asked once, not retried with backoff
+/// (retrying it made every multipart upload on s3s-fs wait 6 s).
+#[tokio::test]
+async fn not_implemented_is_not_retried() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = Arc::new(AtomicUsize::new(0));
+    let server = HostileServer::start({
+        let asked = asked.clone();
+        move |_: &Request| {
+            asked.fetch_add(1, Ordering::SeqCst);
+            Answer::status(
+                501,
+                &[("content-type", "application/xml")],
+                "<Error><Code>NotImplemented</Code></Error>",
+            )
+        }
+    });
+    let json = format!(
+        r#"{{"": {{"": {{"type":"S3","bucketName":"bkt","endpointOverride":"{}","accessKeyId":"a","secretKey":"b","maxRetries":5}}}}}}"#,
+        server.endpoint
+    );
+    let corral = Corral::from_json(&json, CacheConfig::default()).expect("corral");
+    let (storage, _) = corral
+        .sandbox(&Identity::user("alice"))
+        .expect("sandbox")
+        .backend("/")
+        .expect("backend");
+    let started = std::time::Instant::now();
+    let e = storage
+        .list_pending_uploads(&corral_domain::ObjectKey::from_raw(""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
