@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use corral_adapters::{Backends, OpenSandbox};
 use corral_domain::key::{HiddenCount, KeyClass};
-use corral_domain::listing::{DirEntry, EntryKind};
+use corral_domain::listing::{DirEntry, EntryKind, directory_exists};
 use corral_domain::mapping::Location;
 use corral_domain::overwrite::{
     BACKUP_SUFFIX, OverwriteDecision, PART_FILE_SUFFIX, RefuseReason, WritePlan, decide,
@@ -347,15 +347,19 @@ impl UserSandbox {
         // Not a HEAD of the marker: s3s-fs answers HEAD `f/` with the file `f`.
         let prefix = t.root.list_prefix_for(&t.inner)?;
         let mut items = t.storage.list(&prefix, ListOptions::default());
+        // The listing returns the marker itself first, then the keys below;
+        // stop at the first visible one.
         while let Some(item) = items.try_next().await? {
-            if matches!(
-                t.root.classify(item.key().as_str()),
-                KeyClass::File(_) | KeyClass::Directory(_)
-            ) {
+            let (marker, child) = match t.root.classify(item.key().as_str()) {
+                KeyClass::Directory(p) if p == t.inner => (true, false),
+                KeyClass::File(_) | KeyClass::Directory(_) => (false, true),
+                KeyClass::RootMarker | KeyClass::Hidden(_) => (false, false),
+            };
+            if directory_exists(marker, child) {
                 return Ok(true);
             }
         }
-        Ok(false)
+        Ok(directory_exists(false, false))
     }
 
     /// File or directory at `path`; a directory wins over a file of the same name.
