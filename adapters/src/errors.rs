@@ -37,7 +37,31 @@ pub(crate) fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = e.source();
     }
-    text
+    redact_userinfo(&text)
+}
+
+/// Masks the credentials of any `scheme://user:password@host` in `text`: a
+/// proxy URL carries them, and a cause deep in a client's error chain might
+/// print it. Messages never hold a secret, whatever the chain says.
+pub(crate) fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '/' | '"' | '\'' | ')'))
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
@@ -399,6 +423,19 @@ mod tests {
         let e = std::io::Error::other(text.to_owned());
         let c = classify(&e, text, &ctx()).expect(text);
         (c.kind, c.message)
+    }
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        let text = "error sending request for url (http://127.0.0.1:9/b): proxy http://corral:s3cr3t@127.0.0.1:3128 refused";
+        let red = redact_userinfo(text);
+        assert!(!red.contains("s3cr3t") && !red.contains("corral:"), "{red}");
+        assert!(
+            red.contains("http://***@127.0.0.1:3128") && red.contains("http://127.0.0.1:9/b"),
+            "{red}"
+        );
+        let e = std::io::Error::other("via https://u:p%40ss@proxy:443");
+        assert_eq!(chain_text(&e), "via https://***@proxy:443");
     }
 
     #[test]

@@ -9,23 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::Counting;
+use common::{Counting, pattern};
 use corral::cache::{CacheConfig, TransferCache};
 use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage, Result};
 
 const MIB: u64 = 1 << 20;
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn config(total: u64, per_transfer: u64) -> CacheConfig {
     CacheConfig {

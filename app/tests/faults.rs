@@ -6,6 +6,8 @@
 //! bytes still reserved (must be 0), and the peak RSS. The figures of
 //! docs/RELIABILITY.md come from this test (`-- --nocapture` prints them).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,15 +29,7 @@ fn sizes(i: usize) -> usize {
 }
 
 fn data(i: usize) -> Vec<u8> {
-    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..sizes(i))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pattern(sizes(i), i as u64 + 1)
 }
 
 fn peak_rss_mib() -> u64 {
