@@ -298,6 +298,11 @@ fn parse_time(s: Option<&str>) -> Option<SystemTime> {
     Some(SystemTime::from(t))
 }
 
+/// The pause before retry `attempt` (1-based): 200 ms, doubling, at most 6.4 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100 * 2u64.pow(attempt.min(6)))
+}
+
 fn invalid_response(message: String) -> Error {
     Error::new(ErrorKind::InvalidResponse, message)
 }
@@ -339,9 +344,8 @@ impl RawS3 {
             match result {
                 Err(e) if e.is_temporary() && attempt < self.max_retries => {
                     attempt += 1;
-                    let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
                     tracing::debug!(attempt, error = %e, "retrying {op}");
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
                 other => return other.map_err(|e| e.with_operation(op)),
             }
@@ -402,7 +406,38 @@ impl RawS3 {
         .with_temporary(temporary))
     }
 
+    /// Fetches a listing page again while its answer is unusable (not XML,
+    /// or truncated without a way to go on): a glitch that a second request
+    /// usually clears. A server that keeps answering so is refused.
+    async fn page_with_retries<T, F, Fut>(&self, mut fetch: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match fetch().await {
+                Err(e) if e.kind() == ErrorKind::InvalidResponse && attempt < self.max_retries => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "fetching the listing page again");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn list_page(
+        &self,
+        prefix: &str,
+        options: &ListOptions,
+        token: Option<&str>,
+    ) -> Result<ListPage> {
+        self.page_with_retries(|| self.list_page_once(prefix, options, token))
+            .await
+    }
+
+    async fn list_page_once(
         &self,
         prefix: &str,
         options: &ListOptions,
@@ -556,52 +591,68 @@ impl RawS3 {
         let mut markers: Option<(String, String)> = None;
         let mut seen = HashSet::new();
         loop {
-            let mut query = vec![("uploads", ""), ("prefix", prefix.as_str())];
-            if let Some((k, u)) = &markers {
-                query.push(("key-marker", k));
-                query.push(("upload-id-marker", u));
-            }
-            let body = self
-                .send(http::Method::GET, &query, Operation::ListMultipart)
+            let (uploads, next) = self
+                .page_with_retries(|| self.multipart_page(prefix, markers.as_ref()))
                 .await?;
-            let result: ListMultipartUploadsResult = quick_xml::de::from_reader(body.as_ref())
-                .map_err(|e| {
-                    invalid_response(format!(
-                        "the ListMultipartUploads answer is not valid XML: {e}"
-                    ))
-                })?;
-            if result.encoding_type.is_some() {
-                return Err(invalid_response(
-                    "the server url-encoded keys it was not asked to encode".to_owned(),
-                ));
-            }
-            for u in result.upload {
-                out.push(PendingUpload {
-                    key: ObjectKey::from_raw(u.key),
-                    upload_id: UploadId(u.upload_id),
-                    initiated: parse_time(u.initiated.as_deref()),
-                });
-            }
-            match (
-                result.is_truncated,
-                result.next_key_marker,
-                result.next_upload_id_marker,
-            ) {
-                (true, Some(k), Some(u)) => {
-                    if !seen.insert((k.clone(), u.clone())) {
+            out.extend(uploads);
+            match next {
+                Some(m) => {
+                    if !seen.insert(m.clone()) {
                         return Err(invalid_response(
                             "the server repeated the upload listing markers".to_owned(),
                         ));
                     }
-                    markers = Some((k, u));
+                    markers = Some(m);
                 }
-                (true, _, _) => {
-                    return Err(invalid_response(
-                        "the upload listing is truncated but the server gave no markers".to_owned(),
-                    ));
-                }
-                (false, _, _) => return Ok(out),
+                None => return Ok(out),
             }
+        }
+    }
+
+    /// One page of ListMultipartUploads, and the markers of the next one.
+    async fn multipart_page(
+        &self,
+        prefix: &ObjectKey,
+        markers: Option<&(String, String)>,
+    ) -> Result<(Vec<PendingUpload>, Option<(String, String)>)> {
+        let mut query = vec![("uploads", ""), ("prefix", prefix.as_str())];
+        if let Some((k, u)) = markers {
+            query.push(("key-marker", k));
+            query.push(("upload-id-marker", u));
+        }
+        let body = self
+            .send(http::Method::GET, &query, Operation::ListMultipart)
+            .await?;
+        let result: ListMultipartUploadsResult = quick_xml::de::from_reader(body.as_ref())
+            .map_err(|e| {
+                invalid_response(format!(
+                    "the ListMultipartUploads answer is not valid XML: {e}"
+                ))
+            })?;
+        if result.encoding_type.is_some() {
+            return Err(invalid_response(
+                "the server url-encoded keys it was not asked to encode".to_owned(),
+            ));
+        }
+        let uploads = result
+            .upload
+            .into_iter()
+            .map(|u| PendingUpload {
+                key: ObjectKey::from_raw(u.key),
+                upload_id: UploadId(u.upload_id),
+                initiated: parse_time(u.initiated.as_deref()),
+            })
+            .collect();
+        match (
+            result.is_truncated,
+            result.next_key_marker,
+            result.next_upload_id_marker,
+        ) {
+            (true, Some(k), Some(u)) => Ok((uploads, Some((k, u)))),
+            (true, _, _) => Err(invalid_response(
+                "the upload listing is truncated but the server gave no markers".to_owned(),
+            )),
+            (false, _, _) => Ok((uploads, None)),
         }
     }
 }

@@ -17,6 +17,10 @@ fn sandbox(server: &HostileServer) -> corral::UserSandbox {
 }
 
 fn listing(keys: &[&str], prefixes: &[&str], truncated: Option<&str>) -> Answer {
+    Answer::xml(listing_xml(keys, prefixes, truncated))
+}
+
+fn listing_xml(keys: &[&str], prefixes: &[&str], truncated: Option<&str>) -> String {
     let mut xml =
         String::from(r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>bkt</Name>"#);
     for k in keys {
@@ -34,7 +38,7 @@ fn listing(keys: &[&str], prefixes: &[&str], truncated: Option<&str>) -> Answer 
         None => xml.push_str("<IsTruncated>false</IsTruncated>"),
     }
     xml.push_str("</ListBucketResult>");
-    Answer::xml(xml)
+    xml
 }
 
 async fn names(sb: &corral::UserSandbox, path: &str) -> Result<Vec<String>, corral_domain::Error> {
@@ -255,4 +259,64 @@ async fn not_implemented_is_not_retried() {
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     assert_eq!(asked.load(Ordering::SeqCst), 1);
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn an_unusable_listing_page_is_fetched_again_then_refused() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The first answer of each page is a glitch (cut XML, or truncated with
+    // no token); the second is right.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let server = HostileServer::start({
+        let asked = asked.clone();
+        move |r: &Request| {
+            let n = asked.fetch_add(1, Ordering::SeqCst);
+            let second_page = r.query.contains("continuation-token=next");
+            match (n, second_page) {
+                (0, _) => Answer::xml("<ListBucketResult><Contents><Key>users/al"),
+                (1, _) => listing(&["users/alice/a"], &[], Some("next")),
+                (2, _) => Answer::xml(
+                    listing_xml(&["users/alice/b"], &[], Some("x"))
+                        .replace("<NextContinuationToken>x</NextContinuationToken>", ""),
+                ),
+                (_, true) => listing(&["users/alice/b"], &[], None),
+                _ => Answer::status(500, &[], "unexpected"),
+            }
+        }
+    });
+    let json = |retries: u32| {
+        format!(
+            r#"{{"": {{"": {{"type":"S3","bucketName":"bkt","path":"users/%u","endpointOverride":"{}","accessKeyId":"a","secretKey":"b","maxRetries":{retries}}}}}}}"#,
+            server.endpoint
+        )
+    };
+    let corral = Corral::from_json(&json(2), CacheConfig::default()).expect("corral");
+    let sb = corral.sandbox(&Identity::user("alice")).expect("sandbox");
+    assert_eq!(names(&sb, "/").await.expect("list"), ["a", "b"]);
+    assert_eq!(asked.load(Ordering::SeqCst), 4);
+
+    // A server that always answers so is refused after the retries.
+    let always = Arc::new(AtomicUsize::new(0));
+    let bad = HostileServer::start({
+        let always = always.clone();
+        move |_: &Request| {
+            always.fetch_add(1, Ordering::SeqCst);
+            Answer::xml("<ListBucketResult><Contents><Key>users/al")
+        }
+    });
+    let corral = Corral::from_json(
+        &json(2).replace(&server.endpoint, &bad.endpoint),
+        CacheConfig::default(),
+    )
+    .expect("corral");
+    let e = names(
+        &corral.sandbox(&Identity::user("alice")).expect("sandbox"),
+        "/",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{e}");
+    assert!(e.to_string().contains("not valid XML"), "{e}");
+    assert_eq!(always.load(Ordering::SeqCst), 3);
 }

@@ -4,7 +4,9 @@
 //! 500 InternalError, 503 SlowDown, a connection reset before the answer or
 //! in the middle of the body, a stall longer than the client's timeout, a
 //! truncated listing page (more pages announced, no token), and failed
-//! CompleteMultipartUpload and AbortMultipartUpload calls (500).
+//! CompleteMultipartUpload and AbortMultipartUpload calls. A test can also
+//! force a given fault on the next requests of an operation
+//! ([`FaultProxy::force`]), to aim at one path.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -63,13 +65,27 @@ impl FaultStats {
     }
 }
 
+/// Faults forced on the next requests of an operation: operation → (fault, how many left).
+type Forced = Mutex<BTreeMap<String, (&'static str, u64)>>;
+
+/// What the connections share.
+struct Shared {
+    upstream: String,
+    rate: f64,
+    enabled: AtomicBool,
+    rng: Rng,
+    stats: Mutex<FaultStats>,
+    forced: Forced,
+    stall: Duration,
+    corrupt: bool,
+}
+
 /// The proxy; stops when dropped.
 pub struct FaultProxy {
     /// `http://127.0.0.1:PORT`: point corral's `endpointOverride` here.
     pub endpoint: String,
-    enabled: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
-    stats: Arc<Mutex<FaultStats>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -124,33 +140,26 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         listener.set_nonblocking(true).expect("nonblocking");
-        let (stop, enabled) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(true)),
-        );
-        let stats = Arc::new(Mutex::new(FaultStats::default()));
-        let rng = Arc::new(Rng(AtomicU64::new(seed | 1)));
-        let upstream = upstream.to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            upstream: upstream.to_owned(),
+            rate,
+            enabled: AtomicBool::new(true),
+            rng: Rng(AtomicU64::new(seed | 1)),
+            stats: Mutex::new(FaultStats::default()),
+            forced: Mutex::new(BTreeMap::new()),
+            stall,
+            corrupt,
+        });
         let thread = std::thread::spawn({
-            let (stop, enabled, stats) = (stop.clone(), enabled.clone(), stats.clone());
+            let (stop, shared) = (stop.clone(), shared.clone());
             move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((client, _)) => {
-                            let (upstream, rng, stats, enabled) = (
-                                upstream.clone(),
-                                rng.clone(),
-                                stats.clone(),
-                                enabled.clone(),
-                            );
+                            let shared = shared.clone();
                             std::thread::spawn(move || {
-                                let rate = if enabled.load(Ordering::Relaxed) {
-                                    rate
-                                } else {
-                                    0.0
-                                };
-                                let _ =
-                                    handle(client, &upstream, rate, &rng, &stats, stall, corrupt);
+                                let _ = handle(client, &shared);
                             });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(1)),
@@ -160,21 +169,39 @@ impl FaultProxy {
         });
         Self {
             endpoint,
-            enabled,
+            shared,
             stop,
-            stats,
             thread: Some(thread),
         }
     }
 
+    /// Injects `fault` (one of [`FAULTS`]) into the next `times` requests of
+    /// `operation` (e.g. `"AbortMultipartUpload"`), whatever the rate, even
+    /// with injection off; 0 stops forcing.
+    pub fn force(&self, operation: &str, fault: &str, times: u64) {
+        let fault = FAULTS
+            .iter()
+            .find(|f| **f == fault)
+            .unwrap_or_else(|| panic!("unknown fault {fault:?}"));
+        self.shared
+            .forced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(operation.to_owned(), (fault, times));
+    }
+
     /// Turns injection on or off (off to check the results through the same path).
     pub fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Ordering::Relaxed);
+        self.shared.enabled.store(on, Ordering::Relaxed);
     }
 
     /// What was done so far.
     pub fn stats(&self) -> FaultStats {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -193,15 +220,38 @@ fn error_body(code: &str) -> String {
     )
 }
 
-fn handle(
-    client: TcpStream,
-    upstream: &str,
-    rate: f64,
-    rng: &Rng,
-    stats: &Mutex<FaultStats>,
-    stall: Duration,
-    corrupt: bool,
-) -> std::io::Result<()> {
+/// The fault for a request of `op`: a forced one, or one at random.
+fn pick_fault(shared: &Shared, op: &str) -> Option<&'static str> {
+    {
+        let mut forced = shared.forced.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((fault, left)) = forced.get_mut(op)
+            && *left > 0
+        {
+            *left -= 1;
+            return Some(*fault);
+        }
+    }
+    let rate = if shared.enabled.load(Ordering::Relaxed) {
+        shared.rate
+    } else {
+        0.0
+    };
+    if !shared.rng.chance(rate) {
+        return None;
+    }
+    let rng = &shared.rng;
+    // Faults that fit the operation: a listing may also come back truncated;
+    // completing or aborting fails with an error, a reset, or a lost answer.
+    let pick = match op {
+        "ListObjectsV2" => [5, 5, 0, 1, 3][(rng.next() % 5) as usize],
+        "CompleteMultipartUpload" | "AbortMultipartUpload" => (rng.next() % 4) as usize,
+        _ => (rng.next() % 5) as usize,
+    };
+    Some(FAULTS[pick])
+}
+
+fn handle(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let (stats, stall, corrupt) = (&shared.stats, shared.stall, shared.corrupt);
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = String::new();
@@ -247,16 +297,7 @@ fn handle(
     }
     let mut client = client;
     stats.lock().unwrap_or_else(|p| p.into_inner()).requests += 1;
-    let fault = if rng.chance(rate) {
-        let pick = match op {
-            "ListObjectsV2" => 5,
-            "CompleteMultipartUpload" | "AbortMultipartUpload" => 0,
-            _ => (rng.next() % 5) as usize,
-        };
-        Some(FAULTS[pick])
-    } else {
-        None
-    };
+    let fault = pick_fault(shared, op);
     if let Some(f) = fault {
         *stats
             .lock()
@@ -291,7 +332,7 @@ fn handle(
         }
         _ => {}
     }
-    let mut up = TcpStream::connect(upstream)?;
+    let mut up = TcpStream::connect(&shared.upstream)?;
     up.write_all(head.as_bytes())?;
     up.write_all(&body)?;
     let mut answer = Vec::new();
