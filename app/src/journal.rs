@@ -10,14 +10,16 @@
 //! a thread of its own so that syncing never slows the transfer.
 //!
 //! A transfer that ends — done, failed, or cancelled (Ctrl-C) — removes its
-//! entry, having completed or aborted the upload. Only a process that is
-//! killed leaves an entry behind, which the next run finds: `cp --resume`
-//! continues it after checking the source (size, time, and the checksum of
-//! every completed part, read again); without `--resume`, entries older than
-//! `--stale-after` are aborted and reported.
+//! entry, having completed or aborted the upload. Two kinds of entry stay
+//! behind: that of a process that was killed, and that of an upload whose
+//! abort failed (marked `abandoned`). The next run finds them: `cp --resume`
+//! continues one after checking the source (size, time, and the checksum of
+//! every completed part, read again); without `--resume`, abandoned entries
+//! and entries older than `--stale-after` are aborted and reported.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use corral_domain::port::{CompletedPart, UploadId};
@@ -88,6 +90,9 @@ pub struct JournalEntry {
     pub started: u64,
     /// The process that wrote it.
     pub pid: u32,
+    /// The upload failed and its abort failed too: the next run aborts it.
+    #[serde(default)]
+    pub abandoned: bool,
 }
 
 impl JournalEntry {
@@ -228,33 +233,38 @@ impl Journal {
 /// Keeps one entry up to date as an upload progresses. The writes (each
 /// atomic and synced) happen on a thread of their own, so that a slow disk
 /// never holds the transfer back: updates that pile up are coalesced into
-/// the latest. Dropping the writer waits for the last write, so that an
+/// the latest. Dropping the writer waits for the last write, so that its
 /// [`EntryGuard`] dropped afterwards removes the final state.
 #[derive(Debug)]
 pub struct EntryWriter {
+    path: PathBuf,
     entry: JournalEntry,
+    kept: Arc<Mutex<bool>>,
     tx: Option<std::sync::mpsc::Sender<JournalEntry>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EntryWriter {
-    /// An entry for a new upload (written when the multipart upload is created),
-    /// or for a resumed one (already written).
-    pub fn new(path: PathBuf, entry: JournalEntry) -> Self {
+    fn new(path: PathBuf, entry: JournalEntry, kept: Arc<Mutex<bool>>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<JournalEntry>();
-        let thread = std::thread::spawn(move || {
-            while let Ok(mut latest) = rx.recv() {
-                while let Ok(newer) = rx.try_recv() {
-                    latest = newer;
-                }
-                if let Err(e) = Journal::write(&path, &latest) {
-                    // The transfer goes on; only its resumability is lost.
-                    tracing::warn!(error = %e, "cannot record the upload's progress");
+        let thread = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                while let Ok(mut latest) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        latest = newer;
+                    }
+                    if let Err(e) = Journal::write(&path, &latest) {
+                        // The transfer goes on; only its resumability is lost.
+                        tracing::warn!(error = %e, "cannot record the upload's progress");
+                    }
                 }
             }
         });
         Self {
+            path,
             entry,
+            kept,
             tx: Some(tx),
             thread: Some(thread),
         }
@@ -265,14 +275,19 @@ impl EntryWriter {
             let _ = tx.send(self.entry.clone());
         }
     }
-}
 
-impl Drop for EntryWriter {
-    fn drop(&mut self) {
+    /// Waits for the writes sent so far.
+    fn flush(&mut self) {
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for EntryWriter {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -292,16 +307,51 @@ impl UploadJournal for EntryWriter {
         });
         self.save();
     }
+
+    fn left_pending(&mut self, _error: &Error) {
+        // After the writes in flight, and under the guard's lock, so that
+        // neither an older state nor the guard's removal undoes this one.
+        self.flush();
+        self.entry.abandoned = true;
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        *kept = true;
+        if let Err(e) = Journal::write(&self.path, &self.entry) {
+            tracing::warn!(error = %e, upload = %self.entry.upload_id, "cannot record an upload left pending");
+        }
+    }
 }
 
 /// Removes an entry when dropped — after the upload completed, failed or was
-/// cancelled (it was then completed or aborted). A killed process runs no
-/// destructor, which is what leaves an entry for the next run.
+/// cancelled (it was then completed or aborted) — unless its writer said the
+/// upload was left pending. A killed process runs no destructor, which is
+/// the other way an entry stays for the next run.
 #[derive(Debug)]
-pub struct EntryGuard(pub PathBuf);
+pub struct EntryGuard {
+    path: PathBuf,
+    kept: Arc<Mutex<bool>>,
+}
+
+impl EntryGuard {
+    /// Guards the entry in `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            kept: Arc::new(Mutex::new(false)),
+        }
+    }
+
+    /// A writer keeping `entry` (a new upload's, written when the multipart
+    /// upload is created, or a resumed one's, already written) up to date.
+    pub fn writer(&self, entry: JournalEntry) -> EntryWriter {
+        EntryWriter::new(self.path.clone(), entry, self.kept.clone())
+    }
+}
 
 impl Drop for EntryGuard {
     fn drop(&mut self) {
-        Journal::remove(&self.0);
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if !*kept {
+            Journal::remove(&self.path);
+        }
     }
 }

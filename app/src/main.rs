@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use corral::cache::part_checksum;
 use corral::cache::{CacheConfig, parse_size, wait_for_background_aborts};
 use corral::config::{ConfigFile, DEFAULT_SANDBOX_DIR};
-use corral::journal::{EntryGuard, EntryWriter, Journal, JournalEntry, SourceId};
+use corral::journal::{EntryGuard, Journal, JournalEntry, SourceId};
 use corral::{Corral, UserSandbox};
 use corral_domain::listing::{DirEntry, EntryKind};
 use corral_domain::mapping::ResolvedSpec;
@@ -544,7 +544,7 @@ async fn cp(
     } = *options;
     let started = Instant::now();
     if let Some(jr) = journal {
-        sweep_stale(sb, &jr.journal, stale_after).await;
+        sweep_stale(sb, &jr.journal, stale_after, jr.resume).await;
     }
     let dst_sandbox = dst
         .strip_prefix("corral:")
@@ -782,18 +782,23 @@ impl Drop for Progress {
     }
 }
 
-/// Aborts the uploads of entries older than `stale_after` whose process is
-/// gone, and removes the entries; says what it did.
-async fn sweep_stale(sb: &UserSandbox, journal: &Journal, stale_after: Duration) {
+/// Aborts the uploads of entries whose process is gone and that are older
+/// than `stale_after` or were abandoned (their abort failed; a `--resume` run
+/// leaves those to the copy of their file), and removes the entries; says
+/// what it did.
+async fn sweep_stale(sb: &UserSandbox, journal: &Journal, stale_after: Duration, resume: bool) {
     for (path, entry) in journal.entries() {
         let alive =
             entry.pid != std::process::id() && Path::new(&format!("/proc/{}", entry.pid)).exists();
-        if entry.upload_id.is_empty() || alive || entry.age_secs() < stale_after.as_secs() {
+        let stale = entry.age_secs() >= stale_after.as_secs() || (entry.abandoned && !resume);
+        if entry.upload_id.is_empty() || alive || !stale {
             continue;
         }
         match sb.object(&entry.path) {
             Ok((storage, key, _)) if key.as_str() == entry.key => {
-                abort_entry(&storage, &entry).await;
+                if !abort_entry(&storage, &entry).await {
+                    continue; // kept for the next run
+                }
                 Journal::remove(&path);
                 eprintln!(
                     "corral: aborted the interrupted upload of {} ({} of its parts were sent, {} s ago)",
@@ -822,18 +827,25 @@ struct Uploaded {
     notice: Option<String>,
 }
 
-async fn abort_entry(storage: &Arc<dyn corral_domain::ObjectStorage>, entry: &JournalEntry) {
+/// Aborts the upload of `entry`; false (having said why) if it is still pending.
+async fn abort_entry(
+    storage: &Arc<dyn corral_domain::ObjectStorage>,
+    entry: &JournalEntry,
+) -> bool {
     let key = corral_domain::ObjectKey::from_raw(entry.key.clone());
     match storage
         .abort_multipart(&key, &UploadId(entry.upload_id.clone()))
         .await
     {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => eprintln!(
-            "corral: could not abort upload {} of {}: {e}",
-            entry.upload_id, entry.path
-        ),
+        Ok(()) => true,
+        Err(e) if e.kind() == ErrorKind::NotFound => true,
+        Err(e) => {
+            eprintln!(
+                "corral: could not abort upload {} of {}: {e} (`corral uploads abort` removes it)",
+                entry.upload_id, entry.path
+            );
+            false
+        }
     }
 }
 
@@ -915,7 +927,7 @@ async fn upload_file(
                     );
                 }
             }
-            _guard = Some(EntryGuard(path.clone()));
+            let guard = _guard.insert(EntryGuard::new(path.clone()));
             match resumed {
                 Some(entry) => {
                     eprintln!(
@@ -932,7 +944,7 @@ async fn upload_file(
                             entry.completed(),
                         )
                         .await?;
-                    w.set_journal(Box::new(EntryWriter::new(path, entry)));
+                    w.set_journal(Box::new(guard.writer(entry)));
                     (w, None)
                 }
                 None => {
@@ -949,8 +961,9 @@ async fn upload_file(
                         parts: Vec::new(),
                         started: 0,
                         pid: std::process::id(),
+                        abandoned: false,
                     };
-                    w.set_journal(Box::new(EntryWriter::new(path, entry)));
+                    w.set_journal(Box::new(guard.writer(entry)));
                     (w, notice)
                 }
             }
@@ -958,43 +971,49 @@ async fn upload_file(
     };
     let part = writer.part_size();
     let done: std::collections::BTreeSet<u64> = writer.parts_sent().into_iter().collect();
-    let mut file = tokio::fs::File::open(local)
-        .await
-        .map_err(|e| local_err(local, "cannot read", e))?;
     let mut progress = Progress::new(size, &base_name(target));
-    // Reads of at most one default part: fewer trips through the blocking pool.
-    let mut buf = vec![0u8; (8 << 20).min(size.max(1) as usize)];
     let mut sent = 0u64;
-    for n in 1..=size.div_ceil(part) {
-        let (start, end) = ((n - 1) * part, (n * part).min(size));
-        if done.contains(&n) {
-            progress.advance(end - start);
-            continue;
-        }
-        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(start))
+    let sending = async {
+        let mut file = tokio::fs::File::open(local)
             .await
             .map_err(|e| local_err(local, "cannot read", e))?;
-        let mut at = start;
-        while at < end {
-            let want = buf.len().min((end - at) as usize);
-            let n = file
-                .read(&mut buf[..want])
+        // Reads of at most one default part: fewer trips through the blocking pool.
+        let mut buf = vec![0u8; (8 << 20).min(size.max(1) as usize)];
+        for n in 1..=size.div_ceil(part) {
+            let (start, end) = ((n - 1) * part, (n * part).min(size));
+            if done.contains(&n) {
+                progress.advance(end - start);
+                continue;
+            }
+            tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(start))
                 .await
                 .map_err(|e| local_err(local, "cannot read", e))?;
-            if n == 0 {
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "{} changed size while it was read ({size} -> {at} bytes)",
-                        local.display()
-                    ),
-                ));
+            let mut at = start;
+            while at < end {
+                let want = buf.len().min((end - at) as usize);
+                let n = file
+                    .read(&mut buf[..want])
+                    .await
+                    .map_err(|e| local_err(local, "cannot read", e))?;
+                if n == 0 {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "{} changed size while it was read ({size} -> {at} bytes)",
+                            local.display()
+                        ),
+                    ));
+                }
+                writer.write_at(at, &buf[..n]).await?;
+                at += n as u64;
+                sent += n as u64;
+                progress.advance(n as u64);
             }
-            writer.write_at(at, &buf[..n]).await?;
-            at += n as u64;
-            sent += n as u64;
-            progress.advance(n as u64);
         }
+        Ok(())
+    };
+    if let Err(e) = sending.await {
+        return Err(writer.cancel(e).await);
     }
     writer.finish().await?;
     Ok(Uploaded { size, sent, notice })

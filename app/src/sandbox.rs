@@ -227,6 +227,13 @@ impl Writer {
         self.upload.write(data).await
     }
 
+    /// Gives the write up because of `cause`: aborts the upload now (rather
+    /// than in the background, as dropping the writer does) and returns
+    /// `cause`, saying so if the upload could not be aborted.
+    pub async fn cancel(self, cause: Error) -> Error {
+        self.upload.cancel(cause).await
+    }
+
     /// Completes the write: the data becomes visible at the target only now.
     pub async fn finish(self) -> Result<OverwriteDecision, Error> {
         self.upload.finish().await?;
@@ -528,9 +535,16 @@ impl UserSandbox {
         let mut w = self.create(path, size, mode).await?;
         let mut stream = std::pin::pin!(stream);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| Error::new(ErrorKind::Other, format!("reading the source: {e}")))?;
-            w.write(&chunk).await?;
+            let written = match chunk {
+                Ok(chunk) => w.write(&chunk).await,
+                Err(e) => Err(Error::new(
+                    ErrorKind::Other,
+                    format!("reading the source: {e}"),
+                )),
+            };
+            if let Err(e) = written {
+                return Err(w.cancel(e).await);
+            }
         }
         w.finish().await
     }

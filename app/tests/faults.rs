@@ -242,3 +242,103 @@ async fn two_hundred_transfers_under_faults() {
         .expect("list");
     assert!(listed.len() <= TRANSFERS / 2);
 }
+
+/// An abort that fails is tried again (the client's retries, then two more
+/// tries): here its first three requests fail and nothing is left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_abort_is_tried_again() {
+    let garage = S3Server::garage();
+    garage.create_bucket("aborts");
+    let proxy = FaultProxy::start(
+        &format!("127.0.0.1:{}", garage.port),
+        0.0,
+        1,
+        Duration::ZERO,
+    );
+    let corral = Corral::from_json(
+        &format!(
+            r#"{{"": {{"": {{"type":"S3","bucketName":"aborts","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":1}}}}}}"#,
+            proxy.endpoint, garage.access_key, garage.secret_key
+        ),
+        CacheConfig {
+            upload: 5 << 20,
+            ..CacheConfig::default()
+        },
+    )
+    .expect("corral");
+    let sb = corral.sandbox(&Identity::user("u")).expect("sandbox");
+    // Declared 16 MiB, only 6 MiB written: the first part goes, finishing fails.
+    let mut w = sb.create("/f", Some(16 << 20), None).await.expect("create");
+    w.write(&common::pattern(6 * MIB, 3)).await.expect("write");
+    proxy.force("AbortMultipartUpload", "500 InternalError", 3);
+    let e = w.finish().await.unwrap_err();
+    assert!(e.to_string().contains("never written"), "{e}");
+    assert!(!e.to_string().contains("left pending"), "{e}");
+    let faulted = proxy.stats().faults[&(
+        "500 InternalError".to_owned(),
+        "AbortMultipartUpload".to_owned(),
+    )];
+    assert_eq!(faulted, 3);
+    let (bucket, _) = sb.backend("/").expect("backend");
+    let pending = bucket
+        .list_pending_uploads(&ObjectKey::from_raw(""))
+        .await
+        .expect("list pending");
+    assert!(pending.is_empty(), "{pending:?}");
+}
+
+/// A writer dropped mid-upload aborts in the background; when that abort
+/// keeps failing, its journal is told the upload is left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_upload_whose_abort_fails_tells_its_journal() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct Recorder(Arc<AtomicBool>);
+    impl corral::cache::UploadJournal for Recorder {
+        fn started(&mut self, _: &corral_domain::port::UploadId, _: u64) {}
+        fn part_done(&mut self, _: &corral_domain::port::CompletedPart, _: u64) {}
+        fn left_pending(&mut self, _: &corral_domain::Error) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let garage = S3Server::garage();
+    garage.create_bucket("aborts");
+    let proxy = FaultProxy::start(
+        &format!("127.0.0.1:{}", garage.port),
+        0.0,
+        1,
+        Duration::ZERO,
+    );
+    let corral = Corral::from_json(
+        &format!(
+            r#"{{"": {{"": {{"type":"S3","bucketName":"aborts","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":0}}}}}}"#,
+            proxy.endpoint, garage.access_key, garage.secret_key
+        ),
+        CacheConfig {
+            upload: 5 << 20,
+            ..CacheConfig::default()
+        },
+    )
+    .expect("corral");
+    let sb = corral.sandbox(&Identity::user("u")).expect("sandbox");
+    let told = Arc::new(AtomicBool::new(false));
+    let mut w = sb.create("/f", Some(16 << 20), None).await.expect("create");
+    w.set_journal(Box::new(Recorder(told.clone())));
+    w.write(&common::pattern(6 * MIB, 3)).await.expect("write");
+    proxy.force("AbortMultipartUpload", "500 InternalError", 1_000);
+    drop(w);
+    assert_eq!(wait_for_background_aborts(Duration::from_secs(30)).await, 0);
+    assert!(told.load(Ordering::SeqCst), "the journal was not told");
+    let (bucket, _) = sb.backend("/").expect("backend");
+    let pending = bucket
+        .list_pending_uploads(&ObjectKey::from_raw(""))
+        .await
+        .expect("list pending");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    proxy.force("AbortMultipartUpload", "500 InternalError", 0);
+    for u in pending {
+        bucket
+            .abort_multipart(&u.key, &u.upload_id)
+            .await
+            .expect("abort");
+    }
+}

@@ -340,3 +340,85 @@ fn ctrl_c_aborts_the_upload() {
     assert!(s.pending().is_empty(), "the interrupted upload was aborted");
     assert!(s.journal_entries().is_empty(), "and forgotten");
 }
+
+/// An upload that fails and whose abort fails too (forced 500s through a
+/// fault proxy) is reported, kept in the journal as abandoned, and aborted
+/// by the next run once the server answers again.
+#[test]
+fn an_upload_whose_abort_fails_is_kept_and_aborted_by_the_next_run() {
+    use corral_conformance::faults::FaultProxy;
+    let s = setup();
+    let proxy = FaultProxy::start(
+        &format!("127.0.0.1:{}", s.server.port),
+        0.0,
+        7,
+        Duration::ZERO,
+    );
+    let via_proxy = s.dir.path().join("via-proxy.json");
+    std::fs::write(
+        &via_proxy,
+        std::fs::read_to_string(&s.config)
+            .expect("config")
+            .replace(&s.server.endpoint, &proxy.endpoint)
+            .replace(
+                r#""conditionalCreate":false"#,
+                r#""conditionalCreate":false,"maxRetries":0"#,
+            ),
+    )
+    .expect("config");
+    let args = |rest: &[&'static str]| {
+        let mut a = vec!["--config".to_owned(), via_proxy.display().to_string()];
+        a.extend(rest.iter().map(|r| (*r).to_owned()));
+        a
+    };
+    std::fs::write(s.dir.path().join("big.bin"), pattern(12 << 20, 5)).expect("write");
+    proxy.force("UploadPart", "500 InternalError", 1_000);
+    proxy.force("AbortMultipartUpload", "500 InternalError", 1_000);
+    let a = args(&[
+        "--max-cloud-cache-upload-size",
+        "5MiB",
+        "cp",
+        "big.bin",
+        "corral:/big.bin",
+    ]);
+    let out = run(
+        s.dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is left pending on the server") && err.contains("corral uploads abort"),
+        "{err}"
+    );
+    let aborts = proxy
+        .stats()
+        .faults
+        .get(&(
+            "500 InternalError".to_owned(),
+            "AbortMultipartUpload".to_owned(),
+        ))
+        .copied()
+        .unwrap_or(0);
+    assert!(aborts >= 3, "the abort was tried {aborts} times");
+    assert_eq!(s.pending().len(), 1, "the upload is pending");
+    let entries = s.journal_entries();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["abandoned"], true);
+
+    // The server answers again: the next copy aborts it, whatever its age.
+    proxy.force("UploadPart", "500 InternalError", 0);
+    proxy.force("AbortMultipartUpload", "500 InternalError", 0);
+    std::fs::write(s.dir.path().join("small.txt"), b"small").expect("write");
+    let a = args(&["cp", "small.txt", "corral:/small.txt"]);
+    let (_, err) = ok(
+        s.dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        err.contains("aborted the interrupted upload of /big.bin"),
+        "{err}"
+    );
+    assert!(s.pending().is_empty(), "zero pending uploads remain");
+    assert!(s.journal_entries().is_empty());
+}

@@ -13,7 +13,11 @@
 //!
 //! A file no larger than one part goes as a single PUT. Any failure, and
 //! dropping the [`Upload`] before [`Upload::finish`] returns, aborts the
-//! multipart upload, so no incomplete upload is left on the server.
+//! multipart upload, so no incomplete upload is left on the server. An abort
+//! that fails is tried again twice (after 0.5 s and 2 s, each try with the
+//! client's own retries); one that still fails is reported in the error and
+//! to the journal ([`UploadJournal::left_pending`]), which keeps it for a
+//! later run to abort.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -47,6 +51,48 @@ pub async fn wait_for_background_aborts(timeout: std::time::Duration) -> usize {
     late
 }
 
+/// Aborts `upload`, trying again when the server fails: an upload left
+/// pending costs storage until someone aborts it. One already gone counts
+/// as aborted.
+async fn abort_upload(
+    storage: &dyn ObjectStorage,
+    key: &ObjectKey,
+    upload: &UploadId,
+) -> Result<(), Error> {
+    let mut pauses = [500, 2_000].into_iter();
+    loop {
+        match storage.abort_multipart(key, upload).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => match (e.kind(), pauses.next()) {
+                (
+                    ErrorKind::PermissionDenied
+                    | ErrorKind::Unauthenticated
+                    | ErrorKind::Unsupported,
+                    _,
+                )
+                | (_, None) => return Err(e),
+                (_, Some(ms)) => {
+                    tracing::debug!(key = %key, upload = %upload, error = %e, "trying the abort again");
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
+            },
+        }
+    }
+}
+
+/// The error of a failed upload whose abort failed too: says what is left.
+fn left_pending(e: Error, upload: &UploadId, abort: &Error) -> Error {
+    let temporary = e.is_temporary();
+    Error::new(
+        e.kind(),
+        format!(
+            "{e}; aborting its multipart upload failed too ({abort}), so upload {upload} is left pending on the server: `corral uploads abort` removes it"
+        ),
+    )
+    .with_temporary(temporary)
+}
+
 /// Aborts the multipart uploads of `key` that started during this upload and
 /// are still pending: a CreateMultipartUpload whose answer was lost (a reset
 /// connection) and that was retried leaves an upload whose id this process
@@ -60,7 +106,7 @@ async fn sweep_orphans(storage: &dyn ObjectStorage, key: &ObjectKey, since: std:
     };
     for u in pending {
         if u.key == *key && u.initiated.is_none_or(|t| t >= since) {
-            match storage.abort_multipart(key, &u.upload_id).await {
+            match abort_upload(storage, key, &u.upload_id).await {
                 Ok(()) => {
                     tracing::info!(key = %key, upload = %u.upload_id, "aborted an upload whose creation answer was lost")
                 }
@@ -83,6 +129,10 @@ pub trait UploadJournal: Send {
     fn started(&mut self, upload: &UploadId, part_size: u64);
     /// A part was accepted by the server; `crc64` is the CRC-64/NVME of its bytes.
     fn part_done(&mut self, part: &CompletedPart, crc64: u64);
+    /// The upload failed and could not be aborted: it is pending on the
+    /// server until someone aborts it, so its record must outlive this
+    /// process. Called at most once, possibly from a background task.
+    fn left_pending(&mut self, _error: &Error) {}
 }
 
 /// The CRC-64/NVME of a part's bytes, as journals record it.
@@ -400,12 +450,26 @@ impl Upload {
     /// Sends what is left, waits for every part and completes the upload.
     /// On any failure the multipart upload is aborted before returning.
     pub async fn finish(mut self) -> Result<PutResult, Error> {
-        let result = self.finish_inner().await;
-        if result.is_err() {
-            self.abort().await;
-        }
+        let result = match self.finish_inner().await {
+            Err(e) => match self.abort().await {
+                Some((upload, abort)) => Err(left_pending(e, &upload, &abort)),
+                None => Err(e),
+            },
+            ok => ok,
+        };
         self.finished = true;
         result
+    }
+
+    /// Gives the upload up because of `cause`: aborts it now and returns
+    /// `cause`, saying so if the multipart upload could not be aborted.
+    pub async fn cancel(mut self, cause: Error) -> Error {
+        let e = match self.abort().await {
+            Some((upload, abort)) => left_pending(cause, &upload, &abort),
+            None => cause,
+        };
+        self.finished = true;
+        e
     }
 
     async fn finish_inner(&mut self) -> Result<PutResult, Error> {
@@ -463,18 +527,25 @@ impl Upload {
         Ok(result)
     }
 
-    /// Stops every part in flight and aborts the multipart upload, if any.
-    async fn abort(&mut self) {
+    /// Stops every part in flight and aborts the multipart upload, if any;
+    /// returns the upload and the error if it could not be aborted.
+    async fn abort(&mut self) -> Option<(UploadId, Error)> {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
+        let mut left = None;
         if let Some(upload) = self.upload_id.take()
-            && let Err(e) = self.storage.abort_multipart(&self.key, &upload).await
+            && let Err(e) = abort_upload(&*self.storage, &self.key, &upload).await
         {
-            tracing::warn!(key = %self.key, upload = %upload, error = %e, "could not abort a multipart upload");
+            tracing::warn!(key = %self.key, upload = %upload, error = %e, "could not abort a multipart upload: it is left pending");
+            if let Some(j) = &mut self.journal {
+                j.left_pending(&e);
+            }
+            left = Some((upload, e));
         }
         if self.create_attempted {
             sweep_orphans(&*self.storage, &self.key, self.started).await;
         }
+        left
     }
 }
 
@@ -494,22 +565,34 @@ impl Drop for Upload {
             return;
         }
         let (storage, key, started) = (self.storage.clone(), self.key.clone(), self.started);
+        let mut journal = self.journal.take();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let task = handle.spawn(async move {
                     while parts.join_next().await.is_some() {}
                     if let Some(upload) = upload
-                        && let Err(e) = storage.abort_multipart(&key, &upload).await {
-                            tracing::warn!(key = %key, upload = %upload, error = %e, "could not abort a dropped multipart upload");
+                        && let Err(e) = abort_upload(&*storage, &key, &upload).await
+                    {
+                        tracing::warn!(key = %key, upload = %upload, error = %e, "could not abort a dropped multipart upload: it is left pending");
+                        if let Some(j) = &mut journal {
+                            j.left_pending(&e);
                         }
+                    }
                     sweep_orphans(&*storage, &key, started).await;
+                    // The journal goes last, once the upload is settled.
+                    drop(journal);
                 });
                 BACKGROUND_ABORTS
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(task);
             }
-            Err(_) => tracing::warn!(key = %key, "no runtime to abort a dropped multipart upload"),
+            Err(_) => {
+                tracing::warn!(key = %key, "no runtime to abort a dropped multipart upload: it is left pending");
+                if let (Some(j), Some(_)) = (&mut journal, &upload) {
+                    j.left_pending(&Error::new(ErrorKind::Other, "no runtime to abort it"));
+                }
+            }
         }
     }
 }
