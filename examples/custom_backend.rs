@@ -50,6 +50,8 @@ impl ToyStore {
             size: data.len() as u64,
             last_modified: None,
             etag: Some(format!("\"{}\"", data.len())),
+            // A backend that knows its objects' MD5 gives it: downloads check it.
+            checksum: None,
         }
     }
 

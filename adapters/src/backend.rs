@@ -97,6 +97,7 @@ pub(crate) fn meta_from(m: object_store::ObjectMeta) -> ObjectMeta {
         size: m.size,
         last_modified: Some(SystemTime::from(m.last_modified)),
         etag: m.e_tag,
+        checksum: None,
     }
 }
 
@@ -286,6 +287,11 @@ impl ObjectStorage for ObjectStoreBackend {
             && key.is_dir_marker()
         {
             return dir.head_dir(key).await;
+        }
+        if let Flavor::S3 { raw, .. } = &self.flavor
+            && let Some(meta) = raw.head_object(key).await?
+        {
+            return Ok(meta);
         }
         let path = to_path(key)?;
         let meta = self

@@ -152,6 +152,7 @@ impl FileDir {
             size: 0,
             last_modified: m.modified().ok(),
             etag: None,
+            checksum: None,
         })
     }
 
@@ -343,6 +344,7 @@ fn walk(root: &FsPath, prefix: &str, opts: &ListOptions) -> Result<Vec<ListItem>
                         size: 0,
                         last_modified: meta.modified().ok(),
                         etag: None,
+                        checksum: None,
                     }));
                     stack.push((entry.path(), dir_key));
                 }
@@ -352,6 +354,7 @@ fn walk(root: &FsPath, prefix: &str, opts: &ListOptions) -> Result<Vec<ListItem>
                     size: meta.len(),
                     last_modified: meta.modified().ok(),
                     etag: None,
+                    checksum: None,
                 }));
             }
         }

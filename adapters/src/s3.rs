@@ -23,7 +23,10 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use corral_domain::config::{S3Spec, Scheme};
-use corral_domain::port::{ListItem, ListOptions, ListStream, ObjectMeta, PendingUpload, UploadId};
+use corral_domain::port::{
+    ContentChecksum, ListItem, ListOptions, ListStream, ObjectMeta, PendingUpload, UploadId,
+    etag_md5,
+};
 use corral_domain::{Capabilities, Error, ErrorKind, ObjectKey, Operation, Result};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer, AwsCredentialProvider};
@@ -44,6 +47,9 @@ const STRICT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
+
+/// The same, keeping `/`: an object's path in a URL.
+const PATH: &AsciiSet = &STRICT.remove(b'/');
 
 /// Credential-related environment variables, the only ones read when no keys are configured.
 const CREDENTIAL_ENV: [&str; 11] = [
@@ -215,6 +221,7 @@ pub(crate) fn build(spec: &S3Spec, caps: Capabilities) -> Result<ObjectStoreBack
         region: spec.region.clone(),
         credentials: s3.credentials().clone(),
         max_retries: spec.transport.max_retries,
+        etag_is_md5: spec.quirks.etag_is_md5,
         ctx: ctx.clone(),
     };
     Ok(ObjectStoreBackend::new(
@@ -233,6 +240,8 @@ pub(crate) struct RawS3 {
     region: String,
     credentials: AwsCredentialProvider,
     max_retries: u32,
+    /// Whether single-part ETags are MD5s (the `etagIsMd5` quirk).
+    etag_is_md5: bool,
     ctx: Context,
 }
 
@@ -298,6 +307,34 @@ fn parse_time(s: Option<&str>) -> Option<SystemTime> {
     Some(SystemTime::from(t))
 }
 
+/// The checksum of an object's whole content that a HEAD's `header`s vouch
+/// for: a CRC-64/NVME of the full object (so said, or of an object stored
+/// in one part), else an ETag that is a plain MD5 — unless the object is
+/// encrypted with SSE-KMS or SSE-C (whose ETags are not MD5s) or the server
+/// is declared not to keep MD5 ETags.
+fn content_checksum<'h>(
+    header: &impl Fn(&str) -> Option<&'h str>,
+    etag: Option<&str>,
+    etag_is_md5: bool,
+) -> Option<ContentChecksum> {
+    use base64::Engine;
+    let single_part = etag.is_some_and(|e| !e.contains('-'));
+    let full_object = header("x-amz-checksum-type").map_or(single_part, |t| t == "FULL_OBJECT");
+    let crc = header("x-amz-checksum-crc64nvme")
+        .filter(|_| full_object)
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes);
+    if let Some(crc) = crc {
+        return Some(ContentChecksum::Crc64Nvme(crc));
+    }
+    let plain = header("x-amz-server-side-encryption").is_none_or(|v| v == "AES256")
+        && header("x-amz-server-side-encryption-customer-algorithm").is_none();
+    etag.filter(|_| etag_is_md5 && plain)
+        .and_then(etag_md5)
+        .map(ContentChecksum::Md5)
+}
+
 /// The pause before retry `attempt` (1-based): 200 ms, doubling, at most 6.4 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100 * 2u64.pow(attempt.min(6)))
@@ -350,6 +387,63 @@ impl RawS3 {
                 other => return other.map_err(|e| e.with_operation(op)),
             }
         }
+    }
+
+    /// A HEAD of `key` that also tells which checksum of the whole content
+    /// the server vouches for, which object_store's does not (it neither
+    /// asks for checksums nor shows the encryption headers). `Ok(None)` when
+    /// the answer is neither 200 nor 404, or the request failed: the caller
+    /// then asks object_store, whose errors are retried and classified.
+    pub(crate) async fn head_object(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        let Ok(credential) = self.credentials.get_credential().await else {
+            return Ok(None);
+        };
+        let url = format!(
+            "{}/{}",
+            self.bucket_url,
+            utf8_percent_encode(key.as_str(), PATH)
+        );
+        let Ok(mut request) = http::Request::builder()
+            .method(http::Method::HEAD)
+            .uri(&url)
+            .header("x-amz-checksum-mode", "ENABLED")
+            .body(HttpRequestBody::from(Bytes::new()))
+        else {
+            return Ok(None);
+        };
+        if AwsAuthorizer::new(&credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let Ok(response) = self.http.execute(request).await else {
+            return Ok(None);
+        };
+        match response.status().as_u16() {
+            200 => {}
+            404 => {
+                return Err(Error::not_found("no such object")
+                    .with_operation(Operation::Head)
+                    .with_path(key.as_str().to_owned()));
+            }
+            _ => return Ok(None),
+        }
+        let headers = response.headers();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let Some(size) = header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
+            return Ok(None);
+        };
+        let etag = header("etag").map(str::to_owned);
+        Ok(Some(ObjectMeta {
+            key: key.clone(),
+            size,
+            last_modified: header("last-modified")
+                .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+                .map(SystemTime::from),
+            checksum: content_checksum(&header, etag.as_deref(), self.etag_is_md5),
+            etag,
+        }))
     }
 
     async fn send_once(&self, method: &http::Method, url: &str, body: Bytes) -> Result<Bytes> {
@@ -473,6 +567,7 @@ impl RawS3 {
                 size: c.size,
                 last_modified: parse_time(c.last_modified.as_deref()),
                 etag: c.e_tag,
+                checksum: None,
             }));
         }
         for p in result.common_prefixes {
@@ -704,5 +799,64 @@ mod tests {
             spec(r#"{"type":"S3","bucketName":"bkt","endpointOverride":"http://127.0.0.1:9000"}"#);
         assert_eq!(endpoint_url(&s), "http://127.0.0.1:9000");
         assert!(path_style(&s));
+    }
+
+    #[test]
+    fn which_checksum_a_head_vouches_for() {
+        let md5 = "\"9e107d9d372bb6826bd81d3542a419d6\"";
+        let crc = "x1ObT5zM8/g="; // 8 bytes
+        let check = |headers: &[(&str, &str)], etag: &str, etag_is_md5: bool| {
+            let header = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+            content_checksum(&header, Some(etag), etag_is_md5)
+        };
+        let crc_value = ContentChecksum::Crc64Nvme(0xc7539b4f9cccf3f8);
+        // A full-object CRC wins over the MD5, in one part or many.
+        let full = [
+            ("x-amz-checksum-crc64nvme", crc),
+            ("x-amz-checksum-type", "FULL_OBJECT"),
+        ];
+        assert_eq!(check(&full, md5, true), Some(crc_value));
+        assert_eq!(check(&full, "\"abc-3\"", true), Some(crc_value));
+        // Without a type, only an object in one part has a full-object CRC.
+        let untyped = [("x-amz-checksum-crc64nvme", crc)];
+        assert_eq!(check(&untyped, md5, true), Some(crc_value));
+        assert_eq!(check(&untyped, "\"abc-3\"", true), None);
+        let composite = [
+            ("x-amz-checksum-crc64nvme", crc),
+            ("x-amz-checksum-type", "COMPOSITE"),
+        ];
+        assert!(matches!(
+            check(&composite, md5, true),
+            Some(ContentChecksum::Md5(_))
+        ));
+        // A CRC that is not 8 bytes is ignored (a server got it wrong).
+        let short = [("x-amz-checksum-crc64nvme", "G1nPAg==")];
+        assert!(matches!(
+            check(&short, md5, true),
+            Some(ContentChecksum::Md5(_))
+        ));
+        // MD5 ETags: not under SSE-KMS or SSE-C, nor when declared otherwise.
+        assert!(matches!(
+            check(&[], md5, true),
+            Some(ContentChecksum::Md5(_))
+        ));
+        assert!(matches!(
+            check(&[("x-amz-server-side-encryption", "AES256")], md5, true),
+            Some(ContentChecksum::Md5(_))
+        ));
+        assert_eq!(
+            check(&[("x-amz-server-side-encryption", "aws:kms")], md5, true),
+            None
+        );
+        assert_eq!(
+            check(
+                &[("x-amz-server-side-encryption-customer-algorithm", "AES256")],
+                md5,
+                true
+            ),
+            None
+        );
+        assert_eq!(check(&[], md5, false), None);
+        assert_eq!(check(&[], "\"abc-3\"", true), None);
     }
 }

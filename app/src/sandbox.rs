@@ -769,7 +769,9 @@ impl UserSandbox {
         mode: Option<OverwriteMode>,
     ) -> Result<OverwriteDecision, Error> {
         let mut w = self.create(path, Some(data.len() as u64), mode).await?;
-        w.write_at(0, data).await?;
+        if let Err(e) = w.write_at(0, data).await {
+            return Err(w.cancel(e).await);
+        }
         w.finish().await
     }
 

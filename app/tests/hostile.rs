@@ -320,3 +320,130 @@ async fn an_unusable_listing_page_is_fetched_again_then_refused() {
     assert!(e.to_string().contains("not valid XML"), "{e}");
     assert_eq!(always.load(Ordering::SeqCst), 3);
 }
+
+/// A server that serves `data` at users/alice/f with ETag `etag` (and
+/// `extra` headers), answering ranged GETs rightly.
+fn etag_server(data: Vec<u8>, etag: String, extra: &[(&'static str, String)]) -> HostileServer {
+    let extra = extra.to_vec();
+    HostileServer::start(move |r: &Request| {
+        if r.query.contains("list-type=2") {
+            return listing(&[], &[], None);
+        }
+        if r.path != "/bkt/users/alice/f" {
+            return Answer::status(404, &[], "");
+        }
+        let len = data.len().to_string();
+        let mut headers = vec![
+            ("etag", etag.as_str()),
+            ("last-modified", "Sat, 28 Nov 2026 00:00:00 GMT"),
+        ];
+        for (k, v) in &extra {
+            headers.push((k, v.as_str()));
+        }
+        if r.method == "HEAD" {
+            headers.push(("content-length", len.as_str()));
+            return Answer::status(200, &headers, Vec::new());
+        }
+        let (start, end) = r
+            .header("range")
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .unwrap_or((0, data.len() as u64 - 1));
+        let end = end.min(data.len() as u64 - 1);
+        let range = content_range(&data, start, end);
+        headers.push(("content-range", range.as_str()));
+        Answer::status(206, &headers, data[start as usize..=end as usize].to_vec())
+    })
+}
+
+#[tokio::test]
+async fn a_download_is_checked_against_a_full_object_checksum_or_an_md5_etag() {
+    use md5::{Digest, Md5};
+    let hex = |d: &[u8]| {
+        let sum = Md5::digest(d);
+        format!(
+            "\"{}\"",
+            sum.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    };
+    let data: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let mut other = data.clone();
+    other[1234] ^= 1;
+
+    let read = |server: &HostileServer| {
+        let sb = sandbox(server);
+        async move { sb.read("/f").await }
+    };
+
+    // The right MD5: read whole, fine.
+    let server = etag_server(data.clone(), hex(&data), &[]);
+    assert_eq!(&read(&server).await.expect("read")[..], &data[..]);
+
+    // Bytes that do not hash to the ETag: refused, and no local file is left.
+    let server = etag_server(data.clone(), hex(&other), &[]);
+    let sb = sandbox(&server);
+    let e = sb.read("/f").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("do not match the object's checksum (MD5"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("f");
+    assert!(sb.download_to_file("/f", &local, |_| {}).await.is_err());
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    // A part of it cannot be checked against the whole object's checksum.
+    assert_eq!(
+        &sb.read_range("/f", 10, 100).await.expect("range")[..],
+        &data[10..110]
+    );
+
+    // Under SSE-KMS the ETag is not an MD5: not checked. Under SSE-S3 it is.
+    let kms = [("x-amz-server-side-encryption", "aws:kms".to_owned())];
+    let server = etag_server(data.clone(), hex(&other), &kms);
+    assert_eq!(&read(&server).await.expect("read")[..], &data[..]);
+    let sse_s3 = [("x-amz-server-side-encryption", "AES256".to_owned())];
+    let server = etag_server(data.clone(), hex(&other), &sse_s3);
+    assert!(read(&server).await.is_err());
+
+    // A full-object CRC-64/NVME is checked first, in one part or many.
+    let full = |d: &[u8]| {
+        use base64::Engine;
+        let crc = corral::cache::part_checksum(d).to_be_bytes();
+        [
+            (
+                "x-amz-checksum-crc64nvme",
+                base64::engine::general_purpose::STANDARD.encode(crc),
+            ),
+            ("x-amz-checksum-type", "FULL_OBJECT".to_owned()),
+        ]
+    };
+    let multipart_etag = "\"0123456789abcdef0123456789abcdef-3\"".to_owned();
+    let server = etag_server(data.clone(), multipart_etag.clone(), &full(&data));
+    assert_eq!(&read(&server).await.expect("read")[..], &data[..]);
+    let server = etag_server(data.clone(), multipart_etag, &full(&other));
+    let e = read(&server).await.unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("do not match the object's checksum (CRC-64/NVME"),
+        "{e}"
+    );
+    // Even when the MD5 ETag is right: the CRC is what is checked.
+    let server = etag_server(data.clone(), hex(&data), &full(&other));
+    assert!(read(&server).await.is_err());
+
+    // A server whose ETags are not MD5s, declared so.
+    let server = etag_server(data.clone(), hex(&other), &[]);
+    let corral = Corral::from_json(
+        &format!(
+            r#"{{"": {{"": {{"type":"S3","bucketName":"bkt","path":"users/%u","endpointOverride":"{}","accessKeyId":"a","secretKey":"b","maxRetries":0,"etagIsMd5":false}}}}}}"#,
+            server.endpoint
+        ),
+        CacheConfig::default(),
+    )
+    .expect("corral");
+    let sb = corral.sandbox(&Identity::user("alice")).expect("sandbox");
+    assert_eq!(&sb.read("/f").await.expect("read")[..], &data[..]);
+}

@@ -224,13 +224,19 @@ pub enum UploadChecksum {
 
 /// Capabilities an S3-compatible server lacks, declared in configuration:
 /// `listMultipartUploads: false` (s3s-fs), `conditionalCreate: false` (a
-/// server that ignores `If-None-Match`, such as Garage).
+/// server that ignores `If-None-Match`, such as Garage), `etagIsMd5: false`
+/// (a server whose single-part ETags are not the MD5 of the bytes even
+/// without SSE-KMS or SSE-C, e.g. one that encrypts or compresses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerQuirks {
     /// The server answers ListMultipartUploads (default true).
     pub list_multipart_uploads: bool,
     /// The server enforces create-if-absent (default true).
     pub conditional_create: bool,
+    /// A single-part object's ETag is the MD5 of its bytes unless the
+    /// server says it is encrypted with SSE-KMS or SSE-C (default true):
+    /// full downloads are checked against it.
+    pub etag_is_md5: bool,
 }
 
 impl Default for ServerQuirks {
@@ -238,6 +244,7 @@ impl Default for ServerQuirks {
         Self {
             list_multipart_uploads: true,
             conditional_create: true,
+            etag_is_md5: true,
         }
     }
 }
@@ -272,7 +279,7 @@ pub const SANDBOX_TYPES: [&str; 4] = ["File", "S3", "Memory", "Custom"];
 pub const CUSTOM_KEYS: [&str; 3] = ["type", "backend", "path"];
 
 /// Keys accepted for an S3 sandbox, in documentation order.
-pub const S3_KEYS: [&str; 23] = [
+pub const S3_KEYS: [&str; 24] = [
     "type",
     "path",
     "accessKeyId",
@@ -295,6 +302,7 @@ pub const S3_KEYS: [&str; 23] = [
     "requestTimeoutSeconds",
     "listMultipartUploads",
     "conditionalCreate",
+    "etagIsMd5",
     "checksum",
 ];
 
@@ -596,6 +604,7 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
     let quirks = ServerQuirks {
         list_multipart_uploads: o.boolean("listMultipartUploads")?.unwrap_or(true),
         conditional_create: o.boolean("conditionalCreate")?.unwrap_or(true),
+        etag_is_md5: o.boolean("etagIsMd5")?.unwrap_or(true),
     };
 
     Ok(S3Spec {

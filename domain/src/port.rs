@@ -40,6 +40,51 @@ pub struct ObjectMeta {
     pub last_modified: Option<SystemTime>,
     /// The entity tag, quotes included, if the backend reports it.
     pub etag: Option<String>,
+    /// A checksum of the object's whole content, where the backend vouches
+    /// for one: a download of the whole object is checked against it.
+    pub checksum: Option<ContentChecksum>,
+}
+
+/// A checksum of an object's whole content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentChecksum {
+    /// CRC-64/NVME: S3's full-object `x-amz-checksum-crc64nvme`, which
+    /// corral's uploads ask for and which survives multipart uploads.
+    Crc64Nvme(u64),
+    /// MD5: an S3 ETag that is a plain MD5 (see [`etag_md5`]).
+    Md5([u8; 16]),
+}
+
+impl fmt::Display for ContentChecksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Crc64Nvme(c) => write!(f, "CRC-64/NVME {c:016x}"),
+            Self::Md5(m) => {
+                f.write_str("MD5 ")?;
+                m.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+    }
+}
+
+/// The MD5 an entity tag spells, if it is a plain one: 32 hex digits,
+/// quoted or not. S3 gives one for an object stored by a single PUT (a
+/// multipart upload's ETag ends in `-<parts>`), unless the object is
+/// encrypted with SSE-KMS or SSE-C, which the backend has to rule out.
+pub fn etag_md5(etag: &str) -> Option<[u8; 16]> {
+    let hex = etag
+        .strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .unwrap_or(etag);
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
 }
 
 /// A byte range of a GET.
@@ -268,5 +313,23 @@ mod tests {
         #[allow(clippy::reversed_empty_ranges)] // The point of the test.
         let reversed = ByteRange::Bounded(5..2);
         assert!(reversed.resolve(10).is_err());
+    }
+
+    #[test]
+    fn only_plain_md5_etags_spell_an_md5() {
+        let md5 = etag_md5("\"9e107d9d372bb6826bd81d3542a419d6\"").unwrap();
+        assert_eq!(md5[0], 0x9e);
+        assert_eq!(md5[15], 0xd6);
+        assert_eq!(etag_md5("9E107D9D372BB6826BD81D3542A419D6"), Some(md5));
+        for not in [
+            "\"9e107d9d372bb6826bd81d3542a419d6-2\"",
+            "\"9e107d9d372bb6826bd81d3542a419d\"",
+            "\"9e107d9d372bb6826bd81d3542a419zz\"",
+            "W/\"9e107d9d372bb6826bd81d3542a419d6\"",
+            "\"\"",
+            "\"é07d9d372bb6826bd81d3542a419d6\"",
+        ] {
+            assert_eq!(etag_md5(not), None, "{not}");
+        }
     }
 }

@@ -77,7 +77,15 @@ struct Shared {
     stats: Mutex<FaultStats>,
     forced: Forced,
     stall: Duration,
-    corrupt: bool,
+    corrupt: Corrupt,
+}
+
+/// What the proxy corrupts on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Corrupt {
+    Nothing,
+    Uploads,
+    Downloads,
 }
 
 /// The proxy; stops when dropped.
@@ -126,17 +134,23 @@ impl FaultProxy {
     /// Forwards to `upstream` (`127.0.0.1:PORT`), faulting a `rate` of requests
     /// (0.0–1.0); a stall lasts `stall`.
     pub fn start(upstream: &str, rate: f64, seed: u64, stall: Duration) -> Self {
-        Self::start_with(upstream, rate, seed, stall, false)
+        Self::start_with(upstream, rate, seed, stall, Corrupt::Nothing)
     }
 
     /// Forwards everything, but flips one byte in the body of every PUT
     /// (objects and parts) on its way: a server that verifies checksums
     /// must refuse them.
     pub fn corrupting(upstream: &str) -> Self {
-        Self::start_with(upstream, 0.0, 1, Duration::ZERO, true)
+        Self::start_with(upstream, 0.0, 1, Duration::ZERO, Corrupt::Uploads)
     }
 
-    fn start_with(upstream: &str, rate: f64, seed: u64, stall: Duration, corrupt: bool) -> Self {
+    /// Forwards everything, but flips one byte near the end of the body of
+    /// every successful GetObject answer: the length is right, the bytes are not.
+    pub fn corrupting_downloads(upstream: &str) -> Self {
+        Self::start_with(upstream, 0.0, 1, Duration::ZERO, Corrupt::Downloads)
+    }
+
+    fn start_with(upstream: &str, rate: f64, seed: u64, stall: Duration, corrupt: Corrupt) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         listener.set_nonblocking(true).expect("nonblocking");
@@ -285,7 +299,7 @@ fn handle(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
     let op = operation(&method, &query);
-    if corrupt && method == "PUT" && !body.is_empty() {
+    if corrupt == Corrupt::Uploads && method == "PUT" && !body.is_empty() {
         let mid = body.len() / 2;
         body[mid] ^= 0x5a;
         *stats
@@ -337,6 +351,23 @@ fn handle(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     up.write_all(&body)?;
     let mut answer = Vec::new();
     up.read_to_end(&mut answer)?;
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n");
+    if corrupt == Corrupt::Downloads
+        && op == "GetObject"
+        && (answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.1 206"))
+        && let Some(end) = head_end
+        && answer.len() > end + 4 + 16
+    {
+        // Ten bytes from the end: data, whether the body is sized or chunked.
+        let at = answer.len() - 10;
+        answer[at] ^= 0x5a;
+        *stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .faults
+            .entry(("corrupted body".to_owned(), op.to_owned()))
+            .or_default() += 1;
+    }
     match fault {
         Some("reset mid-body") => {
             let cut = answer.len() * 3 / 4;

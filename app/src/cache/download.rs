@@ -12,14 +12,21 @@
 //! it returned, the number of bytes it sent, and the entity tag of the
 //! object when the download started (a change means the object was replaced
 //! mid-download: the download fails rather than mixing two versions).
+//!
+//! Where the backend vouches for a checksum of the whole object (S3's
+//! full-object CRC-64/NVME, or an ETag that is a plain MD5), a reader that
+//! reads it whole, in order, gets it checked too: each chunk is hashed on
+//! the blocking pool while the reader uses it, and the last chunk is handed
+//! out only if the checksums agree.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral_domain::port::{ByteRange, ObjectMeta};
+use corral_domain::port::{ByteRange, ContentChecksum, ObjectMeta};
 use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage};
 use futures::StreamExt;
+use md5::{Digest, Md5};
 use tokio::task::JoinHandle;
 
 use super::store::Slots;
@@ -38,6 +45,85 @@ pub struct Download {
     /// The chunk the reader is in, kept for small reads within it.
     current: Option<(u64, Bytes)>,
     pos: u64,
+    /// The checksum check, while the reader reads in order from the start.
+    check: Option<ContentCheck>,
+}
+
+/// A running checksum of the object's content.
+enum Hasher {
+    Crc64(Box<crc_fast::Digest>),
+    Md5(Md5),
+}
+
+impl Hasher {
+    fn new(expected: ContentChecksum) -> Self {
+        match expected {
+            ContentChecksum::Crc64Nvme(_) => Self::Crc64(Box::new(crc_fast::Digest::new(
+                crc_fast::CrcAlgorithm::Crc64Nvme,
+            ))),
+            ContentChecksum::Md5(_) => Self::Md5(Md5::new()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Self::Crc64(d) => d.update(data),
+            Self::Md5(d) => d.update(data),
+        }
+    }
+
+    fn matches(self, expected: ContentChecksum) -> bool {
+        match (self, expected) {
+            (Self::Crc64(d), ContentChecksum::Crc64Nvme(want)) => d.finalize() == want,
+            (Self::Md5(d), ContentChecksum::Md5(want)) => d.finalize()[..] == want[..],
+            _ => false,
+        }
+    }
+}
+
+/// The checksum of the bytes handed out so far, computed off the reader's task.
+struct ContentCheck {
+    expected: ContentChecksum,
+    /// The hasher, or the task adding the latest chunk to it.
+    state: Option<Result<Hasher, JoinHandle<Hasher>>>,
+    /// Bytes hashed (or being hashed).
+    upto: u64,
+}
+
+impl ContentCheck {
+    fn new(expected: ContentChecksum) -> Self {
+        Self {
+            expected,
+            state: Some(Ok(Hasher::new(expected))),
+            upto: 0,
+        }
+    }
+
+    async fn hasher(&mut self) -> Result<Hasher, Error> {
+        match self.state.take() {
+            Some(Ok(h)) => Ok(h),
+            Some(Err(task)) => task
+                .await
+                .map_err(|e| Error::new(ErrorKind::Other, format!("a checksum task failed: {e}"))),
+            None => Err(Error::new(ErrorKind::Other, "a checksum task was lost")),
+        }
+    }
+
+    /// Adds `bytes`, in the background.
+    async fn feed(&mut self, bytes: Bytes) -> Result<(), Error> {
+        let mut h = self.hasher().await?;
+        self.upto += bytes.len() as u64;
+        self.state = Some(Err(tokio::task::spawn_blocking(move || {
+            h.update(&bytes);
+            h
+        })));
+        Ok(())
+    }
+
+    /// Whether everything fed has the expected checksum.
+    async fn matches(&mut self) -> Result<bool, Error> {
+        Ok(self.hasher().await?.matches(self.expected))
+    }
 }
 
 impl std::fmt::Debug for Download {
@@ -117,13 +203,14 @@ impl Download {
         Self {
             storage,
             key,
-            meta,
             chunk: chunk.max(1),
             slots,
             pending: VecDeque::new(),
             next_fetch: 0,
             current: None,
             pos: 0,
+            check: meta.checksum.map(ContentCheck::new),
+            meta,
         }
     }
 
@@ -195,14 +282,53 @@ impl Download {
     }
 
     /// The next bytes in order (at most one chunk), or `None` at the end.
+    /// Reading the whole object this way checks its checksum where one is known.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
         if self.pos >= self.meta.size {
             self.current = None;
+            if self.meta.size == 0 {
+                self.check_content().await?;
+            }
             return Ok(None);
         }
         let bytes = self.read_at(self.pos, usize::MAX).await?;
+        if let Some(c) = &mut self.check {
+            if c.upto == self.pos {
+                c.feed(bytes.clone()).await?;
+            } else {
+                self.check = None; // not read in order: nothing to check
+            }
+        }
         self.pos += bytes.len() as u64;
+        if self.pos == self.meta.size {
+            self.check_content().await?;
+        }
         Ok(Some(bytes))
+    }
+
+    /// Fails if the bytes read in order do not have the known checksum.
+    async fn check_content(&mut self) -> Result<(), Error> {
+        let Some(mut c) = self.check.take() else {
+            return Ok(());
+        };
+        if c.upto != self.meta.size || c.matches().await? {
+            return Ok(());
+        }
+        let hint = match c.expected {
+            ContentChecksum::Md5(_) => {
+                " (or the server's ETags are not MD5s: then set \"etagIsMd5\": false)"
+            }
+            ContentChecksum::Crc64Nvme(_) => "",
+        };
+        Err(Error::new(
+            ErrorKind::InvalidResponse,
+            format!(
+                "the downloaded bytes do not match the object's checksum ({}): corrupted on the way{hint}",
+                c.expected
+            ),
+        )
+        .with_operation(corral_domain::Operation::Get)
+        .with_path(self.key.as_str().to_owned()))
     }
 
     /// Up to `len` bytes at `offset`, without a copy; fewer at a chunk's end or
