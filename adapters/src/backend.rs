@@ -91,6 +91,12 @@ pub(crate) fn to_path(key: &ObjectKey) -> Result<Path> {
     }
 }
 
+/// Whether two ETags are the same, quotes and case aside.
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"')
+        .eq_ignore_ascii_case(b.trim_matches('"'))
+}
+
 pub(crate) fn meta_from(m: object_store::ObjectMeta) -> ObjectMeta {
     ObjectMeta {
         key: ObjectKey::from_raw(String::from(m.location)),
@@ -536,15 +542,33 @@ impl ObjectStorage for ObjectStoreBackend {
                 .await;
         };
         let path = to_path(key)?;
-        let ids = parts
+        let ids: Vec<PartId> = parts
             .into_iter()
             .map(|p| PartId { content_id: p.etag })
             .collect();
-        let r = mp
-            .complete_multipart(&path, &upload.0, ids)
-            .await
-            .map_err(|e| self.err(e, Operation::CompleteMultipart, key))?;
-        Ok(PutResult { etag: r.e_tag })
+        let expected = crate::s3::multipart_etag(ids.iter().map(|p| p.content_id.as_str()));
+        let mut again = matches!(self.flavor, Flavor::S3 { .. });
+        loop {
+            let e = match mp.complete_multipart(&path, &upload.0, ids.clone()).await {
+                Ok(r) => return Ok(PutResult { etag: r.e_tag }),
+                Err(e) => self.err(e, Operation::CompleteMultipart, key),
+            };
+            // The answer may have been lost after the server completed the
+            // upload (a retry then finds no such upload): the object tells.
+            if !(e.is_temporary() || e.kind() == ErrorKind::NotFound) || !again {
+                return Err(e);
+            }
+            if let (Some(want), Ok(meta)) = (&expected, self.head(key).await)
+                && meta.etag.as_deref().is_some_and(|got| same_etag(got, want))
+            {
+                tracing::info!(key = %key, "the answer to CompleteMultipartUpload was lost; the object is complete");
+                return Ok(PutResult { etag: meta.etag });
+            }
+            if e.kind() == ErrorKind::NotFound {
+                return Err(e);
+            }
+            again = false; // one more try of our own, then the caller aborts
+        }
     }
 
     async fn abort_multipart(&self, key: &ObjectKey, upload: &UploadId) -> Result<()> {

@@ -360,7 +360,10 @@ fn classify_inner(
             ),
         ));
     }
-    if lower.contains("timed out") || lower.contains("timeout") {
+    // object_store's summary of retries ("…, retry_timeout: 180s - <last
+    // error>") names a timeout whatever the last error was.
+    let without_summary = lower.replace("retry_timeout", "");
+    if without_summary.contains("timed out") || without_summary.contains("timeout") {
         return Some((
             ErrorKind::Unavailable,
             format!("request to {endpoint} timed out: {}", last_cause(text)),
@@ -370,6 +373,7 @@ fn classify_inner(
         || lower.contains("broken pipe")
         || lower.contains("connection closed")
         || lower.contains("incomplete message")
+        || lower.contains("end of file before message length reached")
     {
         return Some((
             ErrorKind::Unavailable,
@@ -465,6 +469,28 @@ mod tests {
         assert!(
             m.contains("`region`") && m.contains("expecting 'eu-west-3'"),
             "{m}"
+        );
+    }
+
+    #[test]
+    fn a_retried_not_found_is_not_a_timeout() {
+        let source = std::io::Error::other(
+            "Error performing HEAD http://127.0.0.1:9/b/k in 2.1s, after 1 retries, max_retries: 4, retry_timeout: 180s  - Server returned non-2xx status code: 404 Not Found: ",
+        );
+        let e = from_object_store(
+            object_store::Error::NotFound {
+                path: "k".to_owned(),
+                source: Box::new(source),
+            },
+            Operation::Head,
+            "k",
+            &ctx(),
+        );
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert_eq!(
+            kind_of("after 1 retries, max_retries: 4, retry_timeout: 180s  - operation timed out")
+                .0,
+            ErrorKind::Unavailable
         );
     }
 

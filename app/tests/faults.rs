@@ -342,3 +342,50 @@ async fn a_dropped_upload_whose_abort_fails_tells_its_journal() {
             .expect("abort");
     }
 }
+
+/// Lost answers: a CreateMultipartUpload and a CompleteMultipartUpload whose
+/// answers are cut short after the server acted. The upload still succeeds,
+/// byte-identical, and leaves nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_to_create_and_complete_are_recovered() {
+    let garage = S3Server::garage();
+    garage.create_bucket("lost");
+    let proxy = FaultProxy::start(
+        &format!("127.0.0.1:{}", garage.port),
+        0.0,
+        1,
+        Duration::ZERO,
+    );
+    let corral = Corral::from_json(
+        &format!(
+            r#"{{"": {{"": {{"type":"S3","bucketName":"lost","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":2}}}}}}"#,
+            proxy.endpoint, garage.access_key, garage.secret_key
+        ),
+        CacheConfig {
+            upload: 5 << 20,
+            ..CacheConfig::default()
+        },
+    )
+    .expect("corral");
+    let sb = corral.sandbox(&Identity::user("u")).expect("sandbox");
+    for (i, op) in ["CreateMultipartUpload", "CompleteMultipartUpload"]
+        .into_iter()
+        .enumerate()
+    {
+        let data = common::pattern(11 * MIB, i as u64 + 20);
+        proxy.force(op, "reset mid-body", 1);
+        let path = format!("/lost-{i}");
+        sb.write(&path, &data, None)
+            .await
+            .unwrap_or_else(|e| panic!("{op}: {e}"));
+        let faulted = proxy.stats().faults[&("reset mid-body".to_owned(), op.to_owned())];
+        assert_eq!(faulted, 1, "{op}");
+        assert_eq!(&sb.read(&path).await.expect("read")[..], &data[..], "{op}");
+    }
+    let (bucket, _) = sb.backend("/").expect("backend");
+    let pending = bucket
+        .list_pending_uploads(&ObjectKey::from_raw(""))
+        .await
+        .expect("list pending");
+    assert!(pending.is_empty(), "{pending:?}");
+}
