@@ -1,10 +1,12 @@
 //! Fuzzing the parsers with proptest (cargo-fuzz needs a nightly toolchain,
 //! which these machines cannot fetch): the mapping/config JSON, arbitrary and
 //! mutated, must never panic, and whatever it accepts must keep every user in
-//! their prefix. Shrunk failures become unit tests in src/.
+//! their prefix; an ETag from a server is an MD5 only when it spells one.
+//! Shrunk failures become unit tests in src/.
 #![allow(clippy::unwrap_used)]
 
 use corral_domain::mapping::ResolvedSpec;
+use corral_domain::port::etag_md5;
 use corral_domain::{Identity, Mappings, VirtualPath};
 use proptest::prelude::*;
 
@@ -80,5 +82,25 @@ proptest! {
             let key = root.key_for(&VirtualPath::parse("x").unwrap()).unwrap();
             prop_assert!(key.as_str().starts_with(root.prefix()));
         }
+    }
+
+    /// An ETag from a server is parsed as an MD5 only when it spells exactly one.
+    #[test]
+    fn etags_from_servers_never_panic_and_md5s_round_trip(
+        text in "\\PC{0,40}",
+        md5 in prop::array::uniform16(any::<u8>()),
+        quoted in any::<bool>(),
+        upper in any::<bool>(),
+    ) {
+        if let Some(parsed) = etag_md5(&text) {
+            let hex = text.trim_matches('"');
+            prop_assert_eq!(hex.len(), 32);
+            prop_assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+            prop_assert_eq!(parsed[0], u8::from_str_radix(&hex[..2], 16).unwrap());
+        }
+        let hex: String = md5.iter().map(|b| if upper { format!("{b:02X}") } else { format!("{b:02x}") }).collect();
+        let etag = if quoted { format!("\"{hex}\"") } else { hex.clone() };
+        prop_assert_eq!(etag_md5(&etag), Some(md5));
+        prop_assert_eq!(etag_md5(&format!("\"{hex}-2\"")), None);
     }
 }
