@@ -366,7 +366,7 @@ fn classify_inner(
     if without_summary.contains("timed out") || without_summary.contains("timeout") {
         return Some((
             ErrorKind::Unavailable,
-            format!("request to {endpoint} timed out: {}", last_cause(text)),
+            format!("request to {endpoint} timed out{}", cause_suffix(text)),
         ));
     }
     if lower.contains("connection reset")
@@ -378,22 +378,56 @@ fn classify_inner(
         return Some((
             ErrorKind::Unavailable,
             format!(
-                "connection to {endpoint} was interrupted: {}",
-                last_cause(text)
+                "connection to {endpoint} was interrupted{}",
+                cause_suffix(text)
             ),
         ));
     }
-    for (status, kind) in [
-        ("status code: 500", ErrorKind::Unavailable),
-        ("status code: 502", ErrorKind::Unavailable),
-        ("status code: 503", ErrorKind::Unavailable),
-        ("status code: 504", ErrorKind::Unavailable),
-        ("status code: 403", ErrorKind::PermissionDenied),
-        ("status code: 401", ErrorKind::Unauthenticated),
-        ("status code: 404", ErrorKind::NotFound),
+    for (status, kind, advice) in [
+        (
+            "status code: 500",
+            ErrorKind::Unavailable,
+            "; try again later",
+        ),
+        (
+            "status code: 502",
+            ErrorKind::Unavailable,
+            "; try again later",
+        ),
+        (
+            "status code: 503",
+            ErrorKind::Unavailable,
+            "; try again later",
+        ),
+        (
+            "status code: 504",
+            ErrorKind::Unavailable,
+            "; try again later",
+        ),
+        (
+            "status code: 403",
+            ErrorKind::PermissionDenied,
+            ": the credentials lack this permission",
+        ),
+        (
+            "status code: 401",
+            ErrorKind::Unauthenticated,
+            ": check `accessKeyId` and `secretKey`",
+        ),
+        ("status code: 404", ErrorKind::NotFound, ""),
     ] {
         if lower.contains(status) {
-            return Some((kind, last_cause(text).to_owned()));
+            let phrase = status_phrase(text).unwrap_or(&status["status code: ".len()..]);
+            let cause = cause_suffix(text);
+            let cause = if cause.contains(phrase) {
+                String::new()
+            } else {
+                cause
+            };
+            return Some((
+                kind,
+                format!("the server at {endpoint} answered {phrase}{cause}{advice}"),
+            ));
         }
     }
     None
@@ -407,6 +441,22 @@ fn s3_message(text: &str) -> Option<&str> {
 
 fn last_cause(text: &str) -> &str {
     text.rsplit(": ").next().unwrap_or(text)
+}
+
+/// `": <last cause>"`, or nothing when the chain ends empty (a HEAD's
+/// error has no body).
+fn cause_suffix(text: &str) -> String {
+    match last_cause(text).trim() {
+        "" => String::new(),
+        cause => format!(": {cause}"),
+    }
+}
+
+/// `500 Internal Server Error` from `…status code: 500 Internal Server Error: …`.
+fn status_phrase(text: &str) -> Option<&str> {
+    let at = text.find("status code: ")? + "status code: ".len();
+    let rest = &text[at..];
+    Some(rest[..rest.find(':').unwrap_or(rest.len())].trim())
 }
 
 #[cfg(test)]
@@ -470,6 +520,32 @@ mod tests {
             m.contains("`region`") && m.contains("expecting 'eu-west-3'"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn a_status_without_a_body_still_says_something() {
+        for (text, kind, want) in [
+            (
+                "Error performing HEAD http://127.0.0.1:9/b/k in 1ms, after 1 retries, max_retries: 1, retry_timeout: 180s  - Server returned non-2xx status code: 500 Internal Server Error: ",
+                ErrorKind::Unavailable,
+                "the server at http://127.0.0.1:9 answered 500 Internal Server Error; try again later",
+            ),
+            (
+                "Server returned non-2xx status code: 403 Forbidden: ",
+                ErrorKind::PermissionDenied,
+                "answered 403 Forbidden: the credentials lack this permission",
+            ),
+            (
+                "request to x timed out: ",
+                ErrorKind::Unavailable,
+                "request to http://127.0.0.1:9 timed out",
+            ),
+        ] {
+            let (k, m) = kind_of(text);
+            assert_eq!(k, kind, "{text}");
+            assert!(m.contains(want), "{m}");
+            assert!(!m.trim_end().ends_with(':'), "{m}");
+        }
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub struct Writer {
     upload: Upload,
     decision: OverwriteDecision,
     finish: Finish,
+    /// The user's path, named in errors instead of the bucket key.
+    path: String,
 }
 
 #[derive(Debug)]
@@ -219,23 +221,30 @@ impl Writer {
 
     /// Writes bytes at an offset (any order, each byte once).
     pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        self.upload.write_at(offset, data).await
+        let r = self.upload.write_at(offset, data).await;
+        r.map_err(|e| e.with_path(self.path.clone()))
     }
 
     /// Writes after what was written so far.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        self.upload.write(data).await
+        let r = self.upload.write(data).await;
+        r.map_err(|e| e.with_path(self.path.clone()))
     }
 
     /// Gives the write up because of `cause`: aborts the upload now (rather
     /// than in the background, as dropping the writer does) and returns
     /// `cause`, saying so if the upload could not be aborted.
     pub async fn cancel(self, cause: Error) -> Error {
-        self.upload.cancel(cause).await
+        self.upload.cancel(cause).await.with_path(self.path)
     }
 
     /// Completes the write: the data becomes visible at the target only now.
     pub async fn finish(self) -> Result<OverwriteDecision, Error> {
+        let path = self.path.clone();
+        self.finish_inner().await.map_err(|e| e.with_path(path))
+    }
+
+    async fn finish_inner(self) -> Result<OverwriteDecision, Error> {
         self.upload.finish().await?;
         if let Finish::PartFile {
             storage,
@@ -635,10 +644,13 @@ impl UserSandbox {
                     .with_path(vp.to_string()),
             );
         }
-        self.cache
+        let mut d = self
+            .cache
             .download(t.storage.clone(), t.key()?)
             .await
-            .map_err(|e| e.with_path(vp.to_string()))
+            .map_err(|e| e.with_path(vp.to_string()))?;
+        d.set_path(vp.to_string());
+        Ok(d)
     }
 
     /// Starts writing `path` (`size` if known), applying the overwrite mode
@@ -717,6 +729,7 @@ impl UserSandbox {
             upload,
             decision,
             finish,
+            path: vp.to_string(),
         })
     }
 
@@ -758,6 +771,7 @@ impl UserSandbox {
             upload,
             decision: decide(None, t.caps()),
             finish: Finish::Direct,
+            path: vp.to_string(),
         })
     }
 

@@ -21,6 +21,10 @@ use corral_domain::{Identity, ObjectKey, ObjectStorage};
 use futures::{StreamExt, TryStreamExt};
 
 const MIB: usize = 1 << 20;
+
+/// The tests of this file run one at a time: they share the process's
+/// background aborts and its peak RSS, and their timings.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const TRANSFERS: usize = 200;
 const RATE: f64 = 0.15;
 
@@ -46,18 +50,37 @@ fn peak_rss_mib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_transfers_under_faults() {
+    let _serial = SERIAL.lock().await;
+    let completed = scenario(RATE, 4, 42).await;
+    assert!(
+        completed >= TRANSFERS / 2,
+        "only {completed} transfers completed"
+    );
+}
+
+/// Harsher: a third of the requests faulted and one retry, so that many
+/// transfers fail and their multipart uploads are aborted under faults too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_transfers_under_harsh_faults() {
+    let _serial = SERIAL.lock().await;
+    scenario(0.33, 1, 7).await;
+}
+
+/// Runs the scenario, prints the figures, checks the zeros; returns how many
+/// transfers completed.
+async fn scenario(rate: f64, retries: u32, seed: u64) -> usize {
     let started = Instant::now();
     let garage = S3Server::garage();
     garage.create_bucket("faults");
     let proxy = FaultProxy::start(
         &format!("127.0.0.1:{}", garage.port),
-        RATE,
-        42,
+        rate,
+        seed,
         Duration::from_secs(3),
     );
     let spec = |endpoint: &str| {
         format!(
-            r#"{{"type":"S3","bucketName":"faults","path":"users/%u","endpointOverride":"{endpoint}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":4,"requestTimeoutSeconds":2,"connectTimeoutSeconds":2}}"#,
+            r#"{{"type":"S3","bucketName":"faults","path":"users/%u","endpointOverride":"{endpoint}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":{retries},"requestTimeoutSeconds":2,"connectTimeoutSeconds":2}}"#,
             garage.access_key, garage.secret_key
         )
     };
@@ -194,7 +217,7 @@ async fn two_hundred_transfers_under_faults() {
     let metrics = corral.cache().metrics();
     let stats = proxy.stats();
     println!(
-        "== {TRANSFERS} transfers (100 up, 100 down; 0 B, 1 B, 5 MiB-1, 5 MiB+1, 16 MiB), 6 at a time, 5 MiB parts"
+        "== {TRANSFERS} transfers (100 up, 100 down; 0 B, 1 B, 5 MiB-1, 5 MiB+1, 16 MiB), 6 at a time, 5 MiB parts, fault rate {rate}, retries {retries}"
     );
     println!(
         "requests through the proxy: {}, faulted: {} ({:.1}%)",
@@ -231,22 +254,20 @@ async fn two_hundred_transfers_under_faults() {
         stats.total_faults() * 10 >= stats.requests,
         "fewer than 10% of requests faulted"
     );
-    assert!(
-        completed >= TRANSFERS / 2,
-        "only {completed} transfers completed"
-    );
     let listed: Vec<_> = bucket
         .list(&ObjectKey::from_raw("users/u/up/"), Default::default())
         .try_collect()
         .await
         .expect("list");
     assert!(listed.len() <= TRANSFERS / 2);
+    completed
 }
 
 /// An abort that fails is tried again (the client's retries, then two more
 /// tries): here its first three requests fail and nothing is left pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_abort_is_tried_again() {
+    let _serial = SERIAL.lock().await;
     let garage = S3Server::garage();
     garage.create_bucket("aborts");
     let proxy = FaultProxy::start(
@@ -291,6 +312,7 @@ async fn a_failing_abort_is_tried_again() {
 /// keeps failing, its journal is told the upload is left pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_upload_whose_abort_fails_tells_its_journal() {
+    let _serial = SERIAL.lock().await;
     use std::sync::atomic::{AtomicBool, Ordering};
     struct Recorder(Arc<AtomicBool>);
     impl corral::cache::UploadJournal for Recorder {
@@ -348,6 +370,7 @@ async fn a_dropped_upload_whose_abort_fails_tells_its_journal() {
 /// byte-identical, and leaves nothing pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_answers_to_create_and_complete_are_recovered() {
+    let _serial = SERIAL.lock().await;
     let garage = S3Server::garage();
     garage.create_bucket("lost");
     let proxy = FaultProxy::start(

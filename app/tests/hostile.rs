@@ -447,3 +447,43 @@ async fn a_download_is_checked_against_a_full_object_checksum_or_an_md5_etag() {
     let sb = corral.sandbox(&Identity::user("alice")).expect("sandbox");
     assert_eq!(&sb.read("/f").await.expect("read")[..], &data[..]);
 }
+
+/// Errors name the user's path, never the bucket key: the layout of the
+/// bucket (the prefix of each user) does not show.
+#[tokio::test]
+async fn errors_name_the_users_path_not_the_bucket_key() {
+    let data: Vec<u8> = vec![1; 100];
+    let server = HostileServer::start(move |r: &Request| {
+        if r.query.contains("list-type=2") {
+            return listing(&[], &[], None);
+        }
+        match r.method.as_str() {
+            "HEAD" if r.path == "/bkt/users/alice/f" => Answer::status(
+                200,
+                &[
+                    ("content-length", "100"),
+                    ("etag", "\"e\""),
+                    ("last-modified", "Sat, 28 Nov 2026 00:00:00 GMT"),
+                ],
+                Vec::new(),
+            ),
+            "HEAD" => Answer::status(404, &[], ""),
+            _ => Answer::status(
+                500,
+                &[("content-type", "application/xml")],
+                "<Error><Code>InternalError</Code></Error>",
+            ),
+        }
+    });
+    let sb = sandbox(&server);
+    let e = sb.read("/f").await.unwrap_err();
+    assert!(
+        e.to_string().contains(" /f: ") && !e.to_string().contains("users/"),
+        "{e}"
+    );
+    let e = sb.write("/g", &data, None).await.unwrap_err();
+    assert!(
+        e.to_string().contains(" /g: ") && !e.to_string().contains("users/"),
+        "{e}"
+    );
+}

@@ -47,6 +47,8 @@ pub struct Download {
     pos: u64,
     /// The checksum check, while the reader reads in order from the start.
     check: Option<ContentCheck>,
+    /// The path errors name (the user's, not the bucket key), if set.
+    path: Option<String>,
 }
 
 /// A running checksum of the object's content.
@@ -210,7 +212,21 @@ impl Download {
             current: None,
             pos: 0,
             check: meta.checksum.map(ContentCheck::new),
+            path: None,
             meta,
+        }
+    }
+
+    /// Names `path` in errors instead of the object key (the sandbox passes
+    /// the user's path, so that no bucket layout shows).
+    pub fn set_path(&mut self, path: impl Into<String>) {
+        self.path = Some(path.into());
+    }
+
+    fn named(&self, e: Error) -> Error {
+        match &self.path {
+            Some(p) => e.with_path(p.clone()),
+            None => e,
         }
     }
 
@@ -284,6 +300,13 @@ impl Download {
     /// The next bytes in order (at most one chunk), or `None` at the end.
     /// Reading the whole object this way checks its checksum where one is known.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        match self.next_chunk_inner().await {
+            Err(e) => Err(self.named(e)),
+            ok => ok,
+        }
+    }
+
+    async fn next_chunk_inner(&mut self) -> Result<Option<Bytes>, Error> {
         if self.pos >= self.meta.size {
             self.current = None;
             if self.meta.size == 0 {
@@ -291,7 +314,7 @@ impl Download {
             }
             return Ok(None);
         }
-        let bytes = self.read_at(self.pos, usize::MAX).await?;
+        let bytes = self.read_at_inner(self.pos, usize::MAX).await?;
         if let Some(c) = &mut self.check {
             if c.upto == self.pos {
                 c.feed(bytes.clone()).await?;
@@ -334,6 +357,13 @@ impl Download {
     /// Up to `len` bytes at `offset`, without a copy; fewer at a chunk's end or
     /// the object's end, empty at or past the end.
     pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Bytes, Error> {
+        match self.read_at_inner(offset, len).await {
+            Err(e) => Err(self.named(e)),
+            ok => ok,
+        }
+    }
+
+    async fn read_at_inner(&mut self, offset: u64, len: usize) -> Result<Bytes, Error> {
         if offset >= self.meta.size || len == 0 {
             return Ok(Bytes::new());
         }
