@@ -505,10 +505,11 @@ impl RawS3 {
         })?;
         let status = response.status();
         let body = response.into_body().bytes().await.map_err(|e| {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("reading the response: {}", chain_text(&e)),
-            )
+            let text = chain_text(&e);
+            match classify(&e, &text, &self.ctx) {
+                Some(c) => c.into_error(),
+                None => Error::new(ErrorKind::Unavailable, format!("reading the answer: {text}")),
+            }
         })?;
         if status.is_success() {
             return Ok(body);
