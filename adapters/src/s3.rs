@@ -508,7 +508,10 @@ impl RawS3 {
             let text = chain_text(&e);
             match classify(&e, &text, &self.ctx) {
                 Some(c) => c.into_error(),
-                None => Error::new(ErrorKind::Unavailable, format!("reading the answer: {text}")),
+                None => Error::new(
+                    ErrorKind::Unavailable,
+                    format!("reading the answer: {text}"),
+                ),
             }
         })?;
         if status.is_success() {

@@ -169,3 +169,39 @@ async fn dropped_futures_leave_nothing_behind() {
     assert_eq!((m.reserved, m.in_use), (0, 0), "{m:?}");
     assert_eq!(storage.open_uploads.load(Ordering::SeqCst), 0);
 }
+
+/// A backend that vouches for a wrong checksum of its objects: the
+/// conformance suite says so, and a whole read through a sandbox is refused
+/// while a ranged one is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_vouched_checksum_is_caught() {
+    use corral_conformance::{Outcome, Target, run_cases};
+    use std::sync::atomic::Ordering;
+
+    let storage = common::Counting::new(std::time::Duration::ZERO);
+    storage.wrong_checksum.store(true, Ordering::SeqCst);
+    let report = run_cases(&Target::new("liar", storage.clone()), &["put_head_get"]).await;
+    match report.outcome("put_head_get") {
+        Some(Outcome::Fail(why)) => assert!(
+            why.contains("the HEAD vouches for MD5 00000000000000000000000000000000"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let m: Mappings = serde_json::from_str(r#"{"": {"": {"type": "Custom", "backend": "liar"}}}"#)
+        .expect("mappings");
+    let corral = Corral::builder(m)
+        .backend("liar", storage.clone())
+        .build()
+        .expect("corral");
+    let sb = corral.sandbox(&Identity::user("alice")).expect("sandbox");
+    sb.write("/f", b"some bytes", None).await.expect("write");
+    let e = sb.read("/f").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{e}");
+    assert_eq!(
+        &sb.read_range("/f", 5, 5).await.expect("range")[..],
+        b"bytes"
+    );
+    storage.wrong_checksum.store(false, Ordering::SeqCst);
+    assert_eq!(&sb.read("/f").await.expect("read")[..], b"some bytes");
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use corral_domain::key::{HiddenCount, KeyClass};
 use corral_domain::listing::{DirEntry, merge};
-use corral_domain::port::{ByteRange, ListItem, ListOptions, PutMode};
+use corral_domain::port::{ByteRange, ContentChecksum, ListItem, ListOptions, ObjectMeta, PutMode};
 use corral_domain::template::{Identity, PathTemplate};
 use corral_domain::{
     Capabilities, Error, ErrorKind, ObjectKey, ObjectStorage, SandboxRoot, VirtualPath,
@@ -453,6 +453,31 @@ async fn list_keys(ctx: &Ctx, prefix: &str, delimiter: bool) -> Result<Vec<ListI
         .check("list")
 }
 
+/// The checksum of the whole object a HEAD vouches for, if any, is that of
+/// `data`: corral checks every whole download against it, so a wrong one
+/// would fail them all.
+fn vouched_checksum_is_right(meta: &ObjectMeta, data: &[u8]) -> CaseResult {
+    use md5::Digest;
+    let Some(vouched) = meta.checksum else {
+        return Ok(());
+    };
+    let actual = match vouched {
+        ContentChecksum::Crc64Nvme(_) => {
+            ContentChecksum::Crc64Nvme(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data))
+        }
+        ContentChecksum::Md5(_) => ContentChecksum::Md5(md5::Md5::digest(data).into()),
+    };
+    let hint = match vouched {
+        ContentChecksum::Md5(_) => " (a server whose ETags are not MD5s needs `etagIsMd5: false`)",
+        ContentChecksum::Crc64Nvme(_) => "",
+    };
+    ensure!(
+        vouched == actual,
+        "the HEAD vouches for {vouched}, the bytes have {actual}{hint}"
+    );
+    Ok(())
+}
+
 async fn put_head_get(ctx: Ctx) -> CaseResult {
     let key = ctx.key("object.bin");
     let data = pattern(100_000, 1);
@@ -466,6 +491,7 @@ async fn put_head_get(ctx: Ctx) -> CaseResult {
         "head says {} bytes, 100000 were put",
         meta.size
     );
+    vouched_checksum_is_right(&meta, &data)?;
     let (_, body) = read_all(&ctx, &key, None).await?;
     ensure!(body == data, "the body read back differs from what was put");
     let smaller = pattern(10, 2);
@@ -475,15 +501,15 @@ async fn put_head_get(ctx: Ctx) -> CaseResult {
         .check("overwrite")?;
     let (_, body) = read_all(&ctx, &key, None).await?;
     ensure!(body == smaller, "an overwrite did not replace the object");
+    vouched_checksum_is_right(&ctx.storage.head(&key).await.check("head")?, &smaller)?;
     let empty = ctx.key("empty");
     ctx.storage
         .put(&empty, Bytes::new(), PutMode::Overwrite)
         .await
         .check("put empty")?;
-    ensure!(
-        ctx.storage.head(&empty).await.check("head empty")?.size == 0,
-        "empty object is not empty"
-    );
+    let meta = ctx.storage.head(&empty).await.check("head empty")?;
+    ensure!(meta.size == 0, "empty object is not empty");
+    vouched_checksum_is_right(&meta, &[])?;
     Ok(())
 }
 
@@ -849,6 +875,7 @@ async fn multipart_complete(ctx: Ctx) -> CaseResult {
     );
     let (_, body) = read_all(&ctx, &key, None).await?;
     ensure!(body == whole, "the completed object differs from its parts");
+    vouched_checksum_is_right(&meta, &whole)?;
     Ok(())
 }
 

@@ -3,25 +3,27 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use corral_adapters::ObjectStoreBackend;
 use corral_domain::port::{
-    ByteRange, CompletedPart, GetResult, ListOptions, ListStream, ObjectMeta, PutMode, PutResult,
-    UploadId,
+    ByteRange, CompletedPart, ContentChecksum, GetResult, ListOptions, ListStream, ObjectMeta,
+    PutMode, PutResult, UploadId,
 };
 use corral_domain::{Capabilities, Error, ObjectKey, ObjectStorage, Result};
 
-/// The Memory backend, counting open multipart uploads and slowing parts down a little.
+/// The Memory backend, counting open multipart uploads and slowing parts
+/// down a little; it can also vouch for a wrong checksum in its HEADs.
 #[derive(Debug)]
 pub struct Counting {
     pub inner: ObjectStoreBackend,
     pub open_uploads: AtomicI64,
     pub parts: AtomicU64,
     pub part_delay: Duration,
+    pub wrong_checksum: AtomicBool,
 }
 
 impl Counting {
@@ -31,6 +33,7 @@ impl Counting {
             open_uploads: AtomicI64::new(0),
             parts: AtomicU64::new(0),
             part_delay,
+            wrong_checksum: AtomicBool::new(false),
         })
     }
 }
@@ -41,7 +44,11 @@ impl ObjectStorage for Counting {
         self.inner.capabilities()
     }
     async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
-        self.inner.head(key).await
+        let mut meta = self.inner.head(key).await?;
+        if self.wrong_checksum.load(Ordering::SeqCst) {
+            meta.checksum = Some(ContentChecksum::Md5([0; 16]));
+        }
+        Ok(meta)
     }
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult> {
         self.inner.get(key, range).await
