@@ -70,6 +70,18 @@ fn config_err(message: String) -> Error {
     Error::new(ErrorKind::InvalidInput, message).with_operation(Operation::Configure)
 }
 
+/// Whether each request's signature covers the SHA-256 of its body. Over
+/// https with the CRC-64/NVME checksum it does not (`UNSIGNED-PAYLOAD`, as
+/// the AWS SDKs do): TLS protects the body on the way, the server checks
+/// the CRC, and hashing every byte with SHA-256 as well costs the client
+/// CPU. Over plain http the signature is the only guard against a body
+/// changed on the way; with the SHA-256 checksum the hash is computed
+/// anyway.
+pub(crate) fn signs_payload(spec: &S3Spec) -> bool {
+    !(endpoint_url(spec).starts_with("https://")
+        && spec.checksum == corral_domain::config::UploadChecksum::Crc64Nvme)
+}
+
 /// The endpoint requests go to, without a trailing `/` (no credentials are ever in it).
 pub(crate) fn endpoint_url(spec: &S3Spec) -> String {
     match &spec.endpoint {
@@ -182,6 +194,7 @@ pub(crate) fn build(spec: &S3Spec, caps: Capabilities) -> Result<ObjectStoreBack
         .with_virtual_hosted_style_request(!path_style(spec))
         .with_retry(retry_config(spec))
         .with_disable_tagging(true);
+    builder = builder.with_unsigned_payload(!signs_payload(spec));
     match spec.checksum {
         corral_domain::config::UploadChecksum::None => {}
         corral_domain::config::UploadChecksum::Sha256 => {
@@ -916,5 +929,19 @@ mod tests {
         );
         assert_eq!(multipart_etag(["\"not-an-md5\""].into_iter()), None);
         assert_eq!(multipart_etag(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn the_payload_is_signed_unless_tls_and_a_crc_protect_it() {
+        let with = |extra: &str| spec(&format!(r#"{{"type":"S3","bucketName":"bkt"{extra}}}"#));
+        assert!(!signs_payload(&with("")), "AWS over https with the CRC");
+        assert!(!signs_payload(&with(
+            r#","endpointOverride":"https://s3.example""#
+        )));
+        assert!(signs_payload(&with(
+            r#","endpointOverride":"http://127.0.0.1:9""#
+        )));
+        assert!(signs_payload(&with(r#","checksum":"sha256""#)));
+        assert!(signs_payload(&with(r#","checksum":"none""#)));
     }
 }
