@@ -76,8 +76,11 @@ fn config_err(message: String) -> Error {
 /// the CRC, and hashing every byte with SHA-256 as well costs the client
 /// CPU. Over plain http the signature is the only guard against a body
 /// changed on the way; with the SHA-256 checksum the hash is computed
-/// anyway.
+/// anyway. `signPayload` overrides the choice.
 pub(crate) fn signs_payload(spec: &S3Spec) -> bool {
+    if let Some(sign) = spec.sign_payload {
+        return sign;
+    }
     !(endpoint_url(spec).starts_with("https://")
         && spec.checksum == corral_domain::config::UploadChecksum::Crc64Nvme)
 }
@@ -943,5 +946,9 @@ mod tests {
         )));
         assert!(signs_payload(&with(r#","checksum":"sha256""#)));
         assert!(signs_payload(&with(r#","checksum":"none""#)));
+        assert!(signs_payload(&with(r#","signPayload":true"#)));
+        assert!(!signs_payload(&with(
+            r#","endpointOverride":"http://127.0.0.1:9","signPayload":false"#
+        )));
     }
 }

@@ -206,6 +206,9 @@ pub struct S3Spec {
     /// `checksum`: the checksum sent with every PUT and part for the server
     /// to verify (corral's own option).
     pub checksum: UploadChecksum,
+    /// `signPayload`: whether signatures cover the SHA-256 of each body;
+    /// `None` (the default) decides by the endpoint and the checksum.
+    pub sign_payload: Option<bool>,
 }
 
 /// The checksum corral sends with each PUT and part (`x-amz-checksum-*`),
@@ -279,7 +282,7 @@ pub const SANDBOX_TYPES: [&str; 4] = ["File", "S3", "Memory", "Custom"];
 pub const CUSTOM_KEYS: [&str; 3] = ["type", "backend", "path"];
 
 /// Keys accepted for an S3 sandbox, in documentation order.
-pub const S3_KEYS: [&str; 24] = [
+pub const S3_KEYS: [&str; 25] = [
     "type",
     "path",
     "accessKeyId",
@@ -304,6 +307,7 @@ pub const S3_KEYS: [&str; 24] = [
     "conditionalCreate",
     "etagIsMd5",
     "checksum",
+    "signPayload",
 ];
 
 /// Keys accepted for a File or Memory sandbox.
@@ -625,6 +629,7 @@ fn s3_from(mut o: Options) -> Result<S3Spec, ConfigError> {
         },
         quirks,
         checksum,
+        sign_payload: o.boolean("signPayload")?,
     })
 }
 
