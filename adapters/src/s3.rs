@@ -471,7 +471,10 @@ impl RawS3 {
                     .with_operation(Operation::Head)
                     .with_path(key.as_str().to_owned()));
             }
-            _ => return Ok(None),
+            status => {
+                tracing::debug!(status, key = %key, "HEAD not answered 200 or 404: asking object_store");
+                return Ok(None);
+            }
         }
         let headers = response.headers();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());

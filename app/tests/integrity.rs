@@ -45,7 +45,9 @@ async fn detected(server: &S3Server) -> Vec<(&'static str, bool)> {
     let mut out = Vec::new();
     for (i, (name, upload_option, size)) in cases.into_iter().enumerate() {
         let data = common::pattern(size, i as u64 + 9);
-        let path = format!("/o{i}");
+        // A name that needs encoding in a URL, so that corral's own signed
+        // HEAD (which reads the checksum) is exercised with it.
+        let path = format!("/o{i} a+b%20é&=.bin");
         let direct = corral_at(server, &server.endpoint, upload_option);
         let direct = direct.sandbox(&Identity::user("u")).expect("sandbox");
         direct.write(&path, &data, None).await.expect("upload");

@@ -811,6 +811,14 @@ async fn round_trip(ctx: &Ctx, keys: &[ObjectKey]) -> CaseResult {
             .await
             .map_err(|e| format!("{name:?}: {e}"))?;
         ensure!(body == data, "{name:?}: the bytes read back differ");
+        let meta = ctx.storage.head(k).await.check(&format!("head {name:?}"))?;
+        ensure!(
+            meta.size == data.len() as u64,
+            "{name:?}: head says {} bytes, {} were put",
+            meta.size,
+            data.len()
+        );
+        vouched_checksum_is_right(&meta, &data).map_err(|e| format!("{name:?}: {e}"))?;
     }
     let listed: BTreeSet<String> = list_keys(ctx, &ctx.dir, false)
         .await?
