@@ -929,7 +929,12 @@ async fn upload_file(
             }
             let guard = _guard.insert(EntryGuard::new(path.clone()));
             match resumed {
-                Some(entry) => {
+                Some(mut entry) => {
+                    // Being continued by this process, it is no longer
+                    // abandoned, nor stale for a concurrent run's sweep.
+                    entry.abandoned = false;
+                    entry.pid = std::process::id();
+                    Journal::write(&path, &entry)?;
                     eprintln!(
                         "corral: {target}: resuming the upload: {} of {} parts are on the server",
                         entry.parts.len(),

@@ -341,13 +341,11 @@ fn ctrl_c_aborts_the_upload() {
     assert!(s.journal_entries().is_empty(), "and forgotten");
 }
 
-/// An upload that fails and whose abort fails too (forced 500s through a
-/// fault proxy) is reported, kept in the journal as abandoned, and aborted
-/// by the next run once the server answers again.
-#[test]
-fn an_upload_whose_abort_fails_is_kept_and_aborted_by_the_next_run() {
+/// `cp` through a fault proxy in front of the server, with retries off;
+/// big.bin (12 MiB) fails to upload and its abort fails too: the upload is
+/// left pending and its journal entry kept as abandoned.
+fn abandon_an_upload(s: &Setup) -> (corral_conformance::faults::FaultProxy, PathBuf) {
     use corral_conformance::faults::FaultProxy;
-    let s = setup();
     let proxy = FaultProxy::start(
         &format!("127.0.0.1:{}", s.server.port),
         0.0,
@@ -405,20 +403,62 @@ fn an_upload_whose_abort_fails_is_kept_and_aborted_by_the_next_run() {
     let entries = s.journal_entries();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["abandoned"], true);
-
-    // The server answers again: the next copy aborts it, whatever its age.
+    // The server answers again.
     proxy.force("UploadPart", "500 InternalError", 0);
     proxy.force("AbortMultipartUpload", "500 InternalError", 0);
+    (proxy, via_proxy)
+}
+
+/// An abandoned upload is aborted by the next run, whatever its age.
+#[test]
+fn an_upload_whose_abort_fails_is_kept_and_aborted_by_the_next_run() {
+    let s = setup();
+    let (_proxy, via_proxy) = abandon_an_upload(&s);
     std::fs::write(s.dir.path().join("small.txt"), b"small").expect("write");
-    let a = args(&["cp", "small.txt", "corral:/small.txt"]);
-    let (_, err) = ok(
-        s.dir.path(),
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let config = via_proxy.display().to_string();
+    let a = [
+        "--config",
+        config.as_str(),
+        "cp",
+        "small.txt",
+        "corral:/small.txt",
+    ];
+    let (_, err) = ok(s.dir.path(), &a);
     assert!(
         err.contains("aborted the interrupted upload of /big.bin"),
         "{err}"
     );
     assert!(s.pending().is_empty(), "zero pending uploads remain");
     assert!(s.journal_entries().is_empty());
+}
+
+/// `cp --resume` continues an abandoned upload instead of aborting it, and
+/// the object comes out whole.
+#[test]
+fn an_abandoned_upload_can_be_resumed() {
+    let s = setup();
+    let (_proxy, via_proxy) = abandon_an_upload(&s);
+    let config = via_proxy.display().to_string();
+    let a = [
+        "--config",
+        config.as_str(),
+        "--max-cloud-cache-upload-size",
+        "5MiB",
+        "cp",
+        "--resume",
+        "big.bin",
+        "corral:/big.bin",
+    ];
+    let (_, err) = ok(s.dir.path(), &a);
+    assert!(err.contains("resuming the upload"), "{err}");
+    assert!(s.pending().is_empty(), "zero pending uploads remain");
+    assert!(s.journal_entries().is_empty());
+    ok(
+        s.dir.path(),
+        &s.args(&["cp", "corral:/big.bin", "back.bin"]),
+    );
+    assert!(
+        std::fs::read(s.dir.path().join("back.bin")).expect("read")
+            == std::fs::read(s.dir.path().join("big.bin")).expect("read")
+    );
 }
