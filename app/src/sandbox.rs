@@ -313,6 +313,30 @@ impl UserSandbox {
         Ok((opened.storage.clone(), opened.root.clone()))
     }
 
+    /// `e`, naming the user's path where it named a bucket key: an error
+    /// does not show where in the bucket a sandbox lives.
+    fn user_facing(&self, e: Error) -> Error {
+        let Some(key) = e.path().filter(|p| !p.starts_with('/')).map(str::to_owned) else {
+            return e;
+        };
+        let owner = self
+            .view
+            .mounts()
+            .iter()
+            .zip(&self.opened)
+            .filter_map(|(m, o)| o.as_ref().ok().map(|o| (m, o)))
+            .filter(|(_, o)| key.starts_with(o.root.prefix()))
+            .max_by_key(|(_, o)| o.root.prefix().len());
+        let Some((mount, opened)) = owner else {
+            return e;
+        };
+        let path = match opened.root.classify(&key) {
+            KeyClass::File(p) | KeyClass::Directory(p) => mount.point.join_path(&p).ok(),
+            KeyClass::RootMarker | KeyClass::Hidden(_) => None,
+        };
+        e.with_path(path.unwrap_or_else(|| mount.point.clone()).to_string())
+    }
+
     fn place(&self, path: &VirtualPath) -> Result<Place<'_>, Error> {
         match self.view.locate(path)? {
             Location::Virtual => Ok(Place::Virtual),
@@ -380,6 +404,11 @@ impl UserSandbox {
 
     /// File or directory at `path`; a directory wins over a file of the same name.
     pub async fn stat(&self, path: &str) -> Result<Entry, Error> {
+        let r = self.stat_inner(path).await;
+        r.map_err(|e| self.user_facing(e))
+    }
+
+    async fn stat_inner(&self, path: &str) -> Result<Entry, Error> {
         let vp = parse(path)?;
         let t = match self.place(&vp)? {
             Place::Virtual => {
@@ -418,7 +447,10 @@ impl UserSandbox {
     /// (mount points first, then the backend's entries in key order).
     pub fn list(&self, path: &str) -> BoxStream<'static, Result<DirEntry, Error>> {
         match self.list_inner(path) {
-            Ok(s) => s,
+            Ok(s) => {
+                let this = self.clone();
+                Box::pin(s.map_err(move |e| this.user_facing(e)))
+            }
             Err(e) => Box::pin(futures::stream::once(async { Err(e) })),
         }
     }
@@ -791,6 +823,11 @@ impl UserSandbox {
 
     /// Creates a directory (and, with `parents`, the missing ones above it).
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), Error> {
+        let r = self.mkdir_inner(path, parents).await;
+        r.map_err(|e| self.user_facing(e))
+    }
+
+    async fn mkdir_inner(&self, path: &str, parents: bool) -> Result<(), Error> {
         let vp = parse(path)?;
         let t = self.mount(&vp, "cannot create a directory in")?;
         if t.is_mount_root() || Self::dir_exists(&t).await? {
@@ -866,6 +903,11 @@ impl UserSandbox {
 
     /// Removes a file, an empty directory, or (with `recursive`) a directory and everything visible below it.
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), Error> {
+        let r = self.remove_inner(path, recursive).await;
+        r.map_err(|e| self.user_facing(e))
+    }
+
+    async fn remove_inner(&self, path: &str, recursive: bool) -> Result<(), Error> {
         let vp = parse(path)?;
         let t = self.mount(&vp, "cannot remove")?;
         if t.is_mount_root() {
@@ -927,14 +969,16 @@ impl UserSandbox {
     /// Copies a file, or (with `recursive`) a directory, to `to`. Server-side
     /// within one mount; through the cache between mounts.
     pub async fn copy(&self, from: &str, to: &str, recursive: bool) -> Result<Copied, Error> {
-        self.transfer(from, to, recursive, false).await
+        let r = self.transfer(from, to, recursive, false).await;
+        r.map_err(|e| self.user_facing(e))
     }
 
     /// Moves a file or a directory. A file moves atomically where the backend
     /// renames atomically (File); a directory moves entry by entry, so it is
     /// never atomic: a failure half-way leaves some entries moved.
     pub async fn rename(&self, from: &str, to: &str) -> Result<Copied, Error> {
-        self.transfer(from, to, true, true).await
+        let r = self.transfer(from, to, true, true).await;
+        r.map_err(|e| self.user_facing(e))
     }
 
     async fn transfer(

@@ -486,4 +486,13 @@ async fn errors_name_the_users_path_not_the_bucket_key() {
         e.to_string().contains(" /g: ") && !e.to_string().contains("users/"),
         "{e}"
     );
+    for e in [
+        sb.mkdir("/d", false).await.unwrap_err(),
+        sb.remove("/f", false).await.unwrap_err(),
+        sb.copy("/f", "/h", false).await.unwrap_err(),
+        sb.rename("/f", "/h").await.unwrap_err(),
+    ] {
+        let text = e.to_string();
+        assert!(text.contains(" /") && !text.contains("users/"), "{text}");
+    }
 }
