@@ -385,9 +385,17 @@ fn abandon_an_upload(s: &Setup) -> (corral_conformance::faults::FaultProxy, Path
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    let error = err
+        .lines()
+        .find(|l| l.starts_with("corral: "))
+        .unwrap_or_default();
     assert!(
-        err.contains("is left pending on the server") && err.contains("corral uploads abort"),
+        error.contains("is left pending on the server") && error.contains("corral uploads abort"),
         "{err}"
+    );
+    assert!(
+        error.contains("/big.bin") && !error.contains("users/"),
+        "the error names the user's path, not the key: {error}"
     );
     let aborts = proxy
         .stats()

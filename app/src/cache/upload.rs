@@ -99,15 +99,25 @@ async fn create_multipart(storage: &dyn ObjectStorage, key: &ObjectKey) -> Resul
 }
 
 /// The error of a failed upload whose abort failed too: says what is left.
+/// Built from the messages, not the displays, so that the caller's path
+/// (the user's, not the key) names it.
 fn left_pending(e: Error, upload: &UploadId, abort: &Error) -> Error {
-    let temporary = e.is_temporary();
-    Error::new(
+    let mut out = Error::new(
         e.kind(),
         format!(
-            "{e}; aborting its multipart upload failed too ({abort}), so upload {upload} is left pending on the server: `corral uploads abort` removes it"
+            "{}; aborting its multipart upload failed too ({}), so upload {upload} is left pending on the server: `corral uploads abort` removes it",
+            e.message(),
+            abort.message()
         ),
     )
-    .with_temporary(temporary)
+    .with_temporary(e.is_temporary());
+    if let Some(op) = e.operation() {
+        out = out.with_operation(op);
+    }
+    if let Some(path) = e.path() {
+        out = out.with_path(path);
+    }
+    out
 }
 
 /// Aborts the multipart uploads of `key` that started during this upload and
@@ -135,8 +145,17 @@ async fn sweep_orphans(storage: &dyn ObjectStorage, key: &ObjectKey, since: std:
     }
 }
 
+/// A copy of `e` (which is kept to fail later calls too), with its
+/// operation and path as fields, so that a caller can rename the path.
 fn replay(e: &Error) -> Error {
-    Error::new(e.kind(), e.to_string()).with_temporary(e.is_temporary())
+    let mut out = Error::new(e.kind(), e.message()).with_temporary(e.is_temporary());
+    if let Some(op) = e.operation() {
+        out = out.with_operation(op);
+    }
+    if let Some(path) = e.path() {
+        out = out.with_path(path);
+    }
+    out
 }
 
 /// Told of a multipart upload's progress, to record it (see the CLI's
