@@ -263,13 +263,19 @@ async fn scenario(rate: f64, retries: u32, seed: u64) -> usize {
     completed
 }
 
-/// An abort that fails is tried again (the client's retries, then two more
-/// tries): here its first three requests fail and nothing is left pending.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_abort_is_tried_again() {
-    let _serial = SERIAL.lock().await;
+/// Garage behind a fault proxy that faults nothing unless a test forces it,
+/// and user `u`'s sandbox through it (5 MiB parts, `retries` retries). Keep
+/// it whole: dropping it stops the server.
+struct Forced {
+    proxy: FaultProxy,
+    sb: corral::UserSandbox,
+    _corral: Corral,
+    _garage: S3Server,
+}
+
+fn forced(bucket: &str, retries: u32) -> Forced {
     let garage = S3Server::garage();
-    garage.create_bucket("aborts");
+    garage.create_bucket(bucket);
     let proxy = FaultProxy::start(
         &format!("127.0.0.1:{}", garage.port),
         0.0,
@@ -278,7 +284,7 @@ async fn a_failing_abort_is_tried_again() {
     );
     let corral = Corral::from_json(
         &format!(
-            r#"{{"": {{"": {{"type":"S3","bucketName":"aborts","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":1}}}}}}"#,
+            r#"{{"": {{"": {{"type":"S3","bucketName":"{bucket}","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":{retries}}}}}}}"#,
             proxy.endpoint, garage.access_key, garage.secret_key
         ),
         CacheConfig {
@@ -288,6 +294,30 @@ async fn a_failing_abort_is_tried_again() {
     )
     .expect("corral");
     let sb = corral.sandbox(&Identity::user("u")).expect("sandbox");
+    Forced {
+        proxy,
+        sb,
+        _corral: corral,
+        _garage: garage,
+    }
+}
+
+/// The multipart uploads pending in the sandbox's bucket.
+async fn pending(sb: &corral::UserSandbox) -> Vec<corral_domain::port::PendingUpload> {
+    let (bucket, _) = sb.backend("/").expect("backend");
+    bucket
+        .list_pending_uploads(&ObjectKey::from_raw(""))
+        .await
+        .expect("list pending")
+}
+
+/// An abort that fails is tried again (the client's retries, then two more
+/// tries): here its first three requests fail and nothing is left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_abort_is_tried_again() {
+    let _serial = SERIAL.lock().await;
+    let setup = forced("aborts", 1);
+    let (proxy, sb) = (&setup.proxy, &setup.sb);
     // Declared 16 MiB, only 6 MiB written: the first part goes, finishing fails.
     let mut w = sb.create("/f", Some(16 << 20), None).await.expect("create");
     w.write(&common::pattern(6 * MIB, 3)).await.expect("write");
@@ -300,11 +330,7 @@ async fn a_failing_abort_is_tried_again() {
         "AbortMultipartUpload".to_owned(),
     )];
     assert_eq!(faulted, 3);
-    let (bucket, _) = sb.backend("/").expect("backend");
-    let pending = bucket
-        .list_pending_uploads(&ObjectKey::from_raw(""))
-        .await
-        .expect("list pending");
+    let pending = pending(sb).await;
     assert!(pending.is_empty(), "{pending:?}");
 }
 
@@ -322,26 +348,8 @@ async fn a_dropped_upload_whose_abort_fails_tells_its_journal() {
             self.0.store(true, Ordering::SeqCst);
         }
     }
-    let garage = S3Server::garage();
-    garage.create_bucket("aborts");
-    let proxy = FaultProxy::start(
-        &format!("127.0.0.1:{}", garage.port),
-        0.0,
-        1,
-        Duration::ZERO,
-    );
-    let corral = Corral::from_json(
-        &format!(
-            r#"{{"": {{"": {{"type":"S3","bucketName":"aborts","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":0}}}}}}"#,
-            proxy.endpoint, garage.access_key, garage.secret_key
-        ),
-        CacheConfig {
-            upload: 5 << 20,
-            ..CacheConfig::default()
-        },
-    )
-    .expect("corral");
-    let sb = corral.sandbox(&Identity::user("u")).expect("sandbox");
+    let setup = forced("aborts", 0);
+    let (proxy, sb) = (&setup.proxy, &setup.sb);
     let told = Arc::new(AtomicBool::new(false));
     let mut w = sb.create("/f", Some(16 << 20), None).await.expect("create");
     w.set_journal(Box::new(Recorder(told.clone())));
@@ -350,13 +358,10 @@ async fn a_dropped_upload_whose_abort_fails_tells_its_journal() {
     drop(w);
     assert_eq!(wait_for_background_aborts(Duration::from_secs(30)).await, 0);
     assert!(told.load(Ordering::SeqCst), "the journal was not told");
-    let (bucket, _) = sb.backend("/").expect("backend");
-    let pending = bucket
-        .list_pending_uploads(&ObjectKey::from_raw(""))
-        .await
-        .expect("list pending");
+    let pending = pending(sb).await;
     assert_eq!(pending.len(), 1, "{pending:?}");
     proxy.force("AbortMultipartUpload", "500 InternalError", 0);
+    let (bucket, _) = sb.backend("/").expect("backend");
     for u in pending {
         bucket
             .abort_multipart(&u.key, &u.upload_id)
@@ -371,26 +376,8 @@ async fn a_dropped_upload_whose_abort_fails_tells_its_journal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_answers_to_create_and_complete_are_recovered() {
     let _serial = SERIAL.lock().await;
-    let garage = S3Server::garage();
-    garage.create_bucket("lost");
-    let proxy = FaultProxy::start(
-        &format!("127.0.0.1:{}", garage.port),
-        0.0,
-        1,
-        Duration::ZERO,
-    );
-    let corral = Corral::from_json(
-        &format!(
-            r#"{{"": {{"": {{"type":"S3","bucketName":"lost","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":2}}}}}}"#,
-            proxy.endpoint, garage.access_key, garage.secret_key
-        ),
-        CacheConfig {
-            upload: 5 << 20,
-            ..CacheConfig::default()
-        },
-    )
-    .expect("corral");
-    let sb = corral.sandbox(&Identity::user("u")).expect("sandbox");
+    let setup = forced("lost", 2);
+    let (proxy, sb) = (&setup.proxy, &setup.sb);
     for (i, op) in ["CreateMultipartUpload", "CompleteMultipartUpload"]
         .into_iter()
         .enumerate()
@@ -405,10 +392,6 @@ async fn lost_answers_to_create_and_complete_are_recovered() {
         assert_eq!(faulted, 1, "{op}");
         assert_eq!(&sb.read(&path).await.expect("read")[..], &data[..], "{op}");
     }
-    let (bucket, _) = sb.backend("/").expect("backend");
-    let pending = bucket
-        .list_pending_uploads(&ObjectKey::from_raw(""))
-        .await
-        .expect("list pending");
+    let pending = pending(sb).await;
     assert!(pending.is_empty(), "{pending:?}");
 }
