@@ -109,6 +109,16 @@ async fn a_truncated_listing_without_a_token_and_malformed_xml_are_refused() {
 
 /// A server that serves `data` at users/alice/f, answering ranged GETs with `ranged`.
 fn object_server(data: Vec<u8>, ranged: fn(&[u8], u64, u64) -> Answer) -> HostileServer {
+    serve_object(data, vec![("etag", "\"e\"".to_owned())], ranged)
+}
+
+/// A server that serves `data` at users/alice/f: HEAD with `headers` (and
+/// its length), GETs answered by `ranged(data, first, last)`.
+fn serve_object(
+    data: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+    ranged: impl Fn(&[u8], u64, u64) -> Answer + Send + Sync + 'static,
+) -> HostileServer {
     HostileServer::start(move |r: &Request| {
         if r.query.contains("list-type=2") {
             return listing(&[], &[], None);
@@ -116,29 +126,21 @@ fn object_server(data: Vec<u8>, ranged: fn(&[u8], u64, u64) -> Answer) -> Hostil
         if r.path != "/bkt/users/alice/f" {
             return Answer::status(404, &[], "");
         }
-        let len = data.len().to_string();
         if r.method == "HEAD" {
-            return Answer::status(
-                200,
-                &[
-                    ("content-length", len.as_str()),
-                    ("etag", "\"e\""),
-                    ("last-modified", "Sat, 28 Nov 2026 00:00:00 GMT"),
-                ],
-                Vec::new(),
-            );
+            let len = data.len().to_string();
+            let mut head: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            head.push(("content-length", &len));
+            head.push(("last-modified", "Sat, 28 Nov 2026 00:00:00 GMT"));
+            return Answer::status(200, &head, Vec::new());
         }
+        let last = data.len() as u64 - 1;
         let (start, end) = r
             .header("range")
             .and_then(|v| v.strip_prefix("bytes="))
             .and_then(|v| v.split_once('-'))
-            .map(|(a, b)| {
-                (
-                    a.parse().unwrap_or(0),
-                    b.parse().unwrap_or(data.len() as u64 - 1),
-                )
-            })
-            .unwrap_or((0, data.len() as u64 - 1));
+            .map(|(a, b)| (a.parse().unwrap_or(0), b.parse().unwrap_or(last).min(last)))
+            .unwrap_or((0, last));
         ranged(&data, start, end)
     })
 }
@@ -324,36 +326,14 @@ async fn an_unusable_listing_page_is_fetched_again_then_refused() {
 /// A server that serves `data` at users/alice/f with ETag `etag` (and
 /// `extra` headers), answering ranged GETs rightly.
 fn etag_server(data: Vec<u8>, etag: String, extra: &[(&'static str, String)]) -> HostileServer {
-    let extra = extra.to_vec();
-    HostileServer::start(move |r: &Request| {
-        if r.query.contains("list-type=2") {
-            return listing(&[], &[], None);
-        }
-        if r.path != "/bkt/users/alice/f" {
-            return Answer::status(404, &[], "");
-        }
-        let len = data.len().to_string();
-        let mut headers = vec![
-            ("etag", etag.as_str()),
-            ("last-modified", "Sat, 28 Nov 2026 00:00:00 GMT"),
-        ];
-        for (k, v) in &extra {
-            headers.push((k, v.as_str()));
-        }
-        if r.method == "HEAD" {
-            headers.push(("content-length", len.as_str()));
-            return Answer::status(200, &headers, Vec::new());
-        }
-        let (start, end) = r
-            .header("range")
-            .and_then(|v| v.strip_prefix("bytes="))
-            .and_then(|v| v.split_once('-'))
-            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-            .unwrap_or((0, data.len() as u64 - 1));
-        let end = end.min(data.len() as u64 - 1);
-        let range = content_range(&data, start, end);
-        headers.push(("content-range", range.as_str()));
-        Answer::status(206, &headers, data[start as usize..=end as usize].to_vec())
+    let mut headers = vec![("etag", etag)];
+    headers.extend_from_slice(extra);
+    let get_headers = headers.clone();
+    serve_object(data, headers, move |d, start, end| {
+        let mut h: Vec<(&str, &str)> = get_headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let range = content_range(d, start, end);
+        h.push(("content-range", &range));
+        Answer::status(206, &h, d[start as usize..=end as usize].to_vec())
     })
 }
 
