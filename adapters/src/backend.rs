@@ -472,11 +472,24 @@ impl ObjectStorage for ObjectStoreBackend {
             return dir.create_multipart(key).await;
         };
         let path = to_path(key)?;
-        let id = mp
-            .create_multipart(&path)
-            .await
-            .map_err(|e| self.err(e, Operation::CreateMultipart, key))?;
-        Ok(UploadId(id))
+        // object_store does not retry a CreateMultipartUpload whose answer is
+        // cut short; two more tries here. An upload created by a try whose
+        // answer was lost is swept by the caller (see the upload's end).
+        let mut tries = 0u64;
+        loop {
+            match mp.create_multipart(&path).await {
+                Ok(id) => return Ok(UploadId(id)),
+                Err(e) => {
+                    let e = self.err(e, Operation::CreateMultipart, key);
+                    if !e.is_temporary() || tries == 2 {
+                        return Err(e);
+                    }
+                    tries += 1;
+                    tracing::debug!(key = %key, error = %e, "creating the multipart upload again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
+                }
+            }
+        }
     }
 
     async fn upload_part(

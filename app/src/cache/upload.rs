@@ -81,23 +81,6 @@ async fn abort_upload(
     }
 }
 
-/// Creates a multipart upload, trying twice more after a temporary failure
-/// that the client did not retry (an answer cut short): uploads that were
-/// created but whose id was lost are swept at the end.
-async fn create_multipart(storage: &dyn ObjectStorage, key: &ObjectKey) -> Result<UploadId, Error> {
-    let mut tries = 0;
-    loop {
-        match storage.create_multipart(key).await {
-            Err(e) if e.is_temporary() && tries < 2 => {
-                tries += 1;
-                tracing::debug!(key = %key, error = %e, "creating the multipart upload again");
-                tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// The error of a failed upload whose abort failed too: says what is left.
 /// Built from the messages, not the displays, so that the caller's path
 /// (the user's, not the key) names it.
@@ -463,7 +446,7 @@ impl Upload {
                 // From here an upload may exist that this process never learns
                 // of (a lost answer): the end of this upload sweeps for it.
                 self.create_attempted = true;
-                let u = create_multipart(&*self.storage, &self.key).await?;
+                let u = self.storage.create_multipart(&self.key).await?;
                 self.upload_id = Some(u.clone());
                 let part_size = self.part_size();
                 if let Some(j) = &mut self.journal {
