@@ -234,6 +234,16 @@ fn error_body(code: &str) -> String {
     )
 }
 
+/// Counts one `fault` injected into a request of `op`.
+fn count(stats: &Mutex<FaultStats>, fault: &str, op: &str) {
+    *stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .faults
+        .entry((fault.to_owned(), op.to_owned()))
+        .or_default() += 1;
+}
+
 /// The fault for a request of `op`: a forced one, or one at random.
 fn pick_fault(shared: &Shared, op: &str) -> Option<&'static str> {
     {
@@ -302,23 +312,13 @@ fn handle(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     if corrupt == Corrupt::Uploads && method == "PUT" && !body.is_empty() {
         let mid = body.len() / 2;
         body[mid] ^= 0x5a;
-        *stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .faults
-            .entry(("corrupted body".to_owned(), op.to_owned()))
-            .or_default() += 1;
+        count(stats, "corrupted body", op);
     }
     let mut client = client;
     stats.lock().unwrap_or_else(|p| p.into_inner()).requests += 1;
     let fault = pick_fault(shared, op);
     if let Some(f) = fault {
-        *stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .faults
-            .entry((f.to_owned(), op.to_owned()))
-            .or_default() += 1;
+        count(stats, f, op);
     }
     let respond = |client: &mut TcpStream, status: &str, code: &str| {
         let body = error_body(code);
@@ -361,12 +361,7 @@ fn handle(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
         // Ten bytes from the end: data, whether the body is sized or chunked.
         let at = answer.len() - 10;
         answer[at] ^= 0x5a;
-        *stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .faults
-            .entry(("corrupted body".to_owned(), op.to_owned()))
-            .or_default() += 1;
+        count(stats, "corrupted body", op);
     }
     match fault {
         Some("reset mid-body") => {
