@@ -129,6 +129,16 @@ impl Setup {
         entries[0].clone()
     }
 
+    /// No upload pending on the server, no journal entry.
+    #[track_caller]
+    fn assert_nothing_left(&self) {
+        assert!(self.pending().is_empty(), "zero pending uploads remain");
+        assert!(
+            self.journal_entries().is_empty(),
+            "no journal entry remains"
+        );
+    }
+
     fn pending(&self) -> Vec<String> {
         let (out, _) = ok(self.dir.path(), &self.args(&["uploads", "list"]));
         out.lines().map(str::to_owned).collect()
@@ -223,8 +233,7 @@ fn stale_uploads_are_aborted_without_resume() {
         err.contains("aborted the interrupted upload of /big.bin"),
         "{err}"
     );
-    assert!(s.pending().is_empty(), "zero pending uploads remain");
-    assert!(s.journal_entries().is_empty());
+    s.assert_nothing_left();
 }
 
 /// Uploads left by another tool (boto3) are found and removed; one outside
@@ -436,8 +445,7 @@ fn an_upload_whose_abort_fails_is_kept_and_aborted_by_the_next_run() {
         err.contains("aborted the interrupted upload of /big.bin"),
         "{err}"
     );
-    assert!(s.pending().is_empty(), "zero pending uploads remain");
-    assert!(s.journal_entries().is_empty());
+    s.assert_nothing_left();
 }
 
 /// `cp --resume` continues an abandoned upload instead of aborting it, and
@@ -459,8 +467,7 @@ fn an_abandoned_upload_can_be_resumed() {
     ];
     let (_, err) = ok(s.dir.path(), &a);
     assert!(err.contains("resuming the upload"), "{err}");
-    assert!(s.pending().is_empty(), "zero pending uploads remain");
-    assert!(s.journal_entries().is_empty());
+    s.assert_nothing_left();
     ok(
         s.dir.path(),
         &s.args(&["cp", "corral:/big.bin", "back.bin"]),
