@@ -1,20 +1,17 @@
-//! [`ObjectStoreBackend`]: the storage port implemented once over `object_store`.
+//! [`ObjectStoreBackend`]: the storage port over `object_store`, for S3,
+//! memory and embedders' stores. (File sandboxes have a backend of their
+//! own, [`crate::FileBackend`]: `object_store`'s `LocalFileSystem` follows
+//! links.)
 //!
-//! Reads, writes, copies and deletes go through [`ObjectStore`] for every
-//! backend. Two operations need a per-backend strategy, because
-//! `object_store` alone would break a sandbox rule:
-//!
-//! - **Listing.** `object_store` parses every listed key into its `Path`
-//!   type and fails the *whole* page on one key it cannot parse (a planted
-//!   `a/../b`, `a//b`, or a file name with a newline), and it folds the
-//!   directory marker `d/` onto `d`. corral must hide such keys and count
-//!   them, not fail, so S3 is listed with corral's own ListObjectsV2 request
-//!   (raw keys, [`crate::s3`]), the File backend with its own directory walk
-//!   ([`crate::file`]); only the in-memory store, which can hold nothing
-//!   unparseable, uses `object_store`'s listing.
-//! - **Multipart.** S3 and memory use [`MultipartStore`]; `LocalFileSystem`
-//!   has no multipart API with upload ids, so the File backend stages parts
-//!   beside the target ([`crate::file`]).
+//! Reads, writes, copies and deletes go through [`ObjectStore`]. Listing
+//! needs a strategy of its own: `object_store` parses every listed key into
+//! its `Path` type and fails the *whole* page on one key it cannot parse (a
+//! planted `a/../b`, `a//b`, or a name with a newline), and it folds the
+//! directory marker `d/` onto `d`. corral must hide such keys and count
+//! them, not fail, so S3 is listed with corral's own ListObjectsV2 request
+//! (raw keys, [`crate::s3`]); only the in-memory store, which can hold
+//! nothing unparseable, uses `object_store`'s listing. Multipart goes
+//! through [`MultipartStore`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,7 +31,6 @@ use object_store::path::{Path, PathPart};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
 use crate::errors::{Context, from_object_store};
-use crate::file::FileDir;
 use crate::s3::RawS3;
 
 /// How listing and multipart work for this backend.
@@ -50,7 +46,6 @@ pub(crate) enum Flavor {
     Memory {
         store: Arc<InMemory>,
     },
-    File(FileDir),
 }
 
 /// The storage port over an `object_store` store. Build one with
@@ -179,14 +174,7 @@ impl ObjectStoreBackend {
     fn owned(&self, data: Bytes) -> Bytes {
         match self.flavor {
             Flavor::Memory { .. } | Flavor::Custom { .. } => Bytes::copy_from_slice(&data),
-            _ => data,
-        }
-    }
-
-    fn check_name(&self, key: &ObjectKey) -> Result<()> {
-        match self.flavor {
-            Flavor::File(_) => crate::file::check_name(key),
-            _ => Ok(()),
+            Flavor::S3 { .. } => data,
         }
     }
 
@@ -194,12 +182,11 @@ impl ObjectStoreBackend {
         from_object_store(e, op, key.as_str(), &self.ctx)
     }
 
-    fn multipart(&self) -> Option<&dyn MultipartStore> {
+    fn multipart(&self) -> &dyn MultipartStore {
         match &self.flavor {
-            Flavor::S3 { multipart, .. } => Some(multipart.as_ref()),
-            Flavor::Memory { store } => Some(store.as_ref()),
-            Flavor::Custom { multipart } => Some(multipart.as_ref()),
-            Flavor::File(_) => None,
+            Flavor::S3 { multipart, .. } => multipart.as_ref(),
+            Flavor::Memory { store } => store.as_ref(),
+            Flavor::Custom { multipart } => multipart.as_ref(),
         }
     }
 
@@ -283,17 +270,6 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
-        if self.check_name(key).is_err() {
-            // A reserved name is never a stored object.
-            return Err(Error::not_found("no such object")
-                .with_operation(Operation::Head)
-                .with_path(key.as_str().to_owned()));
-        }
-        if let Flavor::File(dir) = &self.flavor
-            && key.is_dir_marker()
-        {
-            return dir.head_dir(key).await;
-        }
         if let Flavor::S3 { raw, .. } = &self.flavor
             && let Some(meta) = raw.head_object(key).await?
         {
@@ -312,16 +288,6 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult> {
-        if let Flavor::File(dir) = &self.flavor
-            && key.is_dir_marker()
-        {
-            let meta = dir.head_dir(key).await?;
-            return Ok(GetResult {
-                meta,
-                range: 0..0,
-                body: Box::pin(futures::stream::empty()),
-            });
-        }
         let path = to_path(key)?;
         let options = GetOptions {
             range: range.map(|r| match r {
@@ -353,14 +319,7 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
-        self.check_name(key)?;
         let data = self.owned(data);
-        if let Flavor::File(dir) = &self.flavor
-            && key.is_dir_marker()
-        {
-            dir.make_dir(key).await?;
-            return Ok(PutResult::default());
-        }
         let path = to_path(key)?;
         let opts = PutOptions {
             mode: match mode {
@@ -396,12 +355,7 @@ impl ObjectStorage for ObjectStoreBackend {
     async fn delete_many(&self, keys: Vec<ObjectKey>) -> Result<Vec<(ObjectKey, Error)>> {
         let mut failed = Vec::new();
         let mut paths = Vec::with_capacity(keys.len());
-        let mut dirs = Vec::new();
         for key in keys {
-            if matches!(self.flavor, Flavor::File(_)) && key.is_dir_marker() {
-                dirs.push(key);
-                continue;
-            }
             match to_path(&key) {
                 Ok(p) => paths.push(p),
                 Err(e) => failed.push((key, e)),
@@ -419,15 +373,6 @@ impl ObjectStorage for ObjectStoreBackend {
                 }
             }
         }
-        // A File directory goes after the files in it, and after its subdirectories.
-        if let Flavor::File(dir) = &self.flavor {
-            dirs.sort_by_key(|k| std::cmp::Reverse(k.as_str().len()));
-            for key in dirs {
-                if let Err(e) = dir.remove_dir(&key).await {
-                    failed.push((key, e));
-                }
-            }
-        }
         Ok(failed)
     }
 
@@ -437,7 +382,6 @@ impl ObjectStorage for ObjectStoreBackend {
         }
         match &self.flavor {
             Flavor::S3 { raw, .. } => raw.list(prefix.clone(), options),
-            Flavor::File(dir) => dir.list(prefix.clone(), options),
             Flavor::Memory { .. } | Flavor::Custom { .. } => {
                 self.list_object_store(&self.store, prefix, options)
             }
@@ -445,7 +389,6 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
-        self.check_name(to)?;
         let (src, dst) = (to_path(from)?, to_path(to)?);
         self.store
             .copy(&src, &dst)
@@ -453,24 +396,8 @@ impl ObjectStorage for ObjectStoreBackend {
             .map_err(|e| self.err(e, Operation::Copy, from))
     }
 
-    async fn rename(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
-        self.check_name(to)?;
-        let (src, dst) = (to_path(from)?, to_path(to)?);
-        // LocalFileSystem renames atomically; S3 and memory copy then delete.
-        self.store
-            .rename(&src, &dst)
-            .await
-            .map_err(|e| self.err(e, Operation::Copy, from))
-    }
-
     async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId> {
-        let Some(mp) = self.multipart() else {
-            let Flavor::File(dir) = &self.flavor else {
-                unreachable!("only File lacks MultipartStore")
-            };
-            crate::file::check_name(key)?;
-            return dir.create_multipart(key).await;
-        };
+        let mp = self.multipart();
         let path = to_path(key)?;
         // object_store does not retry a CreateMultipartUpload whose answer is
         // cut short; two more tries here. An upload created by a try whose
@@ -505,12 +432,7 @@ impl ObjectStorage for ObjectStoreBackend {
                     .with_operation(Operation::UploadPart),
             );
         }
-        let Some(mp) = self.multipart() else {
-            let Flavor::File(dir) = &self.flavor else {
-                unreachable!("only File lacks MultipartStore")
-            };
-            return dir.upload_part(key, upload, number, data).await;
-        };
+        let mp = self.multipart();
         let data = self.owned(data);
         let path = to_path(key)?;
         let part = mp
@@ -546,14 +468,7 @@ impl ObjectStorage for ObjectStoreBackend {
             .with_operation(Operation::CompleteMultipart)
             .with_path(key.as_str().to_owned()));
         }
-        let Some(mp) = self.multipart() else {
-            let Flavor::File(dir) = &self.flavor else {
-                unreachable!("only File lacks MultipartStore")
-            };
-            return dir
-                .complete_multipart(key, upload, parts.len() as u32)
-                .await;
-        };
+        let mp = self.multipart();
         let path = to_path(key)?;
         let ids: Vec<PartId> = parts
             .into_iter()
@@ -585,12 +500,7 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn abort_multipart(&self, key: &ObjectKey, upload: &UploadId) -> Result<()> {
-        let Some(mp) = self.multipart() else {
-            let Flavor::File(dir) = &self.flavor else {
-                unreachable!("only File lacks MultipartStore")
-            };
-            return dir.abort_multipart(key, upload).await;
-        };
+        let mp = self.multipart();
         let path = to_path(key)?;
         mp.abort_multipart(&path, &upload.0)
             .await

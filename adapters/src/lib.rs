@@ -1,12 +1,12 @@
 //! # corral-adapters
 //!
-//! The storage port of [`corral_domain`] implemented once, over
-//! [`object_store`], for three kinds of sandbox:
+//! The storage port of [`corral_domain`], implemented for three kinds of
+//! sandbox:
 //!
 //! | type | store | notes |
 //! |---|---|---|
 //! | `S3` | `AmazonS3` | every sandbox setting: endpoint, path-style, proxy with Basic auth, TLS trust (`caFile`, `caPath`, `verifySSL`), retries and timeouts; listings and pending uploads through corral's own signed requests |
-//! | `File` | `LocalFileSystem` | the sandbox directory must exist; listing and multipart staging are corral's own |
+//! | `File` | [`FileBackend`] (cap-std) | the sandbox directory must exist; every path is resolved beneath its handle, links are never followed |
 //! | `Memory` | `InMemory` | one store per [`Backends`], shared by every Memory sandbox built from it |
 //!
 //! [`Backends`] is the one entry point: it builds (and for S3, reuses) the
@@ -41,14 +41,10 @@ use std::sync::{Arc, Mutex};
 use corral_domain::config::S3Spec;
 use corral_domain::mapping::ResolvedSpec;
 use corral_domain::{Capabilities, ObjectStorage, Result, SandboxRoot};
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 
 pub use backend::ObjectStoreBackend;
-
-use crate::backend::Flavor;
-use crate::errors::Context;
-use crate::file::FileDir;
+pub use file::FileBackend;
 
 /// A backend and the key prefix of one sandbox in it.
 #[derive(Debug, Clone)]
@@ -167,21 +163,8 @@ impl Backends {
 }
 
 /// The File backend of an existing directory.
-pub fn file_backend(dir: &Path) -> Result<ObjectStoreBackend> {
-    let files = FileDir::open(dir)?;
-    let store = LocalFileSystem::new_with_prefix(files.root()).map_err(|e| {
-        corral_domain::Error::invalid_input(format!("File sandbox {}: {e}", dir.display()))
-    })?;
-    Ok(ObjectStoreBackend::new(
-        Arc::new(store),
-        Flavor::File(files),
-        Capabilities::file(),
-        Context {
-            backend: "File",
-            endpoint: Some(dir.display().to_string()),
-            ..Context::default()
-        },
-    ))
+pub fn file_backend(dir: &Path) -> Result<FileBackend> {
+    FileBackend::open(dir)
 }
 
 /// The S3 backend for `spec` with explicit capabilities (a server's quirks), not cached.

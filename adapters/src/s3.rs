@@ -1055,6 +1055,9 @@ mod tests {
                     match item {
                         ListItem::Object(m) => objects.push(m.key.as_str().to_owned()),
                         ListItem::Prefix(p) => dirs.push(p.as_str().to_owned()),
+                        ListItem::Special(k, _) => {
+                            return Err(TestCaseError::fail(format!("S3 reported a special entry {k:?}")));
+                        }
                     }
                 }
                 let (mut want_objects, mut want_dirs) = (keys.clone(), prefixes.clone());

@@ -704,12 +704,16 @@ async fn walk_local(
             };
             let path = entry.path();
             let child = join_sandbox(&t, &name);
-            let meta = std::fs::metadata(&path).map_err(|e| local_err(&path, "cannot read", e))?;
+            // Not followed: a link could lead anywhere, or back up the tree.
+            let meta =
+                std::fs::symlink_metadata(&path).map_err(|e| local_err(&path, "cannot read", e))?;
             if meta.is_dir() {
                 sb.mkdir(&child, true).await?;
                 stack.push((path, child));
-            } else {
+            } else if meta.is_file() {
                 jobs.push(Job::Upload(path, child));
+            } else {
+                tracing::warn!(path = %path.display(), "skipping a link or special file");
             }
         }
     }

@@ -605,10 +605,12 @@ impl UserSandbox {
         self.write_stream(path, size, mode, stream).await
     }
 
-    /// Downloads a file to a local path: into a temporary file beside it
-    /// (`.<name>.corral-<pid>.part`), renamed over `local` only when every byte
-    /// arrived, so that a failure or a cancellation leaves no partial file.
-    /// `progress` is told of the bytes as they are written.
+    /// Downloads a file to a local path: into a temporary file beside it,
+    /// created exclusively under a random name (never through a link), and
+    /// renamed over `local` only when every byte arrived, so that a failure
+    /// or a cancellation leaves no partial file. A link at `local` is
+    /// replaced, not written through. `progress` is told of the bytes as
+    /// they are written.
     pub async fn download_to_file(
         &self,
         path: &str,
@@ -624,7 +626,6 @@ impl UserSandbox {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let temp = dir.join(format!(".{name}.corral-{}.part", std::process::id()));
         let local_err = |p: &std::path::Path, e: std::io::Error| {
             let kind = match e.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,
@@ -633,15 +634,24 @@ impl UserSandbox {
             };
             Error::new(kind, format!("cannot write {}: {e}", p.display()))
         };
-        let mut guard = TempGuard(Some(temp.clone()));
-        let file = Arc::new(std::fs::File::create(&temp).map_err(|e| local_err(&temp, e))?);
+        // Removed when dropped, unless persisted.
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".corral-part")
+            .tempfile_in(dir)
+            .map_err(|e| local_err(local, e))?;
+        let file = Arc::new(
+            temp.as_file()
+                .try_clone()
+                .map_err(|e| local_err(local, e))?,
+        );
         let mut total = 0u64;
         // Chunks are written by the blocking pool, two at a time, while the next
         // ones download; a chunk's cache slot comes back when its write is done.
         let mut writes: tokio::task::JoinSet<std::io::Result<()>> = tokio::task::JoinSet::new();
         let join = |r: Option<Result<std::io::Result<()>, tokio::task::JoinError>>| match r {
             Some(Ok(Ok(()))) | None => Ok(()),
-            Some(Ok(Err(e))) => Err(local_err(&temp, e)),
+            Some(Ok(Err(e))) => Err(local_err(local, e)),
             Some(Err(e)) => Err(Error::new(
                 ErrorKind::Other,
                 format!("a write task failed: {e}"),
@@ -661,8 +671,7 @@ impl UserSandbox {
             join(writes.join_next().await)?;
         }
         drop(file);
-        std::fs::rename(&temp, local).map_err(|e| local_err(local, e))?;
-        guard.0 = None;
+        temp.persist(local).map_err(|e| local_err(local, e.error))?;
         Ok(total)
     }
 
@@ -886,19 +895,25 @@ impl UserSandbox {
         Ok(())
     }
 
-    /// Every visible key at or below directory `t` (files and markers).
-    async fn keys_below(t: &Target<'_>) -> Result<Vec<ObjectKey>, Error> {
+    /// Every visible key at or below directory `t` (files and markers), and
+    /// apart, the links and special files there (File sandboxes).
+    async fn keys_below(t: &Target<'_>) -> Result<Below, Error> {
         let prefix = t.root.list_prefix_for(&t.inner)?;
         let items: Vec<ListItem> = t
             .storage
             .list(&prefix, ListOptions::default())
             .try_collect()
             .await?;
-        Ok(items
-            .into_iter()
-            .filter(|i| !matches!(t.root.classify(i.key().as_str()), KeyClass::Hidden(_)))
-            .map(|i| i.key().clone())
-            .collect())
+        let mut below = Below::default();
+        for item in items {
+            match item {
+                ListItem::Special(key, _) => below.special.push(key),
+                item if matches!(t.root.classify(item.key().as_str()), KeyClass::Hidden(_)) => {}
+                ListItem::Object(meta) => below.keys.push((meta.key, meta.size)),
+                ListItem::Prefix(key) => below.keys.push((key, 0)),
+            }
+        }
+        Ok(below)
     }
 
     /// Removes a file, an empty directory, or (with `recursive`) a directory and everything visible below it.
@@ -925,7 +940,14 @@ impl UserSandbox {
             .with_path(vp.to_string()));
         }
         if Self::dir_exists(&t).await? {
-            let mut keys = Self::keys_below(&t).await?;
+            let below = Self::keys_below(&t).await?;
+            // Links and special files go too, as entries: never what they lead to.
+            let mut keys: Vec<ObjectKey> = below
+                .keys
+                .into_iter()
+                .map(|(k, _)| k)
+                .chain(below.special)
+                .collect();
             let own_marker = t.root.dir_marker_for(&t.inner)?;
             let children = keys
                 .iter()
@@ -955,10 +977,12 @@ impl UserSandbox {
             };
         }
         let key = t.key()?;
-        t.storage
-            .head(&key)
-            .await
-            .map_err(|e| e.with_path(vp.to_string()))?;
+        match t.storage.head(&key).await {
+            Ok(_) => {}
+            // Removing a link removes the link itself.
+            Err(e) if e.special().is_some() => {}
+            Err(e) => return Err(e.with_path(vp.to_string())),
+        }
         let failed = t.storage.delete_many(vec![key]).await?;
         match failed.into_iter().next() {
             None => Ok(()),
@@ -1019,8 +1043,34 @@ impl UserSandbox {
                     format!("{src} is a mount point and cannot be moved"),
                 ));
             }
+            // Where the backend renames a directory atomically (File), a move
+            // is one rename: the directory with all it holds, links included,
+            // stays inside the sandbox and nothing is walked.
+            if remove_source
+                && Arc::ptr_eq(s.storage, d.storage)
+                && s.caps().atomic_rename
+                && let (Some(from), Some(to)) = (
+                    s.root.dir_marker_for(&s.inner)?,
+                    d.root.dir_marker_for(&d.inner)?,
+                )
+            {
+                let below = Self::keys_below(&s).await?;
+                s.storage.rename(&from, &to).await?;
+                return Ok(Copied {
+                    files: below
+                        .keys
+                        .iter()
+                        .filter(|(k, _)| !k.is_dir_marker())
+                        .count() as u64,
+                    bytes: below.keys.iter().map(|(_, size)| size).sum(),
+                });
+            }
+            let below = Self::keys_below(&s).await?;
+            if !below.special.is_empty() {
+                tracing::warn!(path = %src, skipped = below.special.len(), "links and special files are not copied");
+            }
             let mut pairs = Vec::new();
-            for key in Self::keys_below(&s).await? {
+            for (key, _) in below.keys {
                 let Some(rel) = s.root.entry_for(key.as_str()) else {
                     continue;
                 };
@@ -1130,15 +1180,13 @@ impl UserSandbox {
     }
 }
 
-/// Removes a temporary file unless the download completed.
-struct TempGuard(Option<std::path::PathBuf>);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
+/// What a recursive walk found below a directory.
+#[derive(Default)]
+struct Below {
+    /// Visible keys (files and markers), with their sizes.
+    keys: Vec<(ObjectKey, u64)>,
+    /// Links and special files (File sandboxes): never copied or entered.
+    special: Vec<ObjectKey>,
 }
 
 /// The streaming merge of a delimited listing. Keys arrive sorted, and a file
@@ -1157,14 +1205,21 @@ struct ListState {
 impl ListState {
     fn push(&mut self, item: ListItem) -> Vec<DirEntry> {
         let key = item.key().as_str().to_owned();
-        let entry = match self.hidden.classify(&self.root, &key) {
+        let class = match item {
+            ListItem::Special(..) => {
+                self.hidden.special();
+                KeyClass::Hidden(corral_domain::key::HiddenReason::Special)
+            }
+            _ => self.hidden.classify(&self.root, &key),
+        };
+        let entry = match class {
             KeyClass::File(p) => p
                 .strip_prefix(&self.inner)
                 .filter(|r| r.depth() == 1)
                 .map(|r| {
                     let (size, modified) = match &item {
                         ListItem::Object(m) => (m.size, m.last_modified),
-                        ListItem::Prefix(_) => (0, None),
+                        ListItem::Prefix(_) | ListItem::Special(..) => (0, None),
                     };
                     DirEntry::file(r.as_str(), size, modified)
                 }),
@@ -1209,6 +1264,9 @@ impl ListState {
                 examples = ?self.hidden.examples,
                 "the listing hid keys a user could not have named"
             );
+        }
+        if self.hidden.special > 0 {
+            tracing::info!(path = %self.path, hidden = self.hidden.special, "the listing hid links and special files, which corral never follows");
         }
         if self.shadowed > 0 {
             tracing::info!(path = %self.path, shadowed = self.shadowed, "files shadowed by a directory or mount of the same name");

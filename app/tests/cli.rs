@@ -200,13 +200,20 @@ fn embedded_default_file_sandbox() {
         copied.contains("\"files\":1") && copied.contains("\"bytes\":13"),
         "{copied}"
     );
-    // Names the File backend reserves for staging are refused clearly.
-    fails(
-        dir.path(),
-        &["cp", "small.txt", "corral:/x#12"],
-        2,
-        "reserved for staging uploads",
-    );
+    // Names that are special to a URL library, or that look like staging
+    // names, are plain names: they upload and download unchanged.
+    for name in ["x#12", "notes:", "a|", "100% +?.txt"] {
+        ok(dir.path(), &["cp", "small.txt", &format!("corral:/{name}")]);
+        assert_eq!(
+            ok(dir.path(), &["cat", &format!("corral:/{name}")]),
+            "hello corral\n",
+            "{name}"
+        );
+        assert!(
+            dir.path().join("corral-data").join(name).is_file(),
+            "{name} is stored under its own name"
+        );
+    }
     // A path through a file does not exist.
     fails(
         dir.path(),

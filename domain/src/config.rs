@@ -436,6 +436,17 @@ fn file_path(path: &str) -> Result<PathTemplate, ConfigError> {
             "a File sandbox needs a non-empty directory",
         ));
     }
+    // A NUL cannot be passed to the kernel and a control character is a
+    // copy-and-paste accident: refuse both now, not at a user's first login.
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(ConfigError::key(
+            "path",
+            format!(
+                "a File sandbox's directory may not hold a control character ({:?} found)",
+                c
+            ),
+        ));
+    }
     PathTemplate::parse("path", path)
 }
 
@@ -987,6 +998,14 @@ mod tests {
                 "it is an S3 option",
             ),
             (r#"{"type":"File"}"#, "`path`: a File sandbox needs"),
+            (
+                r#"{"type":"File","path":"/srv/a\u0000b"}"#,
+                "`path`: a File sandbox's directory may not hold a control character ('\\0' found)",
+            ),
+            (
+                r#""/srv/users/\u001b%u""#,
+                "`path`: a File sandbox's directory may not hold a control character",
+            ),
             (
                 r#"{"type":"S3","bucketname":"bkt"}"#,
                 "`bucketname`: unknown key for an S3 sandbox; did you mean `bucketName`?",

@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::node::SpecialKind;
+
 /// What went wrong, coarsely enough to branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -128,6 +130,7 @@ pub struct Error {
     temporary: bool,
     operation: Option<Operation>,
     path: Option<String>,
+    special: Option<SpecialKind>,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -143,6 +146,7 @@ impl Error {
             temporary: kind.is_temporary_by_default(),
             operation: None,
             path: None,
+            special: None,
             message: message.into(),
             source: None,
         }
@@ -199,6 +203,23 @@ impl Error {
     /// The message without context.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// A refusal to use a link or special file of a File sandbox
+    /// ([`crate::node`]): [`ErrorKind::PermissionDenied`], with the kind kept
+    /// so that a caller that may act on the entry itself (remove it) can tell.
+    pub fn special_file(kind: SpecialKind) -> Self {
+        let mut e = Self::new(
+            ErrorKind::PermissionDenied,
+            format!("it is {kind}, which corral never follows or opens"),
+        );
+        e.special = Some(kind);
+        e
+    }
+
+    /// The special entry this error refused, if that is what it is.
+    pub fn special(&self) -> Option<SpecialKind> {
+        self.special
     }
 
     /// Shorthand for an [`ErrorKind::NotFound`] error.

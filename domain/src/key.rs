@@ -79,6 +79,8 @@ pub enum HiddenReason {
     SegmentTooLong,
     /// The key is longer than an S3 key may be.
     KeyTooLong,
+    /// A link or special file of a File sandbox ([`crate::node`]).
+    Special,
 }
 
 impl HiddenReason {
@@ -91,6 +93,7 @@ impl HiddenReason {
             Self::ControlCharacter => "a control character",
             Self::SegmentTooLong => "a segment over 255 bytes",
             Self::KeyTooLong => "a key over 1024 bytes",
+            Self::Special => "a link or special file",
         }
     }
 }
@@ -258,10 +261,18 @@ pub struct HiddenCount {
     pub outside_prefix: u64,
     /// The first few hidden keys, for a log line (escaped, truncated).
     pub examples: Vec<String>,
+    /// Links and special files of a File sandbox ([`crate::node`]), hidden
+    /// too but counted apart: they are not a server's fault.
+    pub special: u64,
 }
 
 impl HiddenCount {
     const MAX_EXAMPLES: usize = 3;
+
+    /// Records a link or special file.
+    pub fn special(&mut self) {
+        self.special += 1;
+    }
 
     /// Classifies `key` and records it if hidden; returns the class.
     pub fn classify(&mut self, root: &SandboxRoot, key: &str) -> KeyClass {

@@ -12,6 +12,7 @@
 //! | [`config`] | typed `File` / `S3` / `Memory` specs, validated with errors naming the key |
 //! | [`mapping`] | JetStream-compatible mappings and a user's [`UserView`] of mounts |
 //! | [`listing`] | what a directory shows: name clashes, mounts, directory existence |
+//! | [`node`] | links and special files of a File sandbox: never followed, never opened |
 //! | [`overwrite`] | the six overwrite modes and the effective decision per backend |
 //! | [`capability`] | what a backend declares it can do |
 //! | [`parts`] | the 1 TiB limit and multipart part plans that fit the upload cache |
@@ -41,6 +42,7 @@ pub mod error;
 pub mod key;
 pub mod listing;
 pub mod mapping;
+pub mod node;
 pub mod overwrite;
 pub mod parts;
 pub mod path;

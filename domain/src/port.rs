@@ -22,6 +22,7 @@ use futures_core::Stream;
 use crate::capability::Capabilities;
 use crate::error::{Error, Operation, Result};
 use crate::key::ObjectKey;
+use crate::node::SpecialKind;
 
 /// A stream of bytes from a GET.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
@@ -169,6 +170,10 @@ pub enum ListItem {
     Object(ObjectMeta),
     /// A common prefix (ending in `/`), with [`ListOptions::delimiter`].
     Prefix(ObjectKey),
+    /// An entry of a File sandbox that is neither a file nor a directory
+    /// (a link, a FIFO, …; see [`crate::node`]): never shown to a user, but
+    /// reported so that listings count it and a recursive remove removes it.
+    Special(ObjectKey, SpecialKind),
 }
 
 impl ListItem {
@@ -176,7 +181,7 @@ impl ListItem {
     pub fn key(&self) -> &ObjectKey {
         match self {
             Self::Object(m) => &m.key,
-            Self::Prefix(p) => p,
+            Self::Prefix(p) | Self::Special(p, _) => p,
         }
     }
 }

@@ -706,14 +706,14 @@ async fn list_delimiter(ctx: Ctx) -> CaseResult {
         .iter()
         .filter_map(|i| match i {
             ListItem::Object(m) => Some(m.key.as_str().to_owned()),
-            ListItem::Prefix(_) => None,
+            _ => None,
         })
         .collect();
     let prefixes: BTreeSet<String> = items
         .iter()
         .filter_map(|i| match i {
             ListItem::Prefix(p) => Some(p.as_str().to_owned()),
-            ListItem::Object(_) => None,
+            _ => None,
         })
         .collect();
     let want_objects: BTreeSet<String> = [ctx.key("a").into_string()].into();
