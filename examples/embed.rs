@@ -28,7 +28,7 @@ async fn main() -> Result<(), corral_domain::Error> {
             std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY"),
         ),
         Err(_) => {
-            local = corral_conformance::servers::S3Server::s3s_fs();
+            local = corral_fixtures::servers::S3Server::s3s_fs();
             local.create_bucket("transfers");
             (
                 local.endpoint.clone(),

@@ -29,10 +29,13 @@
 //! # Ok(()) }
 //! ```
 
-mod backend;
 mod errors;
 mod file;
+mod objects;
+mod paginate;
+pub mod retry;
 mod s3;
+mod store;
 mod tls;
 
 use std::path::Path;
@@ -43,8 +46,9 @@ use corral_domain::mapping::ResolvedSpec;
 use corral_domain::{Capabilities, ObjectStorage, Result, SandboxRoot};
 use object_store::memory::InMemory;
 
-pub use backend::ObjectStoreBackend;
 pub use file::FileBackend;
+pub use s3::S3Backend;
+pub use store::ObjectStoreBackend;
 
 /// A backend and the key prefix of one sandbox in it.
 #[derive(Debug, Clone)]
@@ -61,7 +65,7 @@ pub struct OpenSandbox {
 #[derive(Debug, Default)]
 pub struct Backends {
     memory: Arc<InMemory>,
-    s3: Mutex<Vec<(S3Spec, Arc<ObjectStoreBackend>)>>,
+    s3: Mutex<Vec<(S3Spec, Arc<S3Backend>)>>,
     custom: Mutex<Vec<(String, Arc<dyn ObjectStorage>)>>,
 }
 
@@ -110,7 +114,7 @@ impl Backends {
     }
 
     /// The S3 backend of a bucket (the spec's `path` is ignored: it is per user).
-    pub fn s3(&self, spec: &S3Spec) -> Result<Arc<ObjectStoreBackend>> {
+    pub fn s3(&self, spec: &S3Spec) -> Result<Arc<S3Backend>> {
         let mut cache = self.s3.lock().unwrap_or_else(|p| p.into_inner());
         let same = |a: &S3Spec| {
             S3Spec {
@@ -127,7 +131,7 @@ impl Backends {
         let mut caps = Capabilities::s3();
         caps.list_pending_uploads = spec.quirks.list_multipart_uploads;
         caps.conditional_create = spec.quirks.conditional_create;
-        let backend = Arc::new(s3::build(spec, caps)?);
+        let backend = Arc::new(S3Backend::new(spec, caps)?);
         cache.push((spec.clone(), backend.clone()));
         Ok(backend)
     }
@@ -168,6 +172,6 @@ pub fn file_backend(dir: &Path) -> Result<FileBackend> {
 }
 
 /// The S3 backend for `spec` with explicit capabilities (a server's quirks), not cached.
-pub fn s3_backend(spec: &S3Spec, capabilities: Capabilities) -> Result<ObjectStoreBackend> {
-    s3::build(spec, capabilities)
+pub fn s3_backend(spec: &S3Spec, capabilities: Capabilities) -> Result<S3Backend> {
+    S3Backend::new(spec, capabilities)
 }

@@ -939,7 +939,13 @@ impl UserSandbox {
             )
             .with_path(vp.to_string()));
         }
-        if Self::dir_exists(&t).await? {
+        let is_dir = match Self::dir_exists(&t).await {
+            Ok(is_dir) => is_dir,
+            // A link where a directory would be: removed as an entry below.
+            Err(e) if e.special().is_some() => false,
+            Err(e) => return Err(e),
+        };
+        if is_dir {
             let below = Self::keys_below(&t).await?;
             // Links and special files go too, as entries: never what they lead to.
             let mut keys: Vec<ObjectKey> = below

@@ -16,6 +16,7 @@
 //! | [`overwrite`] | the six overwrite modes and the effective decision per backend |
 //! | [`capability`] | what a backend declares it can do |
 //! | [`parts`] | the 1 TiB limit and multipart part plans that fit the upload cache |
+//! | [`retry`] | when a failed request is tried again |
 //! | [`port`] | [`ObjectStorage`], the trait every backend implements |
 //! | [`error`] | the one [`Error`] type with its [`ErrorKind`] |
 //!
@@ -48,6 +49,7 @@ pub mod parts;
 pub mod path;
 pub mod port;
 mod raw;
+pub mod retry;
 pub mod secret;
 pub mod template;
 

@@ -22,13 +22,7 @@
 //! assert!(report.failures().is_empty(), "{report}");
 //! # }
 //! ```
-//!
-//! [`servers`] starts real S3 servers, a proxy and a throwaway CA on
-//! 127.0.0.1 for the project's own tests.
 
-pub mod faults;
-pub mod hostile;
-pub mod servers;
 mod suite;
 
 pub use suite::{Area, CaseReport, Outcome, Report, Target, case_names, run, run_cases};

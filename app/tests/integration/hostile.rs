@@ -3,8 +3,8 @@
 
 use corral::Corral;
 use corral::cache::CacheConfig;
-use corral_conformance::hostile::{Answer, HostileServer, Request};
 use corral_domain::{ErrorKind, Identity};
+use corral_fixtures::hostile::{Answer, HostileServer, Request};
 use futures::TryStreamExt;
 
 fn sandbox(server: &HostileServer) -> corral::UserSandbox {

@@ -1,9 +1,9 @@
 //! Helpers shared by the real-server tests.
 #![allow(dead_code, unreachable_pub)]
 
-use corral_conformance::servers::S3Server;
 use corral_domain::config::S3Spec;
 use corral_domain::{Mappings, SandboxSpec};
+use corral_fixtures::servers::S3Server;
 
 /// An S3 spec for `server`'s `bucket`, with extra JSON options (`"key": value, …`).
 pub fn s3_spec(server: &S3Server, bucket: &str, extra: &str) -> S3Spec {

@@ -1,14 +1,14 @@
 //! Every port operation on every backend: Memory, File, and real S3 servers
 //! (s3s-fs, moto) on 127.0.0.1, through the conformance suite.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
 use corral_adapters::{ObjectStoreBackend, file_backend, s3_backend};
-use corral_conformance::servers::S3Server;
 use corral_conformance::{Outcome, Report, Target, run};
 use corral_domain::{Capabilities, ErrorKind, ObjectKey, ObjectStorage};
+use corral_fixtures::servers::S3Server;
 
 fn assert_passes(report: &Report, unsupported: &[&str]) {
     println!("{report}");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_conformance::servers::S3Server;
+use corral_fixtures::servers::S3Server;
 
 const SIZE: usize = 200 << 20;
 
@@ -353,8 +353,8 @@ fn ctrl_c_aborts_the_upload() {
 /// `cp` through a fault proxy in front of the server, with retries off;
 /// big.bin (12 MiB) fails to upload and its abort fails too: the upload is
 /// left pending and its journal entry kept as abandoned.
-fn abandon_an_upload(s: &Setup) -> (corral_conformance::faults::FaultProxy, PathBuf) {
-    use corral_conformance::faults::FaultProxy;
+fn abandon_an_upload(s: &Setup) -> (corral_fixtures::faults::FaultProxy, PathBuf) {
+    use corral_fixtures::faults::FaultProxy;
     let proxy = FaultProxy::start(
         &format!("127.0.0.1:{}", s.server.port),
         0.0,

@@ -4,15 +4,15 @@
 //! full-object CRC-64/NVME, or an ETag that is a plain MD5. Which objects
 //! each server covers is stated in docs/COMPATIBILITY.md and asserted here.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use corral::Corral;
 use corral::cache::CacheConfig;
-use corral_conformance::faults::FaultProxy;
-use corral_conformance::servers::S3Server;
 use corral_domain::{ErrorKind, Identity};
+use corral_fixtures::faults::FaultProxy;
+use corral_fixtures::servers::S3Server;
 
 const MIB: usize = 1 << 20;
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use corral_conformance::servers::{Pki, S3Server, Squid, free_port};
+use corral_fixtures::servers::{Pki, S3Server, Squid, free_port};
 
 struct Run {
     code: i32,

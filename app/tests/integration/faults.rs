@@ -6,7 +6,7 @@
 //! bytes still reserved (must be 0), and the peak RSS. The figures of
 //! docs/RELIABILITY.md come from this test (`-- --nocapture` prints them).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use corral::Corral;
 use corral::cache::{CacheConfig, part_checksum, wait_for_background_aborts};
-use corral_conformance::faults::FaultProxy;
-use corral_conformance::servers::S3Server;
 use corral_domain::port::PutMode;
 use corral_domain::{Identity, ObjectKey, ObjectStorage};
+use corral_fixtures::faults::FaultProxy;
+use corral_fixtures::servers::S3Server;
 use futures::{StreamExt, TryStreamExt};
 
 const MIB: usize = 1 << 20;

@@ -75,7 +75,7 @@ async fn mounts_directories_and_planted_objects() {
     );
 }
 
-mod common;
+use crate::common;
 
 /// Dropping any future of the API leaves no reservation, no partial object
 /// and no pending multipart upload.

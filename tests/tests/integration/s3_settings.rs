@@ -3,14 +3,14 @@
 //! TLS with a throwaway CA (caFile, caPath, verifySSL). Tests that expect a
 //! failure set `maxRetries` to 0.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use corral_adapters::s3_backend;
-use corral_conformance::servers::{Pki, S3Server, Squid, free_port};
 use corral_domain::config::S3Spec;
 use corral_domain::port::{ListOptions, PutMode};
 use corral_domain::{Capabilities, ErrorKind, ObjectKey, ObjectStorage};
+use corral_fixtures::servers::{Pki, S3Server, Squid, free_port};
 use futures::TryStreamExt;
 
 /// Puts, reads back and lists one object; the first error, if any.

@@ -3,7 +3,7 @@
 //! file mode, out-of-order and streamed uploads, backpressure, admission
 //! under load, and that every byte comes back however a transfer ends.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

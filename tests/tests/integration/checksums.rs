@@ -4,14 +4,14 @@
 //! verifies refuses the upload. The result per server is stated in
 //! docs/COMPATIBILITY.md.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use corral_adapters::Backends;
-use corral_conformance::faults::FaultProxy;
-use corral_conformance::servers::S3Server;
 use corral_domain::port::PutMode;
 use corral_domain::{ErrorKind, ObjectKey, ObjectStorage};
+use corral_fixtures::faults::FaultProxy;
+use corral_fixtures::servers::S3Server;
 
 /// Whether `server` refuses a corrupted PUT and a corrupted part with
 /// `checksum`, the payload signed (its SHA-256 in the signature) or not.

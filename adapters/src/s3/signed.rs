@@ -1,0 +1,211 @@
+//! corral's own signed S3 requests, for what `object_store` has no API for
+//! or would do against a sandbox rule: listings with raw keys, pending
+//! uploads, lifecycle rules, and a HEAD that asks for checksums. They are
+//! signed with `object_store`'s public SigV4 signer ([`AwsAuthorizer`]) and
+//! sent through an HTTP client built from the sandbox's
+//! [`super::options::client_options`].
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use corral_domain::port::ObjectMeta;
+use corral_domain::retry::Backoff;
+use corral_domain::{Error, ErrorKind, ObjectKey, Operation, Result};
+use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
+use object_store::client::{HttpClient, HttpRequest, HttpRequestBody};
+use percent_encoding::utf8_percent_encode;
+
+use super::checksums::content_checksum;
+use super::options::{PATH, STRICT};
+use crate::errors::{Context, chain_text, classify};
+use crate::retry::retry;
+
+/// The client of corral's own signed requests to one bucket.
+#[derive(Clone)]
+pub(super) struct Signed {
+    pub(super) http: HttpClient,
+    pub(super) bucket_url: String,
+    pub(super) region: String,
+    pub(super) credentials: AwsCredentialProvider,
+    pub(super) max_retries: u32,
+    /// Whether single-part ETags are MD5s (the `etagIsMd5` quirk).
+    pub(super) etag_is_md5: bool,
+    pub(super) ctx: Context,
+}
+
+pub(super) fn parse_time(s: Option<&str>) -> Option<SystemTime> {
+    let t = chrono::DateTime::parse_from_rfc3339(s?).ok()?;
+    Some(SystemTime::from(t))
+}
+
+pub(super) fn invalid_response(message: String) -> Error {
+    Error::new(ErrorKind::InvalidResponse, message)
+}
+
+impl Signed {
+    /// Sends a signed request to the bucket with `query`, retrying temporary failures.
+    pub(super) async fn send(
+        &self,
+        method: http::Method,
+        query: &[(&str, &str)],
+        op: Operation,
+    ) -> Result<Bytes> {
+        self.send_body(method, query, Bytes::new(), op).await
+    }
+
+    /// Sends a signed request with a body (with its Content-MD5, which some
+    /// bucket configuration calls require).
+    pub(super) async fn send_body(
+        &self,
+        method: http::Method,
+        query: &[(&str, &str)],
+        body: Bytes,
+        op: Operation,
+    ) -> Result<Bytes> {
+        let query: Vec<String> = query
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    utf8_percent_encode(k, STRICT),
+                    utf8_percent_encode(v, STRICT)
+                )
+            })
+            .collect();
+        let url = format!("{}/?{}", self.bucket_url, query.join("&"));
+        retry(
+            Backoff::requests(self.max_retries),
+            op.as_str(),
+            Error::is_temporary,
+            || self.send_once(&method, &url, body.clone()),
+        )
+        .await
+        .map_err(|e| e.with_operation(op))
+    }
+
+    /// A HEAD of `key` that also tells which checksum of the whole content
+    /// the server vouches for, which object_store's does not (it neither
+    /// asks for checksums nor shows the encryption headers). `Ok(None)` when
+    /// the answer is neither 200 nor 404, or the request failed: the caller
+    /// then asks object_store, whose errors are retried and classified.
+    pub(crate) async fn head_object(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        let Ok(credential) = self.credentials.get_credential().await else {
+            return Ok(None);
+        };
+        let url = format!(
+            "{}/{}",
+            self.bucket_url,
+            utf8_percent_encode(key.as_str(), PATH)
+        );
+        let Ok(mut request) = http::Request::builder()
+            .method(http::Method::HEAD)
+            .uri(&url)
+            .header("x-amz-checksum-mode", "ENABLED")
+            .body(HttpRequestBody::from(Bytes::new()))
+        else {
+            return Ok(None);
+        };
+        if AwsAuthorizer::new(&credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let Ok(response) = self.http.execute(request).await else {
+            return Ok(None);
+        };
+        match response.status().as_u16() {
+            200 => {}
+            404 => {
+                return Err(Error::not_found("no such object")
+                    .with_operation(Operation::Head)
+                    .with_path(key.as_str().to_owned()));
+            }
+            status => {
+                tracing::debug!(status, key = %key, "HEAD not answered 200 or 404: asking object_store");
+                return Ok(None);
+            }
+        }
+        let headers = response.headers();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let Some(size) = header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
+            return Ok(None);
+        };
+        let etag = header("etag").map(str::to_owned);
+        Ok(Some(ObjectMeta {
+            key: key.clone(),
+            size,
+            last_modified: header("last-modified")
+                .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+                .map(SystemTime::from),
+            checksum: content_checksum(&header, etag.as_deref(), self.etag_is_md5),
+            etag,
+        }))
+    }
+
+    async fn send_once(&self, method: &http::Method, url: &str, body: Bytes) -> Result<Bytes> {
+        let credential = self.credentials.get_credential().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unauthenticated,
+                format!("no S3 credentials: {}", chain_text(&e)),
+            )
+        })?;
+        let mut builder = http::Request::builder().method(method.clone()).uri(url);
+        if !body.is_empty() {
+            use base64::Engine;
+            use md5::Digest;
+            let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+            builder = builder
+                .header("content-md5", md5)
+                .header("content-type", "application/xml");
+        }
+        let mut request: HttpRequest = builder
+            .body(HttpRequestBody::from(body))
+            .map_err(|e| Error::invalid_input(format!("bad request URL: {e}")))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+            .map_err(|e| Error::new(ErrorKind::Other, format!("signing failed: {e}")))?;
+        let response = self.http.execute(request).await.map_err(|e| {
+            let text = chain_text(&e);
+            match classify(&e, &text, &self.ctx) {
+                Some(c) => c.into_error(),
+                None => Error::new(ErrorKind::Unavailable, text),
+            }
+        })?;
+        let status = response.status();
+        let body = response.into_body().bytes().await.map_err(|e| {
+            let text = chain_text(&e);
+            match classify(&e, &text, &self.ctx) {
+                Some(c) => c.into_error(),
+                None => Error::new(
+                    ErrorKind::Unavailable,
+                    format!("reading the answer: {text}"),
+                ),
+            }
+        })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let text = format!(
+            "status code: {}: {}",
+            status.as_u16(),
+            String::from_utf8_lossy(&body)
+        );
+        let io = std::io::Error::other(text.clone());
+        // 501 Not Implemented will not change by retrying.
+        let temporary = matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504);
+        Err(match classify(&io, &text, &self.ctx) {
+            Some(c) => c.into_error(),
+            None => Error::new(ErrorKind::Other, format!("the server answered {status}")),
+        }
+        .with_temporary(temporary))
+    }
+}
+
+impl std::fmt::Debug for Signed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signed")
+            .field("bucket_url", &self.bucket_url)
+            .finish_non_exhaustive()
+    }
+}
