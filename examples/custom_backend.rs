@@ -240,7 +240,7 @@ async fn main() -> Result<()> {
 
     // 1. The conformance suite, as anyone can run it against their backend.
     let report =
-        corral_conformance::run(&corral_conformance::Target::new("toy", store.clone())).await;
+        corral_conformance::run(&corral_conformance::Target::new("toy", Arc::clone(&store))).await;
     println!("{report}");
     assert!(
         report.failures().is_empty(),
@@ -253,7 +253,7 @@ async fn main() -> Result<()> {
     )
     .expect("mappings");
     let corral = Corral::builder(mappings)
-        .backend("toy", store.clone())
+        .backend("toy", Arc::clone(&store))
         .build()?;
     let carol = corral.sandbox(&Identity::user("carol"))?;
     carol

@@ -13,11 +13,11 @@
 
 use corral::Corral;
 use corral::cache::CacheConfig;
-use corral_domain::{ErrorKind, Identity};
+use corral::{ErrorKind, Identity};
 use futures::TryStreamExt;
 
 #[tokio::main]
-async fn main() -> Result<(), corral_domain::Error> {
+async fn main() -> Result<(), corral::Error> {
     // An S3 endpoint: the caller's, or a local s3s-fs for the demonstration.
     let local;
     let (endpoint, bucket, key, secret) = match std::env::var("CORRAL_S3_ENDPOINT") {

@@ -15,7 +15,7 @@ pub async fn archive(
     name: &str,
     data: &[u8],
     date: &str,
-) -> Result<String, corral_domain::Error> {
+) -> Result<String, corral::Error> {
     let path = format!("/archive/{date}/{name}");
     sandbox.mkdir(&format!("/archive/{date}"), true).await?;
     sandbox.write(&path, data, None).await?;
@@ -31,7 +31,7 @@ mod tests {
     use super::*;
     use corral::Corral;
     use corral::cache::CacheConfig;
-    use corral_domain::{ErrorKind, Identity};
+    use corral::{ErrorKind, Identity};
 
     /// In production this mapping says `"type": "S3"`; in tests, `"Memory"`.
     fn sandbox(user: &str) -> (Corral, UserSandbox) {

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs the real servers the tests start on 127.0.0.1 (see tests/SERVERS.md):
+# Installs the real servers the tests start on 127.0.0.1 (see tests/fixtures/SERVERS.md):
 # squid + openssl + curl (apt), moto (PyPI, in a venv), s3s-fs and Garage
 # (crates.io).
 # Idempotent and quick when everything is already present; meant for a fresh
 # Debian 12 machine, run as root (apt-get). Prints one "ok <tool> <path>" line
-# per tool. The Rust fixtures (tests/src/servers.rs) look for the binaries at
+# per tool. The Rust fixtures (tests/fixtures/src/servers.rs) look for the binaries at
 # the same default paths, or at $CORRAL_S3S_FS, $CORRAL_MOTO_SERVER,
 # $CORRAL_GARAGE and $CORRAL_SQUID.
 set -euo pipefail

@@ -10,6 +10,8 @@ scripts/install-test-deps.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== layers (docs/ARCHITECTURE.md)"
+python3 scripts/check-layers.py
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== building tests"

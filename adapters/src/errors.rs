@@ -37,6 +37,10 @@ pub(crate) fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = e.source();
     }
+    // object_store's "Generic S3 error: " says nothing a user can use.
+    for store in ["S3", "InMemory", "LocalFileSystem"] {
+        text = text.replace(&format!("Generic {store} error: "), "");
+    }
     redact_userinfo(&text)
 }
 

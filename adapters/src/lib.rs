@@ -83,7 +83,7 @@ impl Backends {
                 root: SandboxRoot::BUCKET_ROOT,
             }),
             ResolvedSpec::Memory { root } => Ok(OpenSandbox {
-                storage: Arc::new(ObjectStoreBackend::memory(self.memory.clone())),
+                storage: Arc::new(ObjectStoreBackend::memory(Arc::clone(&self.memory))),
                 root: root.clone(),
             }),
             ResolvedSpec::S3 { spec, root } => Ok(OpenSandbox {
@@ -95,7 +95,7 @@ impl Backends {
                 let storage = custom
                     .iter()
                     .find(|(name, _)| name == backend)
-                    .map(|(_, s)| s.clone())
+                    .map(|(_, s)| Arc::clone(s))
                     .ok_or_else(|| {
                         corral_domain::Error::invalid_input(format!(
                             "no backend is registered under the name {backend:?} (a Custom sandbox's `backend`)"
@@ -126,13 +126,13 @@ impl Backends {
             }
         };
         if let Some((_, b)) = cache.iter().find(|(s, _)| same(s)) {
-            return Ok(b.clone());
+            return Ok(Arc::clone(b));
         }
         let mut caps = Capabilities::s3();
         caps.list_pending_uploads = spec.quirks.list_multipart_uploads;
         caps.conditional_create = spec.quirks.conditional_create;
         let backend = Arc::new(S3Backend::new(spec, caps)?);
-        cache.push((spec.clone(), backend.clone()));
+        cache.push((spec.clone(), Arc::clone(&backend)));
         Ok(backend)
     }
 
@@ -162,7 +162,7 @@ impl Backends {
 
     /// The in-memory store shared by Memory sandboxes (for tests that plant objects).
     pub fn memory_store(&self) -> Arc<InMemory> {
-        self.memory.clone()
+        Arc::clone(&self.memory)
     }
 }
 

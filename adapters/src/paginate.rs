@@ -10,8 +10,11 @@ use corral_domain::{Error, ErrorKind, Result};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
 /// The items of every page, in order; the next page is fetched when the
-/// last item of this one is taken.
-pub(crate) fn paginate<T, K, F, Fut>(fetch: F) -> BoxStream<'static, Result<T>>
+/// last item of this one is taken. `marker` names the token in errors.
+pub(crate) fn paginate<T, K, F, Fut>(
+    marker: &'static str,
+    fetch: F,
+) -> BoxStream<'static, Result<T>>
 where
     T: Send + 'static,
     K: Clone + Eq + Hash + Send + std::fmt::Debug + 'static,
@@ -30,7 +33,7 @@ where
         seen: HashSet::new(),
         done: false,
     };
-    futures::stream::try_unfold(state, |mut s| async move {
+    futures::stream::try_unfold(state, move |mut s| async move {
         if s.done {
             return Ok(None);
         }
@@ -41,7 +44,7 @@ where
                     return Err(Error::new(
                         ErrorKind::InvalidResponse,
                         format!(
-                            "the server repeated the page marker {t:?}: the listing would never end"
+                            "the server repeated the {marker} {t:?}: the listing would never end"
                         ),
                     ));
                 }
@@ -61,7 +64,7 @@ mod tests {
 
     #[tokio::test]
     async fn pages_follow_tokens_and_a_repeated_token_is_refused() {
-        let items: Vec<u32> = paginate(|t: Option<u32>| async move {
+        let items: Vec<u32> = paginate("token", |t: Option<u32>| async move {
             let at = t.unwrap_or(0);
             Ok(((at * 2..at * 2 + 2).collect(), (at < 2).then_some(at + 1)))
         })
@@ -69,7 +72,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(items, [0, 1, 2, 3, 4, 5]);
-        let e = paginate(|_: Option<u32>| async { Ok((vec![1u8], Some(9))) })
+        let e = paginate("token", |_: Option<u32>| async { Ok((vec![1u8], Some(9))) })
             .try_collect::<Vec<_>>()
             .await
             .unwrap_err();

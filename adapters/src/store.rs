@@ -42,7 +42,11 @@ impl fmt::Debug for ObjectStoreBackend {
 impl ObjectStoreBackend {
     /// A backend over an in-memory store (shared with others built on the same store).
     pub fn memory(store: Arc<InMemory>) -> Self {
-        Self::custom(store.clone(), store, Capabilities::memory())
+        Self::custom(
+            Arc::clone(&store) as Arc<dyn ObjectStore>,
+            store,
+            Capabilities::memory(),
+        )
     }
 
     /// A backend over any `object_store` store with multipart support.
@@ -73,7 +77,7 @@ impl ObjectStoreBackend {
 
     /// object_store's own listing: for stores that can hold nothing unparseable.
     fn list_store(&self, prefix: &ObjectKey, opts: ListOptions) -> ListStream {
-        let store = self.objects.store.clone();
+        let store = Arc::clone(&self.objects.store);
         let raw_prefix = prefix.as_str().to_owned();
         let ctx = self.objects.ctx.clone();
         let stream = async move {

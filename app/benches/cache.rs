@@ -172,7 +172,7 @@ async fn staging() {
         let mut best = Duration::MAX;
         for _ in 0..3 {
             let start = Instant::now();
-            upload(&cache, null.clone(), "bench", TOTAL, &data).await;
+            upload(&cache, Arc::clone(&null), "bench", TOTAL, &data).await;
             best = best.min(start.elapsed());
         }
         println!(
@@ -197,7 +197,7 @@ async fn rss(file_mode: bool) {
     let peak_anon = Arc::new(AtomicU64::new(idle_anon));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = std::thread::spawn({
-        let (peak_anon, stop) = (peak_anon.clone(), stop.clone());
+        let (peak_anon, stop) = (Arc::clone(&peak_anon), Arc::clone(&stop));
         move || {
             while !stop.load(Ordering::Relaxed) {
                 peak_anon.fetch_max(status_kib("RssAnon:"), Ordering::Relaxed);
@@ -206,7 +206,7 @@ async fn rss(file_mode: bool) {
         }
     });
     let start = Instant::now();
-    upload(&cache, storage.clone(), "big.bin", SIZE, &data).await;
+    upload(&cache, Arc::clone(&storage), "big.bin", SIZE, &data).await;
     let took = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();

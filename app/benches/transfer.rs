@@ -79,7 +79,8 @@ async fn baseline_upload(store: Arc<object_store::aws::AmazonS3>, file: &Path) -
     let f = Arc::new(std::fs::File::open(file).unwrap());
     let parts: Vec<_> = futures::stream::iter(0..SIZE.div_ceil(PART))
         .map(|i| {
-            let (store, f, path, id) = (store.clone(), f.clone(), path.clone(), id.clone());
+            let (store, f, path, id) =
+                (Arc::clone(&store), Arc::clone(&f), path.clone(), id.clone());
             async move {
                 let len = PART.min(SIZE - i * PART) as usize;
                 let mut buf = vec![0u8; len];
@@ -103,7 +104,7 @@ async fn baseline_download(store: Arc<object_store::aws::AmazonS3>, out: &Path) 
     let path = StorePath::from("baseline.bin");
     futures::stream::iter(0..SIZE.div_ceil(PART))
         .map(|i| {
-            let (store, f, path) = (store.clone(), f.clone(), path.clone());
+            let (store, f, path) = (Arc::clone(&store), Arc::clone(&f), path.clone());
             async move {
                 let range = i * PART..(i * PART + PART).min(SIZE);
                 let r = store
@@ -182,7 +183,7 @@ fn main() {
     // flushing one run's writes during the next would otherwise favour whichever goes first.
     let (mut base_up, mut corral_up, mut up_rss) = (Duration::MAX, Duration::MAX, 0);
     for _ in 0..2 {
-        base_up = base_up.min(rt.block_on(baseline_upload(store.clone(), &big)));
+        base_up = base_up.min(rt.block_on(baseline_upload(Arc::clone(&store), &big)));
         let (t, rss) = run_corral(
             dir.path(),
             &["--config", cfg, "cp", "big.bin", "corral:/big.bin"],
@@ -200,7 +201,7 @@ fn main() {
     let (mut base_down, mut corral_down, mut down_rss) = (Duration::MAX, Duration::MAX, 0);
     for _ in 0..2 {
         base_down = base_down.min(rt.block_on(baseline_download(
-            store.clone(),
+            Arc::clone(&store),
             &dir.path().join("base.out"),
         )));
         let (t, rss) = run_corral(

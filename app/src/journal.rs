@@ -343,7 +343,7 @@ impl EntryGuard {
     /// A writer keeping `entry` (a new upload's, written when the multipart
     /// upload is created, or a resumed one's, already written) up to date.
     pub fn writer(&self, entry: JournalEntry) -> EntryWriter {
-        EntryWriter::new(self.path.clone(), entry, self.kept.clone())
+        EntryWriter::new(self.path.clone(), entry, Arc::clone(&self.kept))
     }
 }
 

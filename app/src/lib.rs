@@ -1,10 +1,10 @@
 //! # corral
 //!
 //! Per-user sandboxes on S3 buckets, local directories or memory, presented
-//! as a filesystem. This crate is the composition root: it wires the rules
-//! of [`corral_domain`] to the backends of [`corral_adapters`] and holds the
-//! services that need a runtime. The `corral` command is a thin user of this
-//! API.
+//! as a filesystem. This crate is the library that owns every operation;
+//! the `corral` command and `corral serve sftp` are thin users of it. It
+//! wires the rules of `corral-domain` to the backends of `corral-adapters`
+//! and holds what needs a runtime:
 //!
 //! - [`Corral`]: built once per process from the mappings (JSON, or typed
 //!   values) and the [`cache`] settings, with backends of one's own
@@ -12,9 +12,12 @@
 //! - [`UserSandbox`]: one user's view, with `stat`, `list` (a stream),
 //!   `read` / `read_range` / `reader` (an `AsyncRead`), `write` /
 //!   `write_stream` / `write_from` (returning the effective overwrite
-//!   decision), `mkdir`, `remove`, `rename` and `copy`;
+//!   decision), `mkdir`, `remove`, `rename`, `copy`; copies between local
+//!   files and the sandbox with resume and verification
+//!   ([`UserSandbox::copy_paths`], [`transfer`]); `check`, `describe`,
+//!   pending uploads and the conformance suite for operators;
 //! - [`cache`]: the bounded transfer cache that stages every upload and
-//!   download; [`config`]: the config file.
+//!   download; [`config`]: the config file; [`journal`]: uploads in flight.
 //!
 //! Dropping any future of the API releases its cache reservation and aborts
 //! its multipart upload in the background; a program that exits right after
@@ -22,10 +25,9 @@
 //! [`cache::wait_for_background_aborts`].
 //!
 //! ```
-//! use corral::{Corral, cache::CacheConfig};
-//! use corral_domain::{ErrorKind, Identity};
+//! use corral::{Corral, ErrorKind, Identity, cache::CacheConfig};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> corral_domain::Result<()> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> corral::Result<()> {
 //! // In production: "type": "S3" with a bucket; in tests, memory.
 //! let corral = Corral::from_json(r#"{"": {"": {"type": "Memory", "path": "users/%u"}}}"#, CacheConfig::default())?;
 //! let alice = corral.sandbox(&Identity::user("alice"))?;
@@ -40,6 +42,21 @@
 pub mod cache;
 pub mod config;
 pub mod journal;
-pub mod sandbox;
+mod sandbox;
+pub mod transfer;
 
-pub use sandbox::{Copied, Corral, CorralBuilder, Entry, UserSandbox, Writer};
+pub use sandbox::admin::{AbortWhich, MountCheck, MountInfo, PendingUploadInfo};
+pub use sandbox::service::{Corral, CorralBuilder};
+pub use sandbox::write::Writer;
+pub use sandbox::{Copied, Entry, UserSandbox};
+
+/// The conformance suite, as [`UserSandbox::conformance`] runs it.
+pub use corral_conformance as conformance;
+pub use corral_domain::listing::{DirEntry, EntryKind};
+pub use corral_domain::overwrite::OverwriteDecision;
+/// A size in bytes for people: `64 MiB`.
+pub use corral_domain::parts::human as human_size;
+pub use corral_domain::{
+    Capabilities, Error, ErrorKind, Identity, Mappings, ObjectStorage, OverwriteMode, Result,
+    VirtualPath,
+};

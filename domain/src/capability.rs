@@ -6,8 +6,8 @@
 //! not atomic). Flags can be overridden per endpoint in configuration, so a
 //! quirky S3-compatible server is described, not special-cased in code.
 
-use crate::overwrite::OverwriteMode;
-use crate::parts::S3_MAX_FILE_SIZE;
+use crate::overwrite::{OverwriteDecision, OverwriteMode, decide};
+use crate::parts::{S3_MAX_FILE_SIZE, SizeError, check_file_size};
 
 /// A backend's declared capabilities.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,17 @@ impl Capabilities {
     /// Whether `mode` is honoured.
     pub fn honours(&self, mode: OverwriteMode) -> bool {
         self.overwrite_modes & (1 << mode.number()) != 0
+    }
+
+    /// The effective overwrite mode when `requested` is asked of this backend
+    /// ([`crate::overwrite::decide`]).
+    pub fn decide(&self, requested: Option<OverwriteMode>) -> OverwriteDecision {
+        decide(requested, |m| self.honours(m), self.default_overwrite)
+    }
+
+    /// Checks a file's size against this backend's limit before any byte moves.
+    pub fn check_file_size(&self, size: u64) -> Result<(), SizeError> {
+        check_file_size(size, self.max_file_size, self.name)
     }
 
     /// The honoured modes, by number.

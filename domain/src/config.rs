@@ -15,59 +15,7 @@ use crate::raw::{RawSpec, RawValue, closest};
 use crate::secret::Secret;
 use crate::template::PathTemplate;
 
-/// A configuration error: where, which key, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Where in the config: e.g. `mapping for user "alice", mount "/archive"`.
-    pub context: String,
-    /// The option at fault, when one is.
-    pub key: Option<String>,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: Option<&str>, message: impl Into<String>) -> Self {
-        Self {
-            context: String::new(),
-            key: key.map(str::to_owned),
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn key(key: &str, message: impl Into<String>) -> Self {
-        Self::new(Some(key), message)
-    }
-
-    /// Sets the context if none was set yet.
-    #[must_use]
-    pub fn in_context(mut self, context: impl Into<String>) -> Self {
-        if self.context.is_empty() {
-            self.context = context.into();
-        }
-        self
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.context.is_empty() {
-            write!(f, "{}: ", self.context)?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, "`{key}`: ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl From<ConfigError> for crate::Error {
-    fn from(e: ConfigError) -> Self {
-        crate::Error::invalid_input(e.to_string()).with_operation(crate::Operation::Configure)
-    }
-}
+pub use crate::error::ConfigError;
 
 /// `http` or `https`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -131,6 +131,7 @@ pub struct Error {
     operation: Option<Operation>,
     path: Option<String>,
     special: Option<SpecialKind>,
+    setting: Option<&'static str>,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -147,6 +148,7 @@ impl Error {
             operation: None,
             path: None,
             special: None,
+            setting: None,
             message: message.into(),
             source: None,
         }
@@ -163,6 +165,26 @@ impl Error {
     #[must_use]
     pub fn with_path(mut self, path: impl Into<String>) -> Self {
         self.path = Some(path.into());
+        self
+    }
+
+    /// Records the setting (a config key such as `maxCloudCacheUploadSize`)
+    /// whose value is at fault, so that a front-end can say how it sets it.
+    #[must_use]
+    pub fn with_setting(mut self, key: &'static str) -> Self {
+        self.setting = Some(key);
+        self
+    }
+
+    /// The setting at fault, when one is.
+    pub fn setting(&self) -> Option<&'static str> {
+        self.setting
+    }
+
+    /// Replaces the message, keeping the kind and the context.
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
         self
     }
 
@@ -255,6 +277,60 @@ impl std::error::Error for Error {
         self.source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A configuration error: where, which key, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where in the config: e.g. `mapping for user "alice", mount "/archive"`.
+    pub context: String,
+    /// The option at fault, when one is.
+    pub key: Option<String>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            context: String::new(),
+            key: key.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn key(key: &str, message: impl Into<String>) -> Self {
+        Self::new(Some(key), message)
+    }
+
+    /// Sets the context if none was set yet.
+    #[must_use]
+    pub fn in_context(mut self, context: impl Into<String>) -> Self {
+        if self.context.is_empty() {
+            self.context = context.into();
+        }
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.context.is_empty() {
+            write!(f, "{}: ", self.context)?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::invalid_input(e.to_string()).with_operation(Operation::Configure)
     }
 }
 

@@ -17,6 +17,7 @@
 //! | [`capability`] | what a backend declares it can do |
 //! | [`parts`] | the 1 TiB limit and multipart part plans that fit the upload cache |
 //! | [`retry`] | when a failed request is tried again |
+//! | [`tree`] | recursive copy, move and remove: which key goes where, in which order |
 //! | [`port`] | [`ObjectStorage`], the trait every backend implements |
 //! | [`error`] | the one [`Error`] type with its [`ErrorKind`] |
 //!
@@ -30,7 +31,7 @@
 //!
 //! // "/" is the sandbox root; ".." cannot climb above it.
 //! let path = VirtualPath::parse("/reports/../q3.csv").unwrap();
-//! let Location::Mount { mount, inner } = view.locate(&path).unwrap() else { unreachable!() };
+//! let Location::Mount { mount, inner, .. } = view.locate(&path).unwrap() else { unreachable!() };
 //! let ResolvedSpec::S3 { root, .. } = &mount.spec else { unreachable!() };
 //! assert_eq!(root.key_for(&inner).unwrap().as_str(), "users/alice/q3.csv");
 //! assert!(VirtualPath::parse("/../bob/secret").is_err());
@@ -52,6 +53,7 @@ mod raw;
 pub mod retry;
 pub mod secret;
 pub mod template;
+pub mod tree;
 
 pub use capability::Capabilities;
 pub use config::{ConfigError, SandboxSpec};

@@ -11,13 +11,18 @@
 //!   the directory is gone;
 //! - a mount point shadows whatever the parent sandbox holds under the same
 //!   name: it is shown once, as a directory;
-//! - [`merge`] sorts by name; a streamed listing keeps the backend's key order.
+//! - entries keep the backend's key order, after the mounts.
+//!
+//! [`DirectoryListing`] is that rule, streamed.
 //!
 //! On S3 a directory exists if its marker exists or any key lies below it
 //! ([`directory_exists`]); an empty directory exists only through its marker.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
+
+use crate::key::{HiddenCount, HiddenReason, KeyClass, SandboxRoot};
+use crate::path::VirtualPath;
+use crate::port::ListItem;
 
 /// What kind of entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,38 +73,116 @@ impl DirEntry {
     }
 }
 
-/// Merges a directory's entries with the mount names below it; see the [module docs](self).
-/// Returns the entries and how many were shadowed (a file under a directory's name).
-pub fn merge(
-    entries: impl IntoIterator<Item = DirEntry>,
-    mounts: &[String],
-) -> (Vec<DirEntry>, u64) {
-    let mut by_name: BTreeMap<String, DirEntry> = BTreeMap::new();
-    let mut shadowed = 0;
-    for e in entries {
-        match by_name.get(&e.name) {
-            None => {
-                by_name.insert(e.name.clone(), e);
-            }
-            Some(existing) => {
-                if existing.kind != e.kind {
-                    shadowed += 1;
-                }
-                if e.is_dir() {
-                    by_name.insert(e.name.clone(), e);
-                }
-            }
+/// The listing of one directory, streamed: the rule every listing of
+/// corral goes through (the sandbox service's, and the conformance
+/// suite's).
+///
+/// Fed the backend's delimited listing of the directory's prefix in key
+/// order ([`Self::push`]), it hands out the entries the user may see as soon
+/// as they are decided, then the rest at the end ([`Self::finish`]):
+///
+/// - each key goes through the sandbox root's strict inverse
+///   ([`SandboxRoot::classify`]): keys a user could not have named are
+///   hidden and counted ([`HiddenCount`]), links and special files too;
+/// - mount points come first ([`Self::mount_entries`]) and shadow whatever
+///   the sandbox holds under their names;
+/// - a file and a directory of one name are shown once, as the directory.
+///   Keys arrive sorted and a file `x` sorts before the prefix `x/` (with
+///   `x.y` between them), so a file is held back until a key past `x/`
+///   shows that no directory of its name follows. What is held back is
+///   bounded by the names that sort between `x` and `x/`.
+#[derive(Debug)]
+pub struct DirectoryListing {
+    root: SandboxRoot,
+    dir: VirtualPath,
+    mounts: Vec<String>,
+    hidden: HiddenCount,
+    /// Files held back, with their keys.
+    pending: Vec<(String, DirEntry)>,
+    shadowed: u64,
+}
+
+impl DirectoryListing {
+    /// The listing of `dir` (relative to `root`) with the names of the
+    /// mounts one level below it.
+    pub fn new(root: SandboxRoot, dir: VirtualPath, mounts: Vec<String>) -> Self {
+        Self {
+            root,
+            dir,
+            mounts,
+            hidden: HiddenCount::default(),
+            pending: Vec::new(),
+            shadowed: 0,
         }
     }
-    for m in mounts {
-        if let Some(existing) = by_name.get(m)
-            && !existing.is_dir()
-        {
-            shadowed += 1;
-        }
-        by_name.insert(m.clone(), DirEntry::directory(m.clone()));
+
+    /// The mount points below the directory: the first entries.
+    pub fn mount_entries(&self) -> Vec<DirEntry> {
+        self.mounts.iter().map(DirEntry::directory).collect()
     }
-    (by_name.into_values().collect(), shadowed)
+
+    /// One item of the backend's listing; returns the entries now decided.
+    pub fn push(&mut self, item: &ListItem) -> Vec<DirEntry> {
+        let key = item.key().as_str();
+        let class = match item {
+            ListItem::Special(..) => {
+                self.hidden.special();
+                KeyClass::Hidden(HiddenReason::Special)
+            }
+            _ => self.hidden.classify(&self.root, key),
+        };
+        let one_below = |p: VirtualPath| p.strip_prefix(&self.dir).filter(|r| r.depth() == 1);
+        let entry = match class {
+            KeyClass::File(p) => one_below(p).map(|r| match item {
+                ListItem::Object(m) => DirEntry::file(r.as_str(), m.size, m.last_modified),
+                _ => DirEntry::file(r.as_str(), 0, None),
+            }),
+            KeyClass::Directory(p) => one_below(p).map(|r| DirEntry::directory(r.as_str())),
+            KeyClass::RootMarker | KeyClass::Hidden(_) => None,
+        };
+        // Everything held back that sorts before `key` minus a directory can go.
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            if format!("{}/", self.pending[i].0).as_str() < key {
+                out.push(self.pending.remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(e) = entry {
+            if self.mounts.contains(&e.name) {
+                self.shadowed += u64::from(e.kind == EntryKind::File);
+            } else if e.is_dir() {
+                if let Some(i) = self.pending.iter().position(|(_, p)| p.name == e.name) {
+                    self.pending.remove(i);
+                    self.shadowed += 1;
+                }
+                out.push(e);
+            } else {
+                self.pending.push((key.to_owned(), e));
+            }
+        }
+        out
+    }
+
+    /// The end of the backend's listing: the entries still held back.
+    pub fn finish(&mut self) -> Vec<DirEntry> {
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// What was hidden so far, and why.
+    pub fn hidden(&self) -> &HiddenCount {
+        &self.hidden
+    }
+
+    /// Files shadowed by a directory or mount of the same name.
+    pub fn shadowed(&self) -> u64 {
+        self.shadowed
+    }
 }
 
 /// Whether a directory exists on a backend with directory markers: its
@@ -112,35 +195,62 @@ pub fn directory_exists(marker_exists: bool, has_children: bool) -> bool {
 mod tests {
     use super::*;
 
+    use crate::key::ObjectKey;
+    use crate::port::ObjectMeta;
+
+    fn object(key: &str) -> ListItem {
+        ListItem::Object(ObjectMeta {
+            key: ObjectKey::from_raw(key),
+            size: 1,
+            last_modified: None,
+            etag: None,
+            checksum: None,
+        })
+    }
+
+    fn all(listing: &mut DirectoryListing, items: &[ListItem]) -> Vec<(String, EntryKind)> {
+        let mut out = listing.mount_entries();
+        for i in items {
+            out.extend(listing.push(i));
+        }
+        out.extend(listing.finish());
+        out.into_iter().map(|e| (e.name, e.kind)).collect()
+    }
+
     #[test]
     fn directory_wins_and_mounts_shadow() {
-        let entries = vec![
-            DirEntry::file("b", 3, None),
-            DirEntry::file("a", 1, None),
-            DirEntry::directory("a"),
-            DirEntry::directory("c"),
-            DirEntry::directory("c"),
-            DirEntry::file("archive", 9, None),
+        let root = SandboxRoot::new("u").unwrap();
+        let mut l =
+            DirectoryListing::new(root, VirtualPath::ROOT, vec!["archive".into(), "z".into()]);
+        let items = [
+            object("u/a"),
+            object("u/a.txt"),
+            ListItem::Prefix(ObjectKey::from_raw("u/a/")),
+            object("u/archive"),
+            object("u/b"),
+            ListItem::Prefix(ObjectKey::from_raw("u/c/")),
+            object("u/x/../y"),
+            ListItem::Special(
+                ObjectKey::from_raw("u/link"),
+                crate::node::SpecialKind::Symlink,
+            ),
+            object("other/f"),
         ];
-        let (merged, shadowed) = merge(entries, &["archive".to_owned(), "z".to_owned()]);
-        let names: Vec<_> = merged.iter().map(|e| (e.name.as_str(), e.kind)).collect();
         assert_eq!(
-            names,
+            all(&mut l, &items),
             [
-                ("a", EntryKind::Directory),
-                ("archive", EntryKind::Directory),
-                ("b", EntryKind::File),
-                ("c", EntryKind::Directory),
-                ("z", EntryKind::Directory),
+                ("archive".to_owned(), EntryKind::Directory),
+                ("z".to_owned(), EntryKind::Directory),
+                ("a.txt".to_owned(), EntryKind::File),
+                ("a".to_owned(), EntryKind::Directory),
+                ("b".to_owned(), EntryKind::File),
+                ("c".to_owned(), EntryKind::Directory),
             ]
         );
-        assert_eq!(shadowed, 2, "the file a and the file archive");
-        // Order of arrival does not matter.
-        let (again, _) = merge(
-            vec![DirEntry::directory("a"), DirEntry::file("a", 1, None)],
-            &[],
-        );
-        assert_eq!(again, vec![DirEntry::directory("a")]);
+        assert_eq!(l.shadowed(), 2, "the file a and the file archive");
+        assert_eq!(l.hidden().special, 1);
+        assert_eq!(l.hidden().outside_prefix, 1);
+        assert_eq!(l.hidden().total, 2, "u/x/../y and other/f");
     }
 
     #[test]

@@ -299,6 +299,8 @@ pub enum Location<'a> {
     Mount {
         /// The mount.
         mount: &'a Mount,
+        /// Its position in [`UserView::mounts`].
+        index: usize,
         /// The path inside the mount's sandbox.
         inner: VirtualPath,
     },
@@ -336,13 +338,18 @@ impl UserView {
         let best = self
             .mounts
             .iter()
-            .filter(|m| path.starts_with(&m.point))
-            .max_by_key(|m| m.point.depth());
-        if let Some(mount) = best {
+            .enumerate()
+            .filter(|(_, m)| path.starts_with(&m.point))
+            .max_by_key(|(_, m)| m.point.depth());
+        if let Some((index, mount)) = best {
             let inner = path
                 .strip_prefix(&mount.point)
                 .ok_or_else(|| Error::new(ErrorKind::Other, "mount prefix mismatch"))?;
-            return Ok(Location::Mount { mount, inner });
+            return Ok(Location::Mount {
+                mount,
+                index,
+                inner,
+            });
         }
         if self.mounts.iter().any(|m| m.point.starts_with(path)) {
             return Ok(Location::Virtual);
@@ -454,14 +461,14 @@ mod tests {
         let m = mappings(SAMPLE);
         let view = m.resolve(&Identity::user("alice")).unwrap();
         match view.locate(&vp("/archive/old/x/y")).unwrap() {
-            Location::Mount { mount, inner } => {
+            Location::Mount { mount, inner, .. } => {
                 assert_eq!(mount.point.as_str(), "archive/old");
                 assert_eq!(inner.as_str(), "x/y");
             }
             other => panic!("{other:?}"),
         }
         match view.locate(&vp("/archive/other")).unwrap() {
-            Location::Mount { mount, inner } => {
+            Location::Mount { mount, inner, .. } => {
                 assert!(mount.point.is_root());
                 assert_eq!(inner.as_str(), "archive/other");
             }

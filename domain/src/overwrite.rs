@@ -1,7 +1,7 @@
 //! What happens when an upload's target already exists.
 //!
 //! JetStream's six overwrite modes, with their numbers. A backend declares in
-//! its [`Capabilities`] which modes it honours; [`decide`] turns the mode a
+//! its [`crate::Capabilities`] which modes it honours; [`decide`] turns the mode a
 //! client asked for into the mode that applies, and says when the request
 //! was ignored (on S3 every mode but in-place-always is ignored: objects are
 //! replaced whole, so there is nothing to write "in part" and no rename).
@@ -9,8 +9,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-
-use crate::capability::Capabilities;
 
 /// An overwrite mode, numbered as in JetStream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -180,25 +178,31 @@ impl OverwriteDecision {
     }
 }
 
-/// Decides the effective overwrite mode for a backend.
+/// Decides the effective overwrite mode for a backend that honours the
+/// modes `honours` accepts and applies `default` otherwise
+/// ([`crate::Capabilities::decide`] asks with a backend's declared ones).
 ///
 /// A requested mode the backend honours applies; otherwise the backend's
 /// default applies and `ignored` is set. No request means the default.
-pub fn decide(requested: Option<OverwriteMode>, caps: &Capabilities) -> OverwriteDecision {
+pub fn decide(
+    requested: Option<OverwriteMode>,
+    honours: impl Fn(OverwriteMode) -> bool,
+    default: OverwriteMode,
+) -> OverwriteDecision {
     match requested {
-        Some(mode) if caps.honours(mode) => OverwriteDecision {
+        Some(mode) if honours(mode) => OverwriteDecision {
             requested,
             effective: mode,
             ignored: false,
         },
         Some(_) => OverwriteDecision {
             requested,
-            effective: caps.default_overwrite,
+            effective: default,
             ignored: true,
         },
         None => OverwriteDecision {
             requested,
-            effective: caps.default_overwrite,
+            effective: default,
             ignored: false,
         },
     }
@@ -206,7 +210,12 @@ pub fn decide(requested: Option<OverwriteMode>, caps: &Capabilities) -> Overwrit
 
 #[cfg(test)]
 mod tests {
+    fn caps_decide(requested: Option<OverwriteMode>, caps: &Capabilities) -> OverwriteDecision {
+        caps.decide(requested)
+    }
+
     use super::*;
+    use crate::capability::Capabilities;
 
     #[test]
     fn numbers_and_names() {
@@ -224,18 +233,18 @@ mod tests {
     fn s3_ignores_every_mode_but_in_place_always() {
         let caps = Capabilities::s3();
         for mode in OverwriteMode::ALL {
-            let d = decide(Some(mode), &caps);
+            let d = caps_decide(Some(mode), &caps);
             assert_eq!(d.effective, OverwriteMode::InPlaceAlways);
             assert_eq!(d.ignored, mode != OverwriteMode::InPlaceAlways, "{mode}");
             assert_eq!(d.notice().is_some(), d.ignored);
         }
-        let d = decide(None, &caps);
+        let d = caps_decide(None, &caps);
         assert_eq!(
             (d.effective, d.ignored),
             (OverwriteMode::InPlaceAlways, false)
         );
         assert!(d.notice().is_none());
-        let notice = decide(Some(OverwriteMode::PartFileBackup), &caps)
+        let notice = caps_decide(Some(OverwriteMode::PartFileBackup), &caps)
             .notice()
             .unwrap();
         assert!(
@@ -248,7 +257,7 @@ mod tests {
     fn file_honours_all_six() {
         let caps = Capabilities::file();
         for mode in OverwriteMode::ALL {
-            let d = decide(Some(mode), &caps);
+            let d = caps_decide(Some(mode), &caps);
             assert_eq!((d.effective, d.ignored), (mode, false));
         }
     }

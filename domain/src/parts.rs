@@ -15,7 +15,6 @@
 
 use std::ops::Range;
 
-use crate::capability::Capabilities;
 use crate::error::{Error, ErrorKind};
 
 /// One mebibyte.
@@ -48,7 +47,7 @@ pub enum SizeError {
         backend: &'static str,
     },
     /// The per-transfer upload cache cannot hold a part big enough.
-    #[error("a {} file needs parts of at least {} to stay within 10,000 parts, but the per-transfer upload cache is {}: set --max-cloud-cache-upload-size to at least {}", human(*size), human(*needed), human(*cache), human(*needed))]
+    #[error("a {} file needs parts of at least {} to stay within 10,000 parts, but the per-transfer upload cache is {}: raise the per-upload cache (maxCloudCacheUploadSize) to at least {}", human(*size), human(*needed), human(*cache), human(*needed))]
     CacheTooSmallForFile {
         /// The file's size.
         size: u64,
@@ -58,7 +57,7 @@ pub enum SizeError {
         cache: u64,
     },
     /// The per-transfer upload cache is smaller than the smallest part.
-    #[error("the per-transfer upload cache is {}, smaller than one 5 MiB part: set --max-cloud-cache-upload-size to at least 5MiB", human(*cache))]
+    #[error("the per-transfer upload cache is {}, smaller than one 5 MiB part: raise the per-upload cache (maxCloudCacheUploadSize) to at least 5MiB", human(*cache))]
     CacheBelowMinimumPart {
         /// The configured per-transfer upload cache.
         cache: u64,
@@ -74,7 +73,7 @@ pub enum SizeError {
         part_size: u64,
     },
     /// A stream of unknown size reached part 10,001.
-    #[error("the upload reached 10,000 parts of {} ({} in all) and has more data: set --max-cloud-cache-upload-size higher (each MiB of part size allows 10,000 MiB of file)", human(*part_size), human(*part_size * MAX_PARTS))]
+    #[error("the upload reached 10,000 parts of {} ({} in all) and has more data: raise the per-upload cache (maxCloudCacheUploadSize; each MiB of part size allows 10,000 MiB of file)", human(*part_size), human(*part_size * MAX_PARTS))]
     TooManyParts {
         /// The part size in use.
         part_size: u64,
@@ -87,7 +86,17 @@ impl From<SizeError> for Error {
             SizeError::CacheBelowMinimumPart { .. } => ErrorKind::InvalidInput,
             _ => ErrorKind::TooLarge,
         };
-        Error::new(kind, e.to_string())
+        let setting = match e {
+            SizeError::CacheTooSmallForFile { .. }
+            | SizeError::CacheBelowMinimumPart { .. }
+            | SizeError::TooManyParts { .. } => Some("maxCloudCacheUploadSize"),
+            _ => None,
+        };
+        let e2 = Error::new(kind, e.to_string());
+        match setting {
+            Some(s) => e2.with_setting(s),
+            None => e2,
+        }
     }
 }
 
@@ -111,13 +120,19 @@ pub fn human(bytes: u64) -> String {
     format!("{bytes} bytes")
 }
 
-/// Checks a file's size against the backend's limit before any byte moves.
-pub fn check_file_size(size: u64, caps: &Capabilities) -> Result<(), SizeError> {
-    match caps.max_file_size {
+/// Checks a file's size against a backend's limit (files must be smaller
+/// than `limit`, if any) before any byte moves
+/// ([`crate::Capabilities::check_file_size`] asks with a backend's).
+pub fn check_file_size(
+    size: u64,
+    limit: Option<u64>,
+    backend: &'static str,
+) -> Result<(), SizeError> {
+    match limit {
         Some(limit) if size >= limit => Err(SizeError::FileTooLarge {
             size,
             limit,
-            backend: caps.name,
+            backend,
         }),
         _ => Ok(()),
     }
@@ -250,21 +265,22 @@ impl StreamingPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capability::Capabilities;
 
     const GIB: u64 = 1 << 30;
 
     #[test]
     fn one_tib_is_refused_one_byte_less_is_not() {
         let caps = Capabilities::s3();
-        assert!(check_file_size((1 << 40) - 1, &caps).is_ok());
-        let e = check_file_size(1 << 40, &caps).unwrap_err();
+        assert!(caps.check_file_size((1 << 40) - 1).is_ok());
+        let e = caps.check_file_size(1 << 40).unwrap_err();
         assert!(
             e.to_string()
                 .contains("smaller than 1099511627776 bytes (1 TiB)"),
             "{e}"
         );
         assert_eq!(Error::from(e).kind(), ErrorKind::TooLarge);
-        assert!(check_file_size(u64::MAX, &Capabilities::file()).is_ok());
+        assert!(Capabilities::file().check_file_size(u64::MAX).is_ok());
     }
 
     #[test]
@@ -337,10 +353,7 @@ mod tests {
         let plan = StreamingPlan::new(64 * MIB).unwrap();
         assert!(plan.check_part(10_000).is_ok());
         let e = plan.check_part(10_001).unwrap_err();
-        assert!(
-            e.to_string().contains("--max-cloud-cache-upload-size"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("maxCloudCacheUploadSize"), "{e}");
         assert_eq!(plan.part_size(), 32 * MIB);
         assert_eq!(StreamingPlan::new(6 * MIB).unwrap().part_size(), 5 * MIB);
         assert_eq!(StreamingPlan::new(1 << 30).unwrap().part_size(), 512 * MIB);

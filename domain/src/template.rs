@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// Who a sandbox is resolved for.
 #[derive(Debug, Clone, PartialEq, Eq)]

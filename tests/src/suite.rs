@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use corral_domain::key::{HiddenCount, KeyClass};
-use corral_domain::listing::{DirEntry, merge};
+use corral_domain::listing::DirectoryListing;
 use corral_domain::port::{ByteRange, ContentChecksum, ListItem, ListOptions, ObjectMeta, PutMode};
 use corral_domain::template::{Identity, PathTemplate};
 use corral_domain::{
@@ -301,7 +301,7 @@ pub async fn run_cases(target: &Target, names: &[&str]) -> Report {
             Some(why) => Outcome::Unsupported(why.to_owned()),
             None => {
                 let ctx = Ctx {
-                    storage: target.storage.clone(),
+                    storage: Arc::clone(&target.storage),
                     caps: target.capabilities.clone(),
                     dir: format!("{run_dir}{}/", case.name),
                 };
@@ -399,6 +399,64 @@ fn short(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+/// Names for a sentence: `"a", "b" and "c"`, or `nothing`.
+fn names_text<I, S>(names: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let quoted: Vec<String> = names
+        .into_iter()
+        .map(|n| format!("{:?}", short(n.as_ref(), 120)))
+        .collect();
+    match quoted.as_slice() {
+        [] => "nothing".to_owned(),
+        [one] => one.clone(),
+        [rest @ .., last] if rest.len() < 8 => format!("{} and {last}", rest.join(", ")),
+        _ => format!("{} and {} more", quoted[..8].join(", "), quoted.len() - 8),
+    }
+}
+
+/// A listing's keys for a sentence (common prefixes and special entries marked).
+fn items_text(items: &[ListItem]) -> String {
+    names_text(items.iter().map(|i| match i {
+        ListItem::Object(m) => m.key.as_str().to_owned(),
+        ListItem::Prefix(p) => format!("{p} (a common prefix)"),
+        ListItem::Special(k, kind) => format!("{k} ({kind})"),
+    }))
+}
+
+/// What a HEAD says, for a sentence.
+fn meta_text(m: &ObjectMeta) -> String {
+    format!("an object of {} bytes", m.size)
+}
+
+/// A HEAD's answer, for a sentence.
+fn result_text(r: &corral_domain::Result<ObjectMeta>) -> String {
+    match r {
+        Ok(m) => meta_text(m),
+        Err(e) => describe(e),
+    }
+}
+
+/// Pending uploads, for a sentence.
+fn uploads_text(pending: &[corral_domain::port::PendingUpload]) -> String {
+    names_text(
+        pending
+            .iter()
+            .map(|u| format!("{} (upload {})", u.key, u.upload_id)),
+    )
+}
+
+/// A byte range, for a sentence.
+fn range_text(r: &ByteRange) -> String {
+    match r {
+        ByteRange::Bounded(r) => format!("bytes {}..{}", r.start, r.end),
+        ByteRange::From(o) => format!("bytes from {o}"),
+        ByteRange::Suffix(n) => format!("the last {n} bytes"),
     }
 }
 
@@ -529,11 +587,17 @@ async fn ranged_get(ctx: Ctx) -> CaseResult {
         let (got_range, body) = read_all(&ctx, &key, Some(range.clone())).await?;
         ensure!(
             got_range == expected,
-            "{range:?}: the server returned bytes {got_range:?}, expected {expected:?}"
+            "{}: the server returned bytes {}..{}, expected {}..{}",
+            range_text(&range),
+            got_range.start,
+            got_range.end,
+            expected.start,
+            expected.end
         );
         ensure!(
             body == data[expected.start as usize..expected.end as usize],
-            "{range:?}: the bytes returned are not those of the range"
+            "{}: the bytes returned are not those of the range",
+            range_text(&range)
         );
     }
     Ok(())
@@ -549,7 +613,12 @@ async fn missing_key(ctx: Ctx) -> CaseResult {
                 describe(&e)
             ));
         }
-        Ok(m) => return Err(format!("head of a missing key succeeded: {m:?}")),
+        Ok(m) => {
+            return Err(format!(
+                "the HEAD of a missing key succeeded ({})",
+                meta_text(&m)
+            ));
+        }
     }
     match ctx.storage.get(&key, None).await {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -590,19 +659,22 @@ async fn directory_marker(ctx: Ctx) -> CaseResult {
     let found = items.iter().any(|i| i.key() == &marker);
     ensure!(
         found,
-        "the delimited listing of the parent does not show {marker}: {items:?}"
+        "the delimited listing of the parent does not show {marker}; it shows {}",
+        items_text(&items)
     );
     let all = list_keys(&ctx, &ctx.dir, false).await?;
     let found = all.iter().any(|i| i.key() == &marker);
     ensure!(
         found,
-        "the recursive listing does not show {marker}: {all:?}"
+        "the recursive listing does not show {marker}; it shows {}",
+        items_text(&all)
     );
     // The marker is not the file `dir`.
     match ctx.storage.head(&ctx.key("dir")).await {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         other => Err(format!(
-            "`dir` (no slash) should not exist beside the marker `dir/`: {other:?}"
+            "`dir` (no slash) should not exist beside the marker `dir/`, but its HEAD gave {}",
+            result_text(&other)
         )),
     }
 }
@@ -610,7 +682,7 @@ async fn directory_marker(ctx: Ctx) -> CaseResult {
 async fn put_many(ctx: &Ctx, keys: &[ObjectKey]) -> Result<(), String> {
     futures::stream::iter(keys.iter().cloned())
         .map(|k| {
-            let s = ctx.storage.clone();
+            let s = Arc::clone(&ctx.storage);
             async move {
                 s.put(&k, Bytes::from_static(b"x"), PutMode::Overwrite)
                     .await
@@ -646,9 +718,13 @@ async fn batch_delete(ctx: Ctx) -> CaseResult {
     let failed = ctx.storage.delete_many(keys).await.check("delete_many")?;
     ensure!(
         failed.is_empty(),
-        "{} keys not deleted, first: {:?}",
+        "{} keys not deleted; the first, {}: {}",
         failed.len(),
-        failed.first()
+        failed
+            .first()
+            .map(|(k, _)| short(k.as_str(), 120))
+            .unwrap_or_default(),
+        failed.first().map(|(_, e)| describe(e)).unwrap_or_default()
     );
     // A cluster may list a deleted key for a moment: look again before
     // calling it a failure, and say whether a second delete removes it.
@@ -673,9 +749,12 @@ async fn batch_delete(ctx: Ctx) -> CaseResult {
             .check("second delete")?;
         let after = files_below(&ctx).await?;
         return Err(format!(
-            "after deleting {MANY} keys, {} were still listed 3 s later ({:?}…); a second delete {} ({} failed)",
+            "after deleting {MANY} keys, {} were still listed 3 s later (such as {}); a second delete {} ({} failed)",
             left.len() - 1,
-            left.iter().find(|k| *k != survivor.as_str()),
+            left.iter()
+                .find(|k| *k != survivor.as_str())
+                .map(|k| short(k, 120))
+                .unwrap_or_default(),
             if after == [survivor.as_str()] {
                 "removed them"
             } else {
@@ -690,7 +769,11 @@ async fn batch_delete(ctx: Ctx) -> CaseResult {
         .delete_many(vec![ctx.key("k00000")])
         .await
         .check("delete of a missing key")?;
-    ensure!(again.is_empty(), "deleting a missing key failed: {again:?}");
+    ensure!(
+        again.is_empty(),
+        "deleting a missing key failed: {}",
+        again.first().map(|(_, e)| describe(e)).unwrap_or_default()
+    );
     Ok(())
 }
 
@@ -721,18 +804,27 @@ async fn list_delimiter(ctx: Ctx) -> CaseResult {
         [ctx.key("b/").into_string(), ctx.key("m/").into_string()].into();
     ensure!(
         objects == want_objects,
-        "delimited objects {objects:?}, expected {want_objects:?}"
+        "the delimited listing shows the objects {}, expected {}",
+        names_text(&objects),
+        names_text(&want_objects)
     );
     ensure!(
         prefixes == want_prefixes,
-        "common prefixes {prefixes:?}, expected {want_prefixes:?}"
+        "the delimited listing shows the common prefixes {}, expected {}",
+        names_text(&prefixes),
+        names_text(&want_prefixes)
     );
     let below = list_keys(&ctx, &format!("{}b/", ctx.dir), true).await?;
     let below: BTreeSet<String> = below.iter().map(|i| i.key().as_str().to_owned()).collect();
     let want: BTreeSet<String> = [ctx.key("b/c"), ctx.key("b/d"), ctx.key("b/e/")]
         .map(ObjectKey::into_string)
         .into();
-    ensure!(below == want, "listing b/: {below:?}, expected {want:?}");
+    ensure!(
+        below == want,
+        "the listing of b/ shows {}, expected {}",
+        names_text(&below),
+        names_text(&want)
+    );
     let all = list_keys(&ctx, &ctx.dir, false).await?;
     let files: BTreeSet<String> = all
         .iter()
@@ -744,7 +836,9 @@ async fn list_delimiter(ctx: Ctx) -> CaseResult {
         .into();
     ensure!(
         files == want_files,
-        "recursive listing {files:?}, expected {want_files:?}"
+        "the recursive listing shows {}, expected {}",
+        names_text(&files),
+        names_text(&want_files)
     );
     Ok(())
 }
@@ -863,7 +957,9 @@ async fn round_trip(ctx: &Ctx, keys: &[ObjectKey]) -> CaseResult {
     let extra: Vec<_> = listed.difference(&want).map(|k| short(k, 120)).collect();
     ensure!(
         missing.is_empty() && extra.is_empty(),
-        "listing differs: missing {missing:?}, unexpected {extra:?}"
+        "the listing lacks {} and shows {} too",
+        names_text(&missing),
+        names_text(&extra)
     );
     Ok(())
 }
@@ -911,7 +1007,9 @@ async fn multipart_complete(ctx: Ctx) -> CaseResult {
     .await?;
     ensure!(
         body == whole[PART - 10..PART + 10],
-        "bytes across the part boundary differ ({range:?})"
+        "the bytes across the part boundary differ (bytes {}..{})",
+        range.start,
+        range.end
     );
     let (_, body) = read_all(&ctx, &key, None).await?;
     ensure!(body == whole, "the completed object differs from its parts");
@@ -945,12 +1043,18 @@ async fn multipart_abort(ctx: Ctx) -> CaseResult {
     }
     match ctx.storage.head(&key).await {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        other => return Err(format!("an aborted upload left an object: {other:?}")),
+        other => {
+            return Err(format!(
+                "an aborted upload left an object: its HEAD gave {}",
+                result_text(&other)
+            ));
+        }
     }
     let listed = list_keys(&ctx, &ctx.dir, false).await?;
     ensure!(
         listed.is_empty(),
-        "an aborted upload left entries in the listing: {listed:?}"
+        "an aborted upload left entries in the listing: {}",
+        items_text(&listed)
     );
     if ctx.caps.list_pending_uploads {
         let pending = ctx
@@ -960,7 +1064,8 @@ async fn multipart_abort(ctx: Ctx) -> CaseResult {
             .check("list pending")?;
         ensure!(
             pending.is_empty(),
-            "the aborted upload is still pending: {pending:?}"
+            "the aborted upload is still pending: {}",
+            uploads_text(&pending)
         );
     }
     Ok(())
@@ -989,17 +1094,26 @@ async fn list_pending_uploads(ctx: Ctx) -> CaseResult {
         .abort_multipart(&key, &upload)
         .await
         .check("abort")?;
-    ensure!(found, "the new upload {upload} is not listed: {pending:?}");
+    ensure!(
+        found,
+        "the new upload {upload} is not listed; the server lists {}",
+        uploads_text(&pending)
+    );
     ensure!(
         !outside,
-        "uploads outside the prefix were listed: {pending:?}"
+        "uploads outside the prefix were listed: {}",
+        uploads_text(&pending)
     );
     let after = ctx
         .storage
         .list_pending_uploads(&dir)
         .await
         .check("list pending after abort")?;
-    ensure!(after.is_empty(), "still pending after abort: {after:?}");
+    ensure!(
+        after.is_empty(),
+        "still pending after abort: {}",
+        uploads_text(&after)
+    );
     Ok(())
 }
 
@@ -1101,7 +1215,8 @@ async fn confinement(ctx: Ctx) -> CaseResult {
     let (shown, hidden, outside) = visible(&ctx, &root).await?;
     ensure!(
         outside.is_empty(),
-        "the server listed keys outside the requested prefix: {outside:?}"
+        "the server listed keys outside the requested prefix: {}",
+        names_text(&outside)
     );
     ensure!(
         hidden.outside_prefix == 0,
@@ -1113,7 +1228,8 @@ async fn confinement(ctx: Ctx) -> CaseResult {
     names.retain(|n| n != "sub");
     ensure!(
         names == ["mine", "sub/deeper"],
-        "the sandbox shows {names:?}"
+        "the sandbox shows {}",
+        names_text(&names)
     );
     // Remove what the sandbox shows, as a recursive remove does: the listed keys, deepest first.
     let mut keys: Vec<ObjectKey> = list_keys(&ctx, root.prefix(), false)
@@ -1164,7 +1280,7 @@ async fn dot_segments_hidden(ctx: Ctx) -> CaseResult {
         .check("put")?;
     let (shown, hidden, _) = visible(&ctx, &root).await?;
     let names: Vec<&str> = shown.iter().map(VirtualPath::as_str).collect();
-    ensure!(names == ["ok"], "the sandbox shows {names:?}");
+    ensure!(names == ["ok"], "the sandbox shows {}", names_text(&names));
     ensure!(
         hidden.total == planted,
         "{planted} odd keys stored, {} hidden",
@@ -1201,14 +1317,21 @@ async fn users_isolated(ctx: Ctx) -> CaseResult {
         .await
         .check("put")?;
     let (shown, _, _) = visible(&ctx, &al).await?;
-    ensure!(shown.is_empty(), "user `al` sees {shown:?} of user `alice`");
+    ensure!(
+        shown.is_empty(),
+        "user `al` sees {} of user `alice`",
+        names_text(shown.iter().map(VirtualPath::to_string))
+    );
     match ctx
         .storage
         .head(&al.key_for(&path).map_err(|e| e.to_string())?)
         .await
     {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        other => Err(format!("user `al` reaches alice's file: {other:?}")),
+        other => Err(format!(
+            "user `al` reaches alice's file: its HEAD gave {}",
+            result_text(&other)
+        )),
     }
 }
 
@@ -1244,16 +1367,15 @@ async fn directory_emulation(ctx: Ctx) -> CaseResult {
             .await
             .check("put")?;
     }
+    // The rule the sandbox service lists with, fed this backend's listing.
     let items = list_keys(&ctx, root.prefix(), true).await?;
-    let mut entries = Vec::new();
+    let mut rule = DirectoryListing::new(root, VirtualPath::ROOT, Vec::new());
+    let mut merged = Vec::new();
     for i in &items {
-        match root.classify(i.key().as_str()) {
-            KeyClass::File(p) => entries.push(DirEntry::file(p.as_str(), 0, None)),
-            KeyClass::Directory(p) => entries.push(DirEntry::directory(p.as_str())),
-            _ => {}
-        }
+        merged.extend(rule.push(i));
     }
-    let (merged, _) = merge(entries, &[]);
+    merged.extend(rule.finish());
+    merged.sort_by(|a, b| a.name.cmp(&b.name));
     let shown: Vec<String> = merged
         .iter()
         .map(|e| format!("{}{}", e.name, if e.is_dir() { "/" } else { "" }))
@@ -1265,7 +1387,9 @@ async fn directory_emulation(ctx: Ctx) -> CaseResult {
     };
     ensure!(
         shown == want,
-        "the home directory shows {shown:?}, expected {want:?}"
+        "the home directory shows {}, expected {}",
+        names_text(&shown),
+        names_text(&want)
     );
     Ok(())
 }
@@ -1283,6 +1407,9 @@ async fn rename(ctx: Ctx) -> CaseResult {
     ensure!(body == data, "the renamed object differs");
     match ctx.storage.head(&a).await {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        other => Err(format!("the source is still there after rename: {other:?}")),
+        other => Err(format!(
+            "the source is still there after rename: its HEAD gave {}",
+            result_text(&other)
+        )),
     }
 }

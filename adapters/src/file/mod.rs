@@ -48,7 +48,8 @@ const READ_CHUNK: u64 = 1 << 20;
 /// Entries per listing page.
 const PAGE: usize = 1000;
 
-/// A File sandbox's directory; see the [module docs](self).
+/// A File sandbox's directory, confined by the kernel: every key is resolved
+/// beneath a handle on the root, one name at a time, never through a link.
 pub struct FileBackend {
     root: Arc<Dir>,
     caps: Capabilities,
@@ -214,7 +215,7 @@ impl ObjectStorage for FileBackend {
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
-        let (root, key) = (self.root.clone(), key.clone());
+        let (root, key) = (Arc::clone(&self.root), key.clone());
         blocking(move || {
             let op = Operation::Head;
             let k = key.as_str();
@@ -242,7 +243,7 @@ impl ObjectStorage for FileBackend {
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult> {
-        let (root, k) = (self.root.clone(), key.clone());
+        let (root, k) = (Arc::clone(&self.root), key.clone());
         let (file, meta, range) = blocking(move || {
             let key = k;
             let op = Operation::Get;
@@ -264,7 +265,7 @@ impl ObjectStorage for FileBackend {
         .await?;
         let (k, end) = (key.as_str().to_owned(), range.end);
         let body = futures::stream::try_unfold(range.start, move |at| {
-            let (file, k) = (file.clone(), k.clone());
+            let (file, k) = (Arc::clone(&file), k.clone());
             async move {
                 if at >= end {
                     return Ok(None);
@@ -288,7 +289,7 @@ impl ObjectStorage for FileBackend {
     }
 
     async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
-        let (root, key) = (self.root.clone(), key.clone());
+        let (root, key) = (Arc::clone(&self.root), key.clone());
         blocking(move || {
             let op = Operation::Put;
             let k = key.as_str();
@@ -315,16 +316,12 @@ impl ObjectStorage for FileBackend {
     }
 
     async fn delete_many(&self, keys: Vec<ObjectKey>) -> Result<Vec<(ObjectKey, Error)>> {
-        let root = self.root.clone();
+        let root = Arc::clone(&self.root);
         blocking(move || {
             let op = Operation::Delete;
-            // Files and other entries first, then directories deepest first:
-            // a directory goes after what was in it.
-            let (mut dirs, files): (Vec<_>, Vec<_>) =
-                keys.into_iter().partition(ObjectKey::is_dir_marker);
-            dirs.sort_by_key(|k| std::cmp::Reverse(k.as_str().matches('/').count()));
+            // A directory goes after what was in it.
             let mut failed = Vec::new();
-            for key in files.into_iter().chain(dirs) {
+            for key in corral_domain::tree::delete_order(keys) {
                 let k = key.as_str();
                 let result = (|| {
                     let names = Self::names(&key, op)?;
@@ -372,11 +369,11 @@ impl ObjectStorage for FileBackend {
             Start(ObjectKey, ListOptions),
             Walking(walk::Walk),
         }
-        let root = self.root.clone();
+        let root = Arc::clone(&self.root);
         let pages = futures::stream::try_unfold(
             Some(State::Start(prefix.clone(), options)),
             move |state| {
-                let root = root.clone();
+                let root = Arc::clone(&root);
                 async move {
                     let mut walk = match state {
                         None => return Ok(None),
@@ -405,7 +402,7 @@ impl ObjectStorage for FileBackend {
     }
 
     async fn copy(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
-        let (root, from, to) = (self.root.clone(), from.clone(), to.clone());
+        let (root, from, to) = (Arc::clone(&self.root), from.clone(), to.clone());
         blocking(move || {
             let op = Operation::Copy;
             let (fk, tk) = (from.as_str(), to.as_str());
@@ -430,7 +427,7 @@ impl ObjectStorage for FileBackend {
     }
 
     async fn rename(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
-        let (root, from, to) = (self.root.clone(), from.clone(), to.clone());
+        let (root, from, to) = (Arc::clone(&self.root), from.clone(), to.clone());
         blocking(move || {
             let op = Operation::Copy;
             let (fk, tk) = (from.as_str(), to.as_str());
@@ -469,7 +466,11 @@ impl ObjectStorage for FileBackend {
     }
 
     async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId> {
-        let (root, key, uploads) = (self.root.clone(), key.clone(), self.uploads.clone());
+        let (root, key, uploads) = (
+            Arc::clone(&self.root),
+            key.clone(),
+            Arc::clone(&self.uploads),
+        );
         blocking(move || {
             let op = Operation::CreateMultipart;
             let k = key.as_str();
@@ -528,8 +529,8 @@ impl ObjectStorage for FileBackend {
         let op = Operation::CompleteMultipart;
         let spool = self.uploads.get(key, upload, op)?;
         let plan = spool.plan(parts)?;
-        let (root, k) = (self.root.clone(), key.clone());
-        let s = spool.clone();
+        let (root, k) = (Arc::clone(&self.root), key.clone());
+        let s = Arc::clone(&spool);
         blocking(move || {
             let ks = k.as_str();
             let names = Self::names(&k, op)?;

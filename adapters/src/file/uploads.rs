@@ -168,7 +168,7 @@ impl Uploads {
     pub(super) fn get(&self, key: &ObjectKey, id: &UploadId, op: Operation) -> Result<Arc<Spool>> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&id.0) {
-            Some(s) if s.key == *key => Ok(s.clone()),
+            Some(s) if s.key == *key => Ok(Arc::clone(s)),
             _ => Err(Error::not_found(format!(
                 "no such multipart upload {id} (completed or aborted already)"
             ))

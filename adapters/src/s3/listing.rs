@@ -133,7 +133,7 @@ async fn list_page_once(
 /// A lazily paginated listing.
 pub(super) fn list(signed: &Signed, prefix: ObjectKey, options: ListOptions) -> ListStream {
     let signed = signed.clone();
-    paginate(move |token: Option<String>| {
+    paginate("continuation token", move |token: Option<String>| {
         let (signed, prefix, options) = (signed.clone(), prefix.clone(), options.clone());
         async move {
             let page = list_page(&signed, prefix.as_str(), &options, token.as_deref()).await?;

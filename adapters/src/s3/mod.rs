@@ -43,7 +43,9 @@ use crate::objects::{Objects, check_prefix, same_etag};
 use crate::retry::retry;
 use signed::Signed;
 
-/// An S3 bucket; see the [module docs](self).
+/// An S3 bucket: objects through `object_store`'s `AmazonS3`; listings with
+/// raw keys, pending uploads and HEADs that ask for checksums through
+/// corral's own signed requests.
 pub struct S3Backend {
     objects: Objects,
     signed: Signed,

@@ -39,18 +39,21 @@ pub(super) async fn list_multipart_uploads(
     prefix: &ObjectKey,
 ) -> Result<Vec<PendingUpload>> {
     let (signed, prefix) = (signed.clone(), prefix.clone());
-    paginate(move |markers: Option<(String, String)>| {
-        let (signed, prefix) = (signed.clone(), prefix.clone());
-        async move {
-            retry(
-                Backoff::requests(signed.max_retries),
-                "fetching the upload listing page",
-                |e| e.kind() == ErrorKind::InvalidResponse,
-                || multipart_page(&signed, &prefix, markers.as_ref()),
-            )
-            .await
-        }
-    })
+    paginate(
+        "upload listing markers",
+        move |markers: Option<(String, String)>| {
+            let (signed, prefix) = (signed.clone(), prefix.clone());
+            async move {
+                retry(
+                    Backoff::requests(signed.max_retries),
+                    "fetching the upload listing page",
+                    |e| e.kind() == ErrorKind::InvalidResponse,
+                    || multipart_page(&signed, &prefix, markers.as_ref()),
+                )
+                .await
+            }
+        },
+    )
     .try_collect()
     .await
 }
@@ -117,7 +120,7 @@ pub(super) async fn set_upload_expiry(signed: &Signed, days: u32, replace: bool)
         Ok(existing) if !replace && String::from_utf8_lossy(&existing).contains("<Rule>") => {
             return Err(Error::new(
                 ErrorKind::Conflict,
-                "the bucket already has lifecycle rules and setting this one would replace them: add the rule with your usual tool, or pass --replace",
+                "the bucket already has lifecycle rules and setting this one would replace them: add the rule with your usual tool, or ask to replace them",
             ));
         }
         Ok(_) => {}

@@ -16,13 +16,13 @@ use serde::Deserialize;
 /// How the transfer cache is sized and backed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
-    /// `--max-cloud-cache-size`: all transfers together.
+    /// `maxCloudCacheSize`: all transfers together.
     pub total: u64,
-    /// `--max-cloud-cache-upload-size`: one upload at most.
+    /// `maxCloudCacheUploadSize`: one upload at most.
     pub upload: u64,
-    /// `--max-cloud-cache-download-size`: one download at most.
+    /// `maxCloudCacheDownloadSize`: one download at most.
     pub download: u64,
-    /// `--cloud-cache-file`: a file on fast local storage used instead of memory.
+    /// `cloudCacheFile`: a file on fast local storage used instead of memory.
     pub file: Option<PathBuf>,
     /// How long a transfer waits for room before failing with "cache full".
     pub wait: Duration,
@@ -67,31 +67,35 @@ impl CacheConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.total == 0 {
             return Err(invalid(
-                "--max-cloud-cache-size must be more than 0".to_owned(),
-            ));
+                "the cache size (maxCloudCacheSize) must be more than 0".to_owned(),
+            )
+            .with_setting("maxCloudCacheSize"));
         }
-        for (flag, value) in [
-            ("--max-cloud-cache-upload-size", self.upload),
-            ("--max-cloud-cache-download-size", self.download),
+        for (what, key, value) in [
+            ("per-upload", "maxCloudCacheUploadSize", self.upload),
+            ("per-download", "maxCloudCacheDownloadSize", self.download),
         ] {
             if value > self.total {
                 return Err(invalid(format!(
-                    "{flag} ({}) is larger than --max-cloud-cache-size ({}): a transfer cannot reserve more than the whole cache",
+                    "the {what} cache ({key}, {}) is larger than the whole cache (maxCloudCacheSize, {}): a transfer cannot reserve more than the whole cache",
                     human(value),
                     human(self.total)
-                )));
+                ))
+                .with_setting(key));
             }
         }
         if self.upload < MIN_PART_SIZE {
             return Err(invalid(format!(
-                "--max-cloud-cache-upload-size ({}) is smaller than one multipart part (5 MiB): set it to at least 5MiB",
+                "the per-upload cache (maxCloudCacheUploadSize, {}) is smaller than one multipart part (5 MiB): set it to at least 5MiB",
                 human(self.upload)
-            )));
+            ))
+            .with_setting("maxCloudCacheUploadSize"));
         }
         if self.download == 0 {
             return Err(invalid(
-                "--max-cloud-cache-download-size must be more than 0".to_owned(),
-            ));
+                "the per-download cache (maxCloudCacheDownloadSize) must be more than 0".to_owned(),
+            )
+            .with_setting("maxCloudCacheDownloadSize"));
         }
         Ok(())
     }
@@ -181,8 +185,10 @@ mod tests {
             upload: 2 << 30,
             ..CacheConfig::default()
         };
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("--max-cloud-cache-upload-size (2 GiB) is larger than --max-cloud-cache-size (1 GiB)"), "{e}");
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.setting(), Some("maxCloudCacheUploadSize"));
+        let e = e.to_string();
+        assert!(e.contains("the per-upload cache (maxCloudCacheUploadSize, 2 GiB) is larger than the whole cache (maxCloudCacheSize, 1 GiB)"), "{e}");
         let c = CacheConfig {
             download: 2 << 30,
             ..CacheConfig::default()
@@ -191,7 +197,7 @@ mod tests {
             c.validate()
                 .unwrap_err()
                 .to_string()
-                .contains("--max-cloud-cache-download-size")
+                .contains("maxCloudCacheDownloadSize")
         );
         let c = CacheConfig {
             upload: 4 << 20,

@@ -250,9 +250,9 @@ impl Download {
             let k = self.next_fetch;
             let range = k * self.chunk..((k + 1) * self.chunk).min(self.meta.size);
             let task = tokio::spawn(fetch(
-                self.storage.clone(),
+                Arc::clone(&self.storage),
                 self.key.clone(),
-                self.slots.clone(),
+                Arc::clone(&self.slots),
                 range,
                 self.meta.etag.clone(),
             ));

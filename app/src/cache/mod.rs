@@ -2,14 +2,14 @@
 //!
 //! Every transfer through the cache holds a [`Reservation`] of cache bytes:
 //! at least one part (upload) or one chunk (download) to start, at most its
-//! per-transfer limit (`--max-cloud-cache-upload-size`,
-//! `--max-cloud-cache-download-size`). The cache size
-//! (`--max-cloud-cache-size`) therefore bounds how many transfers run at
+//! per-transfer limit (`maxCloudCacheUploadSize`,
+//! `maxCloudCacheDownloadSize`). The cache size
+//! (`maxCloudCacheSize`) therefore bounds how many transfers run at
 //! once; the others wait in FIFO order ([`pool`]) and fail with "cache full"
 //! after a timeout.
 //!
 //! Bytes live in memory, allocated when a part or chunk needs them, or in a
-//! cache file (`--cloud-cache-file`) mapped once and divided into extents
+//! cache file (`cloudCacheFile`) mapped once and divided into extents
 //! ([`store`]). [`Upload`] fills parts in any order and sends each as soon as
 //! it is complete; [`Download`] reads ahead with ranged GETs. Both stop at
 //! their reservation (backpressure) and give every byte back when dropped,
@@ -44,7 +44,7 @@ mod upload;
 
 use std::sync::Arc;
 
-use corral_domain::parts::{DEFAULT_PART_SIZE, PartPlan, StreamingPlan, check_file_size};
+use corral_domain::parts::{DEFAULT_PART_SIZE, PartPlan, StreamingPlan};
 use corral_domain::{Error, ObjectKey, ObjectStorage};
 
 pub use config::{CacheConfig, CacheSection, SizeValue, parse_size};
@@ -117,7 +117,7 @@ impl TransferCache {
     ) -> Result<Upload, Error> {
         let (plan, min, max) = match size {
             Some(size) => {
-                check_file_size(size, storage.capabilities())?;
+                storage.capabilities().check_file_size(size)?;
                 let plan = PartPlan::for_size(size, self.config.upload)?;
                 if plan.is_single_put() {
                     (Plan::Known(plan), size, size)
@@ -155,7 +155,7 @@ impl TransferCache {
         upload: corral_domain::port::UploadId,
         parts: Vec<corral_domain::port::CompletedPart>,
     ) -> Result<Upload, Error> {
-        check_file_size(size, storage.capabilities())?;
+        storage.capabilities().check_file_size(size)?;
         let plan = PartPlan::with_part_size(size, part_size)?;
         let max = self.config.upload.max(part_size).min(self.config.total);
         let reservation = self.pool.reserve(part_size, max).await?;

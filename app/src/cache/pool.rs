@@ -258,7 +258,7 @@ impl PoolInner {
             };
             self.account(state, &extent);
             let reservation = Reservation {
-                pool: self.clone(),
+                pool: Arc::clone(self),
                 extent,
                 armed: true,
             };
@@ -285,11 +285,12 @@ impl PoolInner {
             return Err(Error::new(
                 ErrorKind::TooLarge,
                 format!(
-                    "a transfer needs at least {} of cache but the cache holds {}: raise --max-cloud-cache-size",
+                    "a transfer needs at least {} of cache but the cache holds {}: raise the cache size (maxCloudCacheSize)",
                     human(min),
                     human(self.capacity)
                 ),
-            ));
+            )
+            .with_setting("maxCloudCacheSize"));
         }
         let (id, rx) = {
             let mut state = self.lock();
@@ -298,7 +299,7 @@ impl PoolInner {
             {
                 self.account(&mut state, &extent);
                 return Ok(Reservation {
-                    pool: self.clone(),
+                    pool: Arc::clone(self),
                     extent,
                     armed: true,
                 });
@@ -319,13 +320,14 @@ impl PoolInner {
                 Err(Error::new(
                     ErrorKind::Cancelled,
                     format!(
-                        "cache full: {} transfers hold {} of {} and none finished within {} s; raise --max-cloud-cache-size or run fewer transfers at once",
+                        "cache full: {} transfers hold {} of {} and none finished within {} s; raise the cache size (maxCloudCacheSize) or run fewer transfers at once",
                         m.holders,
                         human(m.reserved),
                         human(m.capacity),
                         self.wait.as_secs()
                     ),
-                ))
+                )
+                .with_setting("maxCloudCacheSize"))
             }
         }
     }
@@ -404,12 +406,12 @@ mod tests {
         let first = p.reserve(6 * MIB, 6 * MIB).await.unwrap();
         // The large one queues first; a small one that would fit must wait behind it.
         let large = tokio::spawn({
-            let p = p.clone();
+            let p = Arc::clone(&p);
             async move { p.reserve(10 * MIB, 10 * MIB).await.map(|r| r.len()) }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let small = tokio::spawn({
-            let p = p.clone();
+            let p = Arc::clone(&p);
             async move { p.reserve(MIB, MIB).await.map(|r| r.len()) }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -429,7 +431,7 @@ mod tests {
         let p = PoolInner::new(8 * MIB, true, Duration::from_secs(5));
         let held = p.reserve(8 * MIB, 8 * MIB).await.unwrap();
         let waiting = tokio::spawn({
-            let p = p.clone();
+            let p = Arc::clone(&p);
             async move { p.reserve(8 * MIB, 8 * MIB).await.map(|r| r.len()) }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -50,7 +50,7 @@ impl std::fmt::Debug for CacheFile {
 }
 
 fn cache_err(message: String) -> Error {
-    Error::new(ErrorKind::InvalidInput, message)
+    Error::new(ErrorKind::InvalidInput, message).with_setting("cloudCacheFile")
 }
 
 impl CacheFile {
@@ -61,12 +61,12 @@ impl CacheFile {
             Ok(meta) => {
                 if !meta.file_type().is_file() {
                     return Err(cache_err(format!(
-                        "--cloud-cache-file {shown} is not a regular file"
+                        "the cache file (cloudCacheFile) {shown} is not a regular file"
                     )));
                 }
                 if meta.len() < size {
                     return Err(cache_err(format!(
-                        "--cloud-cache-file {shown} is {} but must hold the whole cache: at least {} ({size} bytes); grow it or lower --max-cloud-cache-size (it is never truncated)",
+                        "the cache file (cloudCacheFile) {shown} is {} but must hold the whole cache: at least {} ({size} bytes); grow it or lower the cache size (maxCloudCacheSize; the file is never truncated)",
                         human(meta.len()),
                         human(size)
                     )));
@@ -75,7 +75,9 @@ impl CacheFile {
                     .read(true)
                     .write(true)
                     .open(path)
-                    .map_err(|e| cache_err(format!("--cloud-cache-file {shown}: {e}")))?
+                    .map_err(|e| {
+                        cache_err(format!("the cache file (cloudCacheFile) {shown}: {e}"))
+                    })?
             }
             Err(e) if e.kind() == IoKind::NotFound => {
                 let file = OpenOptions::new()
@@ -84,26 +86,34 @@ impl CacheFile {
                     .create_new(true)
                     .open(path)
                     .map_err(|e| {
-                        cache_err(format!("--cloud-cache-file {shown}: cannot create it: {e}"))
+                        cache_err(format!(
+                            "the cache file (cloudCacheFile) {shown}: cannot create it: {e}"
+                        ))
                     })?;
                 // Sparse: no disk block is used until a slot is written.
                 file.set_len(size).map_err(|e| {
-                    cache_err(format!("--cloud-cache-file {shown}: cannot size it: {e}"))
+                    cache_err(format!(
+                        "the cache file (cloudCacheFile) {shown}: cannot size it: {e}"
+                    ))
                 })?;
                 file
             }
-            Err(e) => return Err(cache_err(format!("--cloud-cache-file {shown}: {e}"))),
+            Err(e) => {
+                return Err(cache_err(format!(
+                    "the cache file (cloudCacheFile) {shown}: {e}"
+                )));
+            }
         };
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(cache_err(format!(
-                    "--cloud-cache-file {shown} is in use by another process; give each process its own cache file"
+                    "the cache file (cloudCacheFile) {shown} is in use by another process; give each process its own cache file"
                 )));
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(cache_err(format!(
-                    "--cloud-cache-file {shown}: cannot lock it: {e}"
+                    "the cache file (cloudCacheFile) {shown}: cannot lock it: {e}"
                 )));
             }
         }
@@ -115,8 +125,12 @@ impl CacheFile {
         // the slot that owns it is taken, and a slot is given back only when
         // every `Bytes` pointing into it has been dropped, so no byte is
         // modified while a shared reference to it exists.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
-            .map_err(|e| cache_err(format!("--cloud-cache-file {shown}: cannot map it: {e}")))?;
+        #[allow(unsafe_code)] // The one exception to the workspace's rule; see above.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.map_err(|e| {
+            cache_err(format!(
+                "the cache file (cloudCacheFile) {shown}: cannot map it: {e}"
+            ))
+        })?;
         Ok(Self {
             file,
             map,
@@ -175,9 +189,7 @@ impl Slots {
 
     /// Takes a slot for `len` bytes (≤ the slot size), waiting for one to be given back.
     pub(crate) async fn take(self: &Arc<Self>, len: usize) -> SlotBuf {
-        let permit = self
-            .sem
-            .clone()
+        let permit = Arc::clone(&self.sem)
             .acquire_owned()
             .await
             .expect("the slot semaphore is never closed");
@@ -203,7 +215,7 @@ impl Slots {
         };
         self.pool().add_in_use(len as u64);
         SlotBuf {
-            slots: self.clone(),
+            slots: Arc::clone(self),
             index,
             len,
             data,

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use corral_domain::parts::{PartPlan, StreamingPlan, human};
 use corral_domain::port::{CompletedPart, PutMode, PutResult, UploadId};
+use corral_domain::retry::Backoff;
 use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage};
 use tokio::task::JoinSet;
 
@@ -51,33 +52,30 @@ pub async fn wait_for_background_aborts(timeout: std::time::Duration) -> usize {
     late
 }
 
-/// Aborts `upload`, trying again when the server fails: an upload left
-/// pending costs storage until someone aborts it. One already gone counts
-/// as aborted.
+/// Aborts `upload`, trying again when the server fails (the domain's
+/// [`Backoff::aborts`]): an upload left pending costs storage until someone
+/// aborts it. One already gone counts as aborted; refusals are final.
 async fn abort_upload(
     storage: &dyn ObjectStorage,
     key: &ObjectKey,
     upload: &UploadId,
 ) -> Result<(), Error> {
-    let mut pauses = [500, 2_000].into_iter();
-    loop {
-        match storage.abort_multipart(key, upload).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-            Err(e) => match (e.kind(), pauses.next()) {
-                (
-                    ErrorKind::PermissionDenied
-                    | ErrorKind::Unauthenticated
-                    | ErrorKind::Unsupported,
-                    _,
-                )
-                | (_, None) => return Err(e),
-                (_, Some(ms)) => {
-                    tracing::debug!(key = %key, upload = %upload, error = %e, "trying the abort again");
-                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                }
-            },
-        }
+    let final_kind = |e: &Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::PermissionDenied | ErrorKind::Unauthenticated | ErrorKind::Unsupported
+        )
+    };
+    let r = corral_adapters::retry::retry(
+        Backoff::aborts(),
+        "aborting the multipart upload",
+        |e| e.kind() != ErrorKind::NotFound && !final_kind(e),
+        || storage.abort_multipart(key, upload),
+    )
+    .await;
+    match r {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -455,7 +453,7 @@ impl Upload {
                 u
             }
         };
-        let (storage, key) = (self.storage.clone(), self.key.clone());
+        let (storage, key) = (Arc::clone(&self.storage), self.key.clone());
         let number =
             u32::try_from(n).map_err(|_| Error::invalid_input("part number out of range"))?;
         self.in_flight.spawn(async move {
@@ -583,7 +581,7 @@ impl Drop for Upload {
         if parts.is_empty() && upload.is_none() && !self.create_attempted {
             return;
         }
-        let (storage, key, started) = (self.storage.clone(), self.key.clone(), self.started);
+        let (storage, key, started) = (Arc::clone(&self.storage), self.key.clone(), self.started);
         let mut journal = self.journal.take();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {

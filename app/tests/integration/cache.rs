@@ -60,7 +60,7 @@ async fn assert_round_trip(
     key: &ObjectKey,
     data: &[u8],
 ) {
-    let back = download_all(cache, storage.clone(), key)
+    let back = download_all(cache, Arc::clone(storage), key)
         .await
         .expect("download");
     assert!(back == data, "{key}: the bytes read back differ");
@@ -68,7 +68,7 @@ async fn assert_round_trip(
 
 async fn round_trips(cache: &TransferCache) {
     let storage = Counting::new(Duration::ZERO);
-    let dynamic: Arc<dyn ObjectStorage> = storage.clone();
+    let dynamic = Arc::clone(&storage) as Arc<dyn ObjectStorage>;
     let p = 8 * MIB as usize;
     for (i, size) in [0, 1, p - 1, p, p + 1, 3 * p + 12_345]
         .into_iter()
@@ -76,10 +76,10 @@ async fn round_trips(cache: &TransferCache) {
     {
         let key = ObjectKey::from_raw(format!("file-{size}"));
         let data = pattern(size, i as u64);
-        upload_in_blocks(cache, dynamic.clone(), &key, &data, 1_000_003)
+        upload_in_blocks(cache, Arc::clone(&dynamic), &key, &data, 1_000_003)
             .await
             .expect("upload");
-        let back = download_all(cache, dynamic.clone(), &key)
+        let back = download_all(cache, Arc::clone(&dynamic), &key)
             .await
             .expect("download");
         assert!(back == data, "size {size}: the bytes differ");
@@ -160,7 +160,7 @@ async fn out_of_order_and_streamed_uploads() {
     // Blocks of 1 MiB delivered in a shuffled order within the window of 4 parts.
     let key = ObjectKey::from_raw("shuffled");
     let mut up = cache
-        .upload(storage.clone(), key.clone(), Some(data.len() as u64))
+        .upload(Arc::clone(&storage), key.clone(), Some(data.len() as u64))
         .await
         .expect("upload");
     assert_eq!(up.window_parts(), 4);
@@ -180,7 +180,7 @@ async fn out_of_order_and_streamed_uploads() {
     // Unknown size: fixed parts of half the upload cache (16 MiB), the last one short.
     let key = ObjectKey::from_raw("streamed");
     let mut up = cache
-        .upload(storage.clone(), key.clone(), None)
+        .upload(Arc::clone(&storage), key.clone(), None)
         .await
         .expect("upload");
     assert_eq!(up.part_size(), 16 * MIB);
@@ -193,13 +193,13 @@ async fn out_of_order_and_streamed_uploads() {
     // A short stream goes as one PUT.
     let key = ObjectKey::from_raw("short-stream");
     let mut up = cache
-        .upload(storage.clone(), key.clone(), None)
+        .upload(Arc::clone(&storage), key.clone(), None)
         .await
         .expect("upload");
     up.write(b"tiny").await.expect("write");
     up.finish().await.expect("finish");
     assert_eq!(
-        download_all(&cache, storage.clone(), &key)
+        download_all(&cache, Arc::clone(&storage), &key)
             .await
             .expect("download"),
         b"tiny"
@@ -210,10 +210,10 @@ async fn out_of_order_and_streamed_uploads() {
 async fn writes_beyond_the_window_and_gaps_are_refused_and_aborted() {
     let cache = TransferCache::open(config(64 * MIB, 16 * MIB)).expect("cache");
     let storage = Counting::new(Duration::ZERO);
-    let dynamic: Arc<dyn ObjectStorage> = storage.clone();
+    let dynamic = Arc::clone(&storage) as Arc<dyn ObjectStorage>;
     let key = ObjectKey::from_raw("window");
     let mut up = cache
-        .upload(dynamic.clone(), key.clone(), Some(64 * MIB))
+        .upload(Arc::clone(&dynamic), key.clone(), Some(64 * MIB))
         .await
         .expect("upload");
     assert_eq!(up.window_parts(), 2);
@@ -235,7 +235,7 @@ async fn writes_beyond_the_window_and_gaps_are_refused_and_aborted() {
 
     // A gap is found at finish; the upload that had started is aborted.
     let mut up = cache
-        .upload(dynamic.clone(), key.clone(), Some(20 * MIB))
+        .upload(Arc::clone(&dynamic), key.clone(), Some(20 * MIB))
         .await
         .expect("upload");
     up.write_at(0, &vec![1u8; 8 * MIB as usize])
@@ -269,10 +269,10 @@ async fn sixty_four_transfers_through_a_cache_that_fits_four() {
     // Each upload reserves 16 MiB (two 8 MiB parts); the cache holds 64 MiB.
     let cache = TransferCache::open(config(64 * MIB, 16 * MIB)).expect("cache");
     let storage = Counting::new(Duration::from_millis(2));
-    let dynamic: Arc<dyn ObjectStorage> = storage.clone();
+    let dynamic = Arc::clone(&storage) as Arc<dyn ObjectStorage>;
     let peak = Arc::new(AtomicU64::new(0));
     let watcher = tokio::spawn({
-        let (cache, peak) = (cache.clone(), peak.clone());
+        let (cache, peak) = (cache.clone(), Arc::clone(&peak));
         async move {
             loop {
                 let m = cache.metrics();
@@ -283,12 +283,12 @@ async fn sixty_four_transfers_through_a_cache_that_fits_four() {
     });
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..64u64 {
-        let (cache, storage) = (cache.clone(), dynamic.clone());
+        let (cache, storage) = (cache.clone(), Arc::clone(&dynamic));
         tasks.spawn(async move {
             let size = (5 * MIB + i * 131_071) as usize; // 5 to ~13 MiB: one or two parts
             let data = pattern(size, 1000 + i);
             let key = ObjectKey::from_raw(format!("t/{i}"));
-            upload_in_blocks(&cache, storage.clone(), &key, &data, 256 * 1024).await?;
+            upload_in_blocks(&cache, Arc::clone(&storage), &key, &data, 256 * 1024).await?;
             let back = download_all(&cache, storage, &key).await?;
             assert!(back == data, "transfer {i} differs");
             Ok::<_, Error>(())
@@ -319,12 +319,12 @@ async fn sixty_four_transfers_through_a_cache_that_fits_four() {
 async fn cancellation_and_panics_return_every_byte_and_abort_the_upload() {
     let cache = TransferCache::open(config(64 * MIB, 32 * MIB)).expect("cache");
     let storage = Counting::new(Duration::from_millis(200));
-    let dynamic: Arc<dyn ObjectStorage> = storage.clone();
+    let dynamic = Arc::clone(&storage) as Arc<dyn ObjectStorage>;
 
     // A future dropped in the middle of an upload: parts in flight, more filling.
     let key = ObjectKey::from_raw("cancelled");
     let fut = {
-        let (cache, storage, key) = (cache.clone(), dynamic.clone(), key.clone());
+        let (cache, storage, key) = (cache.clone(), Arc::clone(&dynamic), key.clone());
         async move {
             let data = pattern(40 * MIB as usize, 3);
             upload_in_blocks(&cache, storage, &key, &data, MIB as usize).await
@@ -356,7 +356,7 @@ async fn cancellation_and_panics_return_every_byte_and_abort_the_upload() {
 
     // A panicking transfer.
     let task = tokio::spawn({
-        let (cache, storage) = (cache.clone(), dynamic.clone());
+        let (cache, storage) = (cache.clone(), Arc::clone(&dynamic));
         async move {
             let mut up = cache
                 .upload(storage, ObjectKey::from_raw("panics"), Some(20 * MIB))
@@ -382,7 +382,7 @@ async fn cancellation_and_panics_return_every_byte_and_abort_the_upload() {
     let key = ObjectKey::from_raw("to-read");
     upload_in_blocks(
         &cache,
-        dynamic.clone(),
+        Arc::clone(&dynamic),
         &key,
         &pattern(30 * MIB as usize, 4),
         MIB as usize,
@@ -390,7 +390,7 @@ async fn cancellation_and_panics_return_every_byte_and_abort_the_upload() {
     .await
     .expect("upload");
     let mut down = cache
-        .download(dynamic.clone(), key)
+        .download(Arc::clone(&dynamic), key)
         .await
         .expect("download");
     let first = down.next_chunk().await.expect("read").expect("chunk");
@@ -408,7 +408,7 @@ async fn random_reads_restart_the_read_ahead() {
     let storage: Arc<dyn ObjectStorage> = Counting::new(Duration::ZERO);
     let key = ObjectKey::from_raw("random");
     let data = pattern(50 * MIB as usize + 3, 9);
-    upload_in_blocks(&cache, storage.clone(), &key, &data, 4 * MIB as usize)
+    upload_in_blocks(&cache, Arc::clone(&storage), &key, &data, 4 * MIB as usize)
         .await
         .expect("upload");
     let mut down = cache.download(storage, key).await.expect("download");
@@ -434,7 +434,11 @@ async fn a_known_size_is_checked_before_any_byte_moves() {
     let cache = TransferCache::open(config(64 * MIB, 16 * MIB)).expect("cache");
     let storage: Arc<dyn ObjectStorage> = Counting::new(Duration::ZERO);
     let e = cache
-        .upload(storage.clone(), ObjectKey::from_raw("huge"), Some(1 << 40))
+        .upload(
+            Arc::clone(&storage),
+            ObjectKey::from_raw("huge"),
+            Some(1 << 40),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TooLarge);
@@ -450,7 +454,7 @@ async fn a_known_size_is_checked_before_any_byte_moves() {
         .unwrap_err();
     assert!(
         e.to_string()
-            .contains("--max-cloud-cache-upload-size to at least 21 MiB"),
+            .contains("maxCloudCacheUploadSize) to at least 21 MiB"),
         "{e}"
     );
     assert_eq!(cache.metrics().reserved, 0);

@@ -142,12 +142,13 @@ fn embedded_default_file_sandbox() {
         3,
         "cannot write",
     );
-    fails(dir.path(), &["rm", "corral:/in"], 5, "is not empty (use -r");
+    let e = fails(dir.path(), &["rm", "corral:/in"], 5, "is not empty");
+    assert!(e.contains("(on the command line: -r)"), "{e}");
     fails(
         dir.path(),
         &["mkdir", "corral:/q/r"],
         3,
-        "does not exist (use -p",
+        "does not exist (create it first, or ask for the parents to be created too) (on the command line: -p)",
     );
     fails(
         dir.path(),
@@ -165,13 +166,13 @@ fn embedded_default_file_sandbox() {
         dir.path(),
         &["--max-cloud-cache-upload-size", "4MiB", "ls"],
         2,
-        "smaller than one multipart part (5 MiB)",
+        "smaller than one multipart part (5 MiB): set it to at least 5MiB (on the command line: --max-cloud-cache-upload-size)",
     );
     fails(
         dir.path(),
         &["--max-cloud-cache-size", "lots", "ls"],
         2,
-        "--max-cloud-cache-size: \"lots\" is not a size",
+        "'--max-cloud-cache-size <SIZE>': \"lots\" is not a size",
     );
     // A directory moves whole: nothing is left at the source, empty levels included.
     ok(dir.path(), &["mkdir", "-p", "corral:/deep/x/y"]);
@@ -575,4 +576,38 @@ fn connection_errors_through_the_binary() {
         ),
     );
     run(via_proxy, &["ls"], 4, "refused the credentials (407)");
+}
+
+/// `corral ls … | head -1` ends quietly: the reader goes away, corral stops
+/// without an error message and exits 0.
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("corral-data/big");
+    std::fs::create_dir_all(&big).expect("mkdir");
+    // 20,000 names: far more than the pipe holds, so writes go on after the
+    // reader has gone.
+    for i in 0..20_000 {
+        std::fs::write(big.join(format!("file-{i:05}")), b"").expect("write");
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["ls", "-l", "corral:/big"])
+        .current_dir(dir.path())
+        .env_remove("CORRAL_CONFIG")
+        .env("USER", "tester")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read");
+    // The reader is dropped here: the pipe is closed.
+    assert!(first.contains("file-00000"), "{first}");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -497,8 +497,8 @@ async fn a_link_swapped_while_operations_run_leads_nowhere() {
     let flips = Arc::new(AtomicU64::new(0));
     let flipper = {
         let (stop, flips, flip, parked, fill_dir) = (
-            stop.clone(),
-            flips.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&flips),
             flip.clone(),
             parked.clone(),
             flip.clone(),
@@ -548,7 +548,7 @@ async fn a_link_swapped_while_operations_run_leads_nowhere() {
         log += &format!("{:?}", sb.remove("/flip/sub2", true).await);
         log += &format!("{:?}", sb.mkdir("/flip/new/dir", true).await);
         w.clean("library through a swapped link", &log);
-        if rounds % 4 == 0 {
+        if rounds.is_multiple_of(4) {
             let w2 = &w;
             tokio::task::block_in_place(|| {
                 for args in [

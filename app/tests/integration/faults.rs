@@ -97,16 +97,13 @@ async fn scenario(rate: f64, retries: u32, seed: u64) -> usize {
     .expect("corral");
     let sb = corral.sandbox(&Identity::user("u")).expect("sandbox");
     // A direct view of the bucket, without faults, to plant and to check.
-    let direct_corral = Corral::from_json(
-        &format!(r#"{{"": {{"": {}}}}}"#, spec(&garage.endpoint)),
-        CacheConfig::default(),
-    )
-    .expect("direct");
+    let direct_mappings = format!(r#"{{"": {{"": {}}}}}"#, spec(&garage.endpoint));
+    let direct_corral =
+        Corral::from_json(&direct_mappings, CacheConfig::default()).expect("direct");
     let direct = direct_corral
         .sandbox(&Identity::user("u"))
         .expect("direct sandbox");
-    let (bucket, _) = direct.backend("/").expect("backend");
-    let bucket: Arc<dyn ObjectStorage> = bucket;
+    let bucket = common::raw_backend(&direct_mappings, "u");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let downloads = TRANSFERS / 2;
@@ -269,6 +266,8 @@ async fn scenario(rate: f64, retries: u32, seed: u64) -> usize {
 struct Forced {
     proxy: FaultProxy,
     sb: corral::UserSandbox,
+    /// The bucket through the proxy, as a raw client.
+    bucket: Arc<dyn ObjectStorage>,
     _corral: Corral,
     _garage: S3Server,
 }
@@ -282,11 +281,13 @@ fn forced(bucket: &str, retries: u32) -> Forced {
         1,
         Duration::ZERO,
     );
+    let mappings = format!(
+        r#"{{"": {{"": {{"type":"S3","bucketName":"{bucket}","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":{retries}}}}}}}"#,
+        proxy.endpoint, garage.access_key, garage.secret_key
+    );
+    let raw = common::raw_backend(&mappings, "u");
     let corral = Corral::from_json(
-        &format!(
-            r#"{{"": {{"": {{"type":"S3","bucketName":"{bucket}","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false,"maxRetries":{retries}}}}}}}"#,
-            proxy.endpoint, garage.access_key, garage.secret_key
-        ),
+        &mappings,
         CacheConfig {
             upload: 5 << 20,
             ..CacheConfig::default()
@@ -297,14 +298,14 @@ fn forced(bucket: &str, retries: u32) -> Forced {
     Forced {
         proxy,
         sb,
+        bucket: raw,
         _corral: corral,
         _garage: garage,
     }
 }
 
 /// The multipart uploads pending in the sandbox's bucket.
-async fn pending(sb: &corral::UserSandbox) -> Vec<corral_domain::port::PendingUpload> {
-    let (bucket, _) = sb.backend("/").expect("backend");
+async fn pending(bucket: &Arc<dyn ObjectStorage>) -> Vec<corral_domain::port::PendingUpload> {
     bucket
         .list_pending_uploads(&ObjectKey::from_raw(""))
         .await
@@ -330,7 +331,7 @@ async fn a_failing_abort_is_tried_again() {
         "AbortMultipartUpload".to_owned(),
     )];
     assert_eq!(faulted, 3);
-    let pending = pending(sb).await;
+    let pending = pending(&setup.bucket).await;
     assert!(pending.is_empty(), "{pending:?}");
 }
 
@@ -352,18 +353,18 @@ async fn a_dropped_upload_whose_abort_fails_tells_its_journal() {
     let (proxy, sb) = (&setup.proxy, &setup.sb);
     let told = Arc::new(AtomicBool::new(false));
     let mut w = sb.create("/f", Some(16 << 20), None).await.expect("create");
-    w.set_journal(Box::new(Recorder(told.clone())));
+    w.set_journal(Box::new(Recorder(Arc::clone(&told))));
     w.write(&common::pattern(6 * MIB, 3)).await.expect("write");
     proxy.force("AbortMultipartUpload", "500 InternalError", 1_000);
     drop(w);
     assert_eq!(wait_for_background_aborts(Duration::from_secs(30)).await, 0);
     assert!(told.load(Ordering::SeqCst), "the journal was not told");
-    let pending = pending(sb).await;
+    let pending = pending(&setup.bucket).await;
     assert_eq!(pending.len(), 1, "{pending:?}");
     proxy.force("AbortMultipartUpload", "500 InternalError", 0);
-    let (bucket, _) = sb.backend("/").expect("backend");
     for u in pending {
-        bucket
+        setup
+            .bucket
             .abort_multipart(&u.key, &u.upload_id)
             .await
             .expect("abort");
@@ -392,6 +393,6 @@ async fn lost_answers_to_create_and_complete_are_recovered() {
         assert_eq!(faulted, 1, "{op}");
         assert_eq!(&sb.read(&path).await.expect("read")[..], &data[..], "{op}");
     }
-    let pending = pending(sb).await;
+    let pending = pending(&setup.bucket).await;
     assert!(pending.is_empty(), "{pending:?}");
 }

@@ -233,7 +233,7 @@ async fn not_implemented_is_not_retried() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let asked = Arc::new(AtomicUsize::new(0));
     let server = HostileServer::start({
-        let asked = asked.clone();
+        let asked = Arc::clone(&asked);
         move |_: &Request| {
             asked.fetch_add(1, Ordering::SeqCst);
             Answer::status(
@@ -247,12 +247,7 @@ async fn not_implemented_is_not_retried() {
         r#"{{"": {{"": {{"type":"S3","bucketName":"bkt","endpointOverride":"{}","accessKeyId":"a","secretKey":"b","maxRetries":5}}}}}}"#,
         server.endpoint
     );
-    let corral = Corral::from_json(&json, CacheConfig::default()).expect("corral");
-    let (storage, _) = corral
-        .sandbox(&Identity::user("alice"))
-        .expect("sandbox")
-        .backend("/")
-        .expect("backend");
+    let storage = crate::common::raw_backend(&json, "alice");
     let started = std::time::Instant::now();
     let e = storage
         .list_pending_uploads(&corral_domain::ObjectKey::from_raw(""))
@@ -271,7 +266,7 @@ async fn an_unusable_listing_page_is_fetched_again_then_refused() {
     // no token); the second is right.
     let asked = Arc::new(AtomicUsize::new(0));
     let server = HostileServer::start({
-        let asked = asked.clone();
+        let asked = Arc::clone(&asked);
         move |r: &Request| {
             let n = asked.fetch_add(1, Ordering::SeqCst);
             let second_page = r.query.contains("continuation-token=next");
@@ -301,7 +296,7 @@ async fn an_unusable_listing_page_is_fetched_again_then_refused() {
     // A server that always answers so is refused after the retries.
     let always = Arc::new(AtomicUsize::new(0));
     let bad = HostileServer::start({
-        let always = always.clone();
+        let always = Arc::clone(&always);
         move |_: &Request| {
             always.fetch_add(1, Ordering::SeqCst);
             Answer::xml("<ListBucketResult><Contents><Key>users/al")

@@ -11,5 +11,6 @@ mod faults;
 mod fuzz_sizes;
 mod hostile;
 mod integrity;
+mod listing;
 mod resume;
 mod sandbox;

@@ -1,6 +1,8 @@
 //! The sandbox service on Memory mounts: mounts in the view, directory rules,
 //! and what a listing shows of objects written beside corral.
 
+use std::sync::Arc;
+
 use corral::Corral;
 use corral::cache::CacheConfig;
 use corral_domain::listing::EntryKind;
@@ -97,7 +99,7 @@ async fn dropped_futures_leave_nothing_behind() {
     };
     let corral = Corral::builder(m)
         .cache(cache)
-        .backend("counting", storage.clone())
+        .backend("counting", Arc::clone(&storage) as _)
         .build()
         .expect("corral");
     let sb = corral.sandbox(&Identity::user("alice")).expect("sandbox");
@@ -180,7 +182,11 @@ async fn a_wrong_vouched_checksum_is_caught() {
 
     let storage = common::Counting::new(std::time::Duration::ZERO);
     storage.wrong_checksum.store(true, Ordering::SeqCst);
-    let report = run_cases(&Target::new("liar", storage.clone()), &["put_head_get"]).await;
+    let report = run_cases(
+        &Target::new("liar", Arc::clone(&storage) as _),
+        &["put_head_get"],
+    )
+    .await;
     match report.outcome("put_head_get") {
         Some(Outcome::Fail(why)) => assert!(
             why.contains("the HEAD vouches for MD5 00000000000000000000000000000000"),
@@ -191,7 +197,7 @@ async fn a_wrong_vouched_checksum_is_caught() {
     let m: Mappings = serde_json::from_str(r#"{"": {"": {"type": "Custom", "backend": "liar"}}}"#)
         .expect("mappings");
     let corral = Corral::builder(m)
-        .backend("liar", storage.clone())
+        .backend("liar", Arc::clone(&storage) as _)
         .build()
         .expect("corral");
     let sb = corral.sandbox(&Identity::user("alice")).expect("sandbox");

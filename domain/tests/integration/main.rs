@@ -2,4 +2,5 @@
 //! binary links its own copy of everything: on two cores, one is cheaper).
 
 mod fuzz;
+mod listing;
 mod model;

@@ -35,8 +35,8 @@ async fn memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = Arc::new(file_backend(dir.path()).expect("file backend"));
-    let target = Target::new("file", backend.clone());
+    let backend: Arc<dyn ObjectStorage> = Arc::new(file_backend(dir.path()).expect("file backend"));
+    let target = Target::new("file", Arc::clone(&backend));
     assert_passes(&run(&target).await, &["list_pending_uploads"]);
     // The run cleaned up after itself, staged parts included.
     let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read_dir").collect();
@@ -61,8 +61,8 @@ async fn s3s_fs() {
     // s3s-fs has no ListMultipartUploads: described as a capability, not special-cased.
     let mut caps = Capabilities::s3();
     caps.list_pending_uploads = false;
-    let backend = Arc::new(s3_backend(&spec, caps).expect("backend"));
-    let target = Target::new("s3s-fs", backend.clone())
+    let backend: Arc<dyn ObjectStorage> = Arc::new(s3_backend(&spec, caps).expect("backend"));
+    let target = Target::new("s3s-fs", Arc::clone(&backend))
         .with_known_failure(
             "longest_key",
             "s3s-fs stores objects as files and cannot store a 1,024-byte key",

@@ -110,3 +110,16 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The backend of user `user`'s root mount in `mappings` (JSON), opened
+/// directly, as a raw client of the bucket: to plant objects and to check.
+pub fn raw_backend(mappings: &str, user: &str) -> Arc<dyn ObjectStorage> {
+    let mappings: corral_domain::Mappings = serde_json::from_str(mappings).expect("mappings");
+    let view = mappings
+        .resolve(&corral_domain::Identity::user(user))
+        .expect("view");
+    corral_adapters::Backends::new()
+        .open(&view.mounts()[0].spec)
+        .expect("backend")
+        .storage
+}

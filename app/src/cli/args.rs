@@ -1,0 +1,213 @@
+//! The command line: what each command takes, parsed by clap, with value
+//! parsers for sizes and sandbox paths.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use corral::OverwriteMode;
+use corral::transfer::Location;
+
+const AFTER_HELP: &str = "\
+Paths: a sandbox path is written corral:/DIR/FILE (corral: then the path in
+your sandbox, '/' being its root); anything else is a local path. Example:
+  corral cp report.pdf corral:/reports/     corral ls -l corral:/reports
+
+Without --config, every user gets a File sandbox in ./corral-data.
+
+Exit codes: 0 success; 1 other failure; 2 usage or configuration error;
+3 not found; 4 permission denied, authentication failed, or a path that
+escapes the sandbox; 5 already exists or conflict (e.g. directory not empty).
+Logs: RUST_LOG=info (or debug) on stderr.";
+
+/// corral: per-user sandboxes on S3, local directories or memory, as a filesystem.
+#[derive(Parser, Debug)]
+#[command(name = "corral", version, after_help = AFTER_HELP)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// A size: bytes, or a number with a unit (64MiB, 1GiB, 500MB).
+fn size(s: &str) -> Result<u64, String> {
+    corral::cache::parse_size("size", s)
+        .map_err(|e| e.message().trim_start_matches("size: ").to_owned())
+}
+
+/// A path that must be in the sandbox: `corral:/PATH`.
+fn sandbox_path(s: &str) -> Result<String, String> {
+    match Location::parse(s) {
+        Location::Sandbox(p) => Ok(p),
+        Location::Local(_) => Err(format!(
+            "{s:?} is not a sandbox path: write sandbox paths as corral:/PATH"
+        )),
+    }
+}
+
+fn location(s: &str) -> Result<Location, String> {
+    Ok(Location::parse(s))
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct Global {
+    /// The config file (JSON: "mappings" and an optional "cache" section, or
+    /// the bare mappings object).
+    #[arg(long, global = true, env = "CORRAL_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The user whose sandbox to use (default: the OS user).
+    #[arg(long, global = true, env = "CORRAL_USER", value_name = "NAME")]
+    pub(crate) user: Option<String>,
+    /// The domain, for %d in sandbox paths.
+    #[arg(long, global = true, value_name = "D")]
+    pub(crate) domain: Option<String>,
+    /// The full user name, for %f in sandbox paths.
+    #[arg(long, global = true, value_name = "F")]
+    pub(crate) full_name: Option<String>,
+    #[command(flatten)]
+    pub(crate) cache: CacheFlags,
+    /// Where the journal of uploads in flight is kept (default ~/.local/state/corral).
+    #[arg(long, global = true, env = "CORRAL_STATE_DIR", value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Machine-readable output (JSON; one object per line for listings).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// The transfer cache flags (they override the config file's `cache`).
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct CacheFlags {
+    /// Total transfer cache (e.g. 1GiB).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = size)]
+    pub(crate) max_cloud_cache_size: Option<u64>,
+    /// Cache for one upload at most (e.g. 64MiB).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = size)]
+    pub(crate) max_cloud_cache_upload_size: Option<u64>,
+    /// Cache for one download at most (e.g. 64MiB).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = size)]
+    pub(crate) max_cloud_cache_download_size: Option<u64>,
+    /// Stage transfers in this file (on fast local storage) instead of memory.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) cloud_cache_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// List a directory.
+    Ls {
+        /// Long format: type, size, modification time, name.
+        #[arg(short = 'l')]
+        long: bool,
+        /// The directory (default corral:/).
+        #[arg(value_parser = sandbox_path)]
+        path: Option<String>,
+    },
+    /// Show a file or directory.
+    Stat {
+        #[arg(value_parser = sandbox_path)]
+        path: String,
+    },
+    /// Print a file to standard output.
+    Cat {
+        #[arg(value_parser = sandbox_path)]
+        path: String,
+    },
+    /// Copy files: local to sandbox, sandbox to local, or within the sandbox.
+    Cp {
+        /// Copy directories and everything in them.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Overwrite mode: 0-5 or its name (in-place-always, part-file-backup, ...).
+        /// S3 sandboxes always write in place and say so.
+        #[arg(long, value_name = "MODE")]
+        overwrite: Option<OverwriteMode>,
+        /// Read every copied file back and compare it with its source.
+        #[arg(long)]
+        verify: bool,
+        /// Continue interrupted uploads of the same files where they stopped
+        /// (after checking that the sources did not change).
+        #[arg(long)]
+        resume: bool,
+        /// Abort interrupted uploads older than this (e.g. 24h, 30m, 0s).
+        #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+        stale_after: Duration,
+        /// Files moved at once (the cache bounds the bytes in flight).
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        transfers: u16,
+        /// Sources, then the destination.
+        #[arg(required = true, num_args = 2.., value_parser = location)]
+        paths: Vec<Location>,
+    },
+    /// Multipart uploads left pending in the user's S3 prefixes, by any tool.
+    #[command(subcommand)]
+    Uploads(UploadsCommand),
+    /// Move or rename within the sandbox.
+    Mv {
+        #[arg(value_parser = sandbox_path)]
+        from: String,
+        #[arg(value_parser = sandbox_path)]
+        to: String,
+    },
+    /// Remove files (and directories with -r).
+    Rm {
+        /// Remove directories and everything in them.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        #[arg(required = true, value_parser = sandbox_path)]
+        paths: Vec<String>,
+    },
+    /// Create directories.
+    Mkdir {
+        /// Create missing parents; no error if it exists.
+        #[arg(short = 'p')]
+        parents: bool,
+        #[arg(required = true, value_parser = sandbox_path)]
+        paths: Vec<String>,
+    },
+    /// Show the user's effective view: mounts and where they lead (secrets as ***).
+    Mappings,
+    /// Run the conformance suite against a mount of the user's sandbox: what
+    /// works on this endpoint, case by case (pass, fail, unsupported).
+    Conformance {
+        /// The mount to test (default: the root mount, or the first one).
+        #[arg(long, value_name = "MOUNT")]
+        mount: Option<String>,
+    },
+    /// Validate the config and connect to every mount of the user.
+    Check {
+        /// Also write, read back and delete a probe object in each mount.
+        #[arg(long)]
+        write: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum UploadsCommand {
+    /// List pending multipart uploads under the user's prefixes.
+    List {
+        /// Only those started longer ago than this (e.g. 24h).
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+    },
+    /// Abort pending multipart uploads under the user's prefixes.
+    Abort {
+        /// Those started longer ago than this (e.g. 24h).
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, conflicts_with_all = ["all", "upload_id"])]
+        older_than: Option<Duration>,
+        /// All of them.
+        #[arg(long, conflicts_with = "upload_id")]
+        all: bool,
+        /// One upload, by id.
+        upload_id: Option<String>,
+    },
+    /// Install the bucket rule that aborts incomplete multipart uploads after N days.
+    Lifecycle {
+        /// Days after which an incomplete upload is aborted.
+        #[arg(long)]
+        days: u32,
+        /// Replace the bucket's existing lifecycle rules.
+        #[arg(long)]
+        replace: bool,
+    },
+}

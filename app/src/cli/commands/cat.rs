@@ -1,0 +1,13 @@
+//! `corral cat PATH`.
+
+use corral::UserSandbox;
+
+use crate::cli::output::{Out, Outcome};
+
+pub(crate) async fn run(sb: &UserSandbox, out: &mut Out, path: &str) -> Outcome {
+    let mut d = sb.open(path).await?;
+    while let Some(chunk) = d.next_chunk().await? {
+        out.bytes(&chunk)?;
+    }
+    Ok(())
+}

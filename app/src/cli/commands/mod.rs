@@ -1,0 +1,63 @@
+//! One file per command; each parses nothing and decides nothing: it calls
+//! the library and prints.
+
+mod cat;
+mod check;
+mod conformance;
+mod cp;
+mod ls;
+mod mappings;
+mod simple;
+mod stat;
+mod uploads;
+
+use corral::UserSandbox;
+
+use crate::cli::args::{Command, Global};
+use crate::cli::output::{Out, Outcome};
+
+/// Runs `command` for the user of `sb`.
+pub(crate) async fn run(sb: &UserSandbox, global: &Global, command: Command) -> Outcome {
+    let mut out = Out::new();
+    let json = global.json;
+    let r = match command {
+        Command::Ls { long, path } => {
+            ls::run(sb, &mut out, path.as_deref().unwrap_or("/"), long, json).await
+        }
+        Command::Stat { path } => stat::run(sb, &mut out, &path, json).await,
+        Command::Cat { path } => cat::run(sb, &mut out, &path).await,
+        Command::Cp {
+            recursive,
+            overwrite,
+            verify,
+            resume,
+            stale_after,
+            transfers,
+            paths,
+        } => {
+            let options = corral::transfer::CopyOptions {
+                recursive,
+                overwrite,
+                verify,
+                resume,
+                stale_after,
+                transfers: usize::from(transfers),
+                journal_dir: Some(
+                    global
+                        .state_dir
+                        .clone()
+                        .unwrap_or_else(corral::journal::Journal::default_dir),
+                ),
+            };
+            cp::run(sb, &mut out, paths, &options, json).await
+        }
+        Command::Uploads(cmd) => uploads::run(sb, &mut out, cmd, json).await,
+        Command::Mv { from, to } => simple::mv(sb, &mut out, &from, &to, json).await,
+        Command::Rm { recursive, paths } => simple::rm(sb, &paths, recursive).await,
+        Command::Mkdir { parents, paths } => simple::mkdir(sb, &paths, parents).await,
+        Command::Mappings => mappings::run(sb, &mut out, json),
+        Command::Check { write } => check::run(sb, &mut out, write, json).await,
+        Command::Conformance { mount } => conformance::run(sb, &mut out, mount, json).await,
+    };
+    r.and_then(|()| out.flush())
+}

@@ -1,0 +1,272 @@
+//! Reading: `stat`, listings (streamed, through the domain's rule), and
+//! file contents through the cache's read-ahead.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use corral_domain::listing::{DirEntry, EntryKind};
+use corral_domain::port::ListOptions;
+use corral_domain::{Error, ErrorKind, ObjectStorage, VirtualPath};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{Entry, Place, UserSandbox, parse};
+use crate::cache::Download;
+
+impl UserSandbox {
+    /// File or directory at `path`; a directory wins over a file of the same name.
+    pub async fn stat(&self, path: &str) -> Result<Entry, Error> {
+        let vp = parse(path)?;
+        self.stat_path(&vp).await
+    }
+
+    pub(crate) async fn stat_path(&self, vp: &VirtualPath) -> Result<Entry, Error> {
+        let vp = vp.clone();
+        let t = match self.place(&vp)? {
+            Place::Virtual(_) => {
+                return Ok(Entry {
+                    path: vp,
+                    kind: EntryKind::Directory,
+                    size: 0,
+                    modified: None,
+                });
+            }
+            Place::Mount(t) => t,
+        };
+        // A path that holds mount points is a directory even if its own sandbox has nothing there.
+        if !self.view.mount_children(&vp).is_empty() || Self::dir_exists(&t).await? {
+            return Ok(Entry {
+                path: vp,
+                kind: EntryKind::Directory,
+                size: 0,
+                modified: None,
+            });
+        }
+        let meta = t.storage().head(&t.key()?).await?;
+        Ok(Entry {
+            path: vp,
+            kind: EntryKind::File,
+            size: meta.size,
+            modified: meta.last_modified,
+        })
+    }
+
+    /// The entries of directory `path`, streamed as the backend pages in
+    /// (mount points first, then the backend's entries in key order).
+    pub fn list(&self, path: &str) -> BoxStream<'static, Result<DirEntry, Error>> {
+        match self.list_inner(path) {
+            Ok(s) => s,
+            Err(e) => Box::pin(futures::stream::once(async { Err(e) })),
+        }
+    }
+
+    fn list_inner(&self, path: &str) -> Result<BoxStream<'static, Result<DirEntry, Error>>, Error> {
+        let vp = parse(path)?;
+        let t = match self.place(&vp)? {
+            Place::Virtual(p) => {
+                let mounts: Vec<Result<DirEntry, Error>> = self
+                    .view()
+                    .mount_children(&p)
+                    .into_iter()
+                    .map(|m| Ok(DirEntry::directory(m)))
+                    .collect();
+                return Ok(Box::pin(futures::stream::iter(mounts)));
+            }
+            Place::Mount(t) => t,
+        };
+        let rule = self.listing_rule(&t, &vp);
+        let first: Vec<Result<DirEntry, Error>> =
+            rule.mount_entries().into_iter().map(Ok).collect();
+        let prefix = t.root().list_prefix_for(&t.inner)?;
+        let items = t.storage().list(
+            &prefix,
+            ListOptions {
+                delimiter: true,
+                start_after: None,
+            },
+        );
+        let shown = vp.to_string();
+        let entries = futures::stream::unfold(Some((items, rule)), move |state| {
+            let shown = shown.clone();
+            async move {
+                let (mut items, mut rule) = state?;
+                loop {
+                    match items.next().await {
+                        Some(Ok(item)) => {
+                            let out = rule.push(&item);
+                            if !out.is_empty() {
+                                let out = futures::stream::iter(out.into_iter().map(Ok));
+                                return Some((out.boxed(), Some((items, rule))));
+                            }
+                        }
+                        Some(Err(e)) => {
+                            return Some((futures::stream::iter([Err(e)]).boxed(), None));
+                        }
+                        None => {
+                            log_hidden(&rule, &shown);
+                            let rest = rule.finish().into_iter().map(Ok);
+                            return Some((futures::stream::iter(rest).boxed(), None));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(
+            futures::stream::iter(first).chain(entries.flatten()),
+        ))
+    }
+
+    /// Reads a whole file (for small files; large ones go through [`Self::open`]).
+    pub async fn read(&self, path: &str) -> Result<Bytes, Error> {
+        let mut d = self.open(path).await?;
+        let mut out = Vec::with_capacity(d.size() as usize);
+        while let Some(chunk) = d.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
+    }
+
+    /// Up to `len` bytes of a file from `offset` (fewer at the end of the file).
+    pub async fn read_range(&self, path: &str, offset: u64, len: usize) -> Result<Bytes, Error> {
+        let mut d = self.open(path).await?;
+        let mut out = Vec::with_capacity(len.min(d.size().saturating_sub(offset) as usize));
+        let mut at = offset;
+        while out.len() < len {
+            let chunk = d.read_at(at, len - out.len()).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            at += chunk.len() as u64;
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
+    }
+
+    /// A file as an [`tokio::io::AsyncRead`], read ahead through the cache.
+    pub async fn reader(
+        &self,
+        path: &str,
+    ) -> Result<impl tokio::io::AsyncRead + Send + Unpin + 'static, Error> {
+        let d = self.open(path).await?;
+        let chunks = futures::stream::try_unfold(d, |mut d| async move {
+            Ok::<_, Error>(d.next_chunk().await?.map(|c| (c, d)))
+        })
+        .map_err(std::io::Error::other);
+        Ok(tokio_util::io::StreamReader::new(Box::pin(chunks)))
+    }
+
+    /// Downloads a file to a local path: into a temporary file beside it,
+    /// created exclusively under a random name (never through a link), and
+    /// renamed over `local` only when every byte arrived, so that a failure
+    /// or a cancellation leaves no partial file. A link at `local` is
+    /// replaced, not written through. `progress` is told of the bytes as
+    /// they are written.
+    pub async fn download_to_file(
+        &self,
+        path: &str,
+        local: &std::path::Path,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, Error> {
+        let mut d = self.open(path).await?;
+        let dir = local
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let name = local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let local_err = |p: &std::path::Path, e: std::io::Error| {
+            let kind = match e.kind() {
+                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+                std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+                _ => ErrorKind::Other,
+            };
+            Error::new(kind, format!("cannot write {}: {e}", p.display()))
+        };
+        // Removed when dropped, unless persisted.
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".corral-part")
+            .tempfile_in(dir)
+            .map_err(|e| local_err(local, e))?;
+        let file = Arc::new(
+            temp.as_file()
+                .try_clone()
+                .map_err(|e| local_err(local, e))?,
+        );
+        let mut total = 0u64;
+        // Chunks are written by the blocking pool, two at a time, while the next
+        // ones download; a chunk's cache slot comes back when its write is done.
+        let mut writes: tokio::task::JoinSet<std::io::Result<()>> = tokio::task::JoinSet::new();
+        let join = |r: Option<Result<std::io::Result<()>, tokio::task::JoinError>>| match r {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(local_err(local, e)),
+            Some(Err(e)) => Err(Error::new(
+                ErrorKind::Other,
+                format!("a write task failed: {e}"),
+            )),
+        };
+        while let Some(chunk) = d.next_chunk().await? {
+            let (f, at, len) = (Arc::clone(&file), total, chunk.len() as u64);
+            writes
+                .spawn_blocking(move || std::os::unix::fs::FileExt::write_all_at(&*f, &chunk, at));
+            total += len;
+            progress(len);
+            while writes.len() >= 2 {
+                join(writes.join_next().await)?;
+            }
+        }
+        while !writes.is_empty() {
+            join(writes.join_next().await)?;
+        }
+        drop(file);
+        temp.persist(local).map_err(|e| local_err(local, e.error))?;
+        Ok(total)
+    }
+
+    /// Opens a file for reading through the cache's read-ahead.
+    pub async fn open(&self, path: &str) -> Result<Download, Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot read")?;
+        if t.is_mount_root() || Self::dir_exists(&t).await? {
+            return Err(
+                Error::new(ErrorKind::InvalidInput, format!("{vp} is a directory"))
+                    .with_path(vp.to_string()),
+            );
+        }
+        let mut d = self.cache.download(t.mount.port(), t.key()?).await?;
+        d.set_path(vp.to_string());
+        Ok(d)
+    }
+}
+
+/// Says what a listing hid: keys a user could not have named (a warning:
+/// a server bug or another tool's doing), links and special files, files
+/// shadowed by a directory or a mount of the same name.
+fn log_hidden(rule: &corral_domain::listing::DirectoryListing, path: &str) {
+    let hidden = rule.hidden();
+    if hidden.total > 0 {
+        tracing::warn!(
+            path,
+            hidden = hidden.total,
+            outside_prefix = hidden.outside_prefix,
+            examples = ?hidden.examples,
+            "the listing hid keys a user could not have named"
+        );
+    }
+    if hidden.special > 0 {
+        tracing::info!(
+            path,
+            hidden = hidden.special,
+            "the listing hid links and special files, which corral never follows"
+        );
+    }
+    if rule.shadowed() > 0 {
+        tracing::info!(
+            path,
+            shadowed = rule.shadowed(),
+            "files shadowed by a directory or mount of the same name"
+        );
+    }
+}

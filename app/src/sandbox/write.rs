@@ -1,0 +1,327 @@
+//! Writing: new files through the cache ([`Writer`]), with the effective
+//! overwrite decision of the domain, and directories.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use corral_domain::overwrite::{
+    BACKUP_SUFFIX, OverwriteDecision, PART_FILE_SUFFIX, RefuseReason, WritePlan,
+};
+use corral_domain::port::{CompletedPart, PutMode, UploadId};
+use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage, OverwriteMode};
+use futures::StreamExt;
+
+use super::{UserSandbox, parse};
+use crate::cache::Upload;
+
+/// A write in progress; see [`UserSandbox::create`].
+#[derive(Debug)]
+pub struct Writer {
+    upload: Upload,
+    decision: OverwriteDecision,
+    finish: Finish,
+    /// The user's path, named in errors instead of the bucket key.
+    path: String,
+}
+
+#[derive(Debug)]
+enum Finish {
+    Direct,
+    PartFile {
+        storage: Arc<dyn ObjectStorage>,
+        part: ObjectKey,
+        target: ObjectKey,
+        backup: Option<ObjectKey>,
+    },
+}
+
+impl Writer {
+    /// The effective overwrite decision (with a notice when a requested mode was ignored).
+    pub fn decision(&self) -> &OverwriteDecision {
+        &self.decision
+    }
+
+    /// Records the upload's progress (multipart uploads only).
+    pub fn set_journal(&mut self, journal: Box<dyn crate::cache::UploadJournal>) {
+        self.upload.set_journal(journal);
+    }
+
+    /// The part size of the upload.
+    pub fn part_size(&self) -> u64 {
+        self.upload.part_size()
+    }
+
+    /// The parts already sent (or, when resumed, already on the server).
+    pub fn parts_sent(&self) -> Vec<u64> {
+        self.upload.parts_sent().collect()
+    }
+
+    /// Writes bytes at an offset (any order, each byte once).
+    pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let r = self.upload.write_at(offset, data).await;
+        r.map_err(|e| e.with_path(self.path.clone()))
+    }
+
+    /// Writes after what was written so far.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        let r = self.upload.write(data).await;
+        r.map_err(|e| e.with_path(self.path.clone()))
+    }
+
+    /// Gives the write up because of `cause`: aborts the upload now (rather
+    /// than in the background, as dropping the writer does) and returns
+    /// `cause`, saying so if the upload could not be aborted.
+    pub async fn cancel(self, cause: Error) -> Error {
+        self.upload.cancel(cause).await.with_path(self.path)
+    }
+
+    /// Completes the write: the data becomes visible at the target only now.
+    pub async fn finish(self) -> Result<OverwriteDecision, Error> {
+        let path = self.path.clone();
+        self.finish_inner().await.map_err(|e| e.with_path(path))
+    }
+
+    async fn finish_inner(self) -> Result<OverwriteDecision, Error> {
+        self.upload.finish().await?;
+        if let Finish::PartFile {
+            storage,
+            part,
+            target,
+            backup,
+        } = self.finish
+        {
+            if let Some(backup) = backup {
+                match storage.rename(&target, &backup).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            storage.rename(&part, &target).await?;
+        }
+        Ok(self.decision)
+    }
+}
+
+impl UserSandbox {
+    /// Writes a file from a stream of byte chunks (`size` if known).
+    pub async fn write_stream<S, E>(
+        &self,
+        path: &str,
+        size: Option<u64>,
+        mode: Option<OverwriteMode>,
+        stream: S,
+    ) -> Result<OverwriteDecision, Error>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut w = self.create(path, size, mode).await?;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(chunk) = stream.next().await {
+            let written = match chunk {
+                Ok(chunk) => w.write(&chunk).await,
+                Err(e) => Err(Error::new(
+                    ErrorKind::Other,
+                    format!("reading the source: {e}"),
+                )),
+            };
+            if let Err(e) = written {
+                return Err(w.cancel(e).await);
+            }
+        }
+        w.finish().await
+    }
+
+    /// Writes a file from an [`tokio::io::AsyncRead`] (`size` if known).
+    pub async fn write_from<R>(
+        &self,
+        path: &str,
+        size: Option<u64>,
+        mode: Option<OverwriteMode>,
+        reader: R,
+    ) -> Result<OverwriteDecision, Error>
+    where
+        R: tokio::io::AsyncRead + Send + Unpin,
+    {
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20);
+        self.write_stream(path, size, mode, stream).await
+    }
+
+    /// Starts writing `path` (`size` if known), applying the overwrite mode
+    /// (the backend's own when `None` or when the request is ignored). The
+    /// size is checked against the sandbox's limit before any byte moves.
+    pub async fn create(
+        &self,
+        path: &str,
+        size: Option<u64>,
+        mode: Option<OverwriteMode>,
+    ) -> Result<Writer, Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot write")?;
+        if t.is_mount_root() || Self::dir_exists(&t).await? {
+            return Err(
+                Error::new(ErrorKind::AlreadyExists, format!("{vp} is a directory"))
+                    .with_path(vp.to_string()),
+            );
+        }
+        let decision = t.caps().decide(mode);
+        let key = t.key()?;
+        let existing = match t.storage().head(&key).await {
+            Ok(m) => Some(m.size),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let plan = decision.effective.plan(existing, size);
+        let (write_key, finish) = match plan {
+            WritePlan::Refuse(reason) => {
+                let why = match reason {
+                    RefuseReason::Exists => format!(
+                        "{vp} exists and overwrite mode {} never overwrites",
+                        decision.effective
+                    ),
+                    RefuseReason::SizeDiffers { existing } => format!(
+                        "{vp} exists with {existing} bytes and overwrite mode {} only overwrites a file of the same size or an empty one",
+                        decision.effective
+                    ),
+                };
+                return Err(Error::new(ErrorKind::AlreadyExists, why).with_path(vp.to_string()));
+            }
+            WritePlan::InPlace => (key, Finish::Direct),
+            WritePlan::ViaPartFile { backup } => {
+                let name = vp.file_name().unwrap_or_default();
+                let sibling = |suffix: &str| -> Result<ObjectKey, Error> {
+                    let p = vp
+                        .parent()
+                        .unwrap_or_default()
+                        .join(&format!("{name}{suffix}"))?;
+                    let inner = p.strip_prefix(&t.mount.point).unwrap_or(p);
+                    Ok(t.root().key_for(&inner)?)
+                };
+                let part = sibling(PART_FILE_SUFFIX)?;
+                let backup = if backup {
+                    Some(sibling(BACKUP_SUFFIX)?)
+                } else {
+                    None
+                };
+                (
+                    part.clone(),
+                    Finish::PartFile {
+                        storage: t.mount.port(),
+                        part,
+                        target: key,
+                        backup,
+                    },
+                )
+            }
+        };
+        let upload = self.cache.upload(t.mount.port(), write_key, size).await?;
+        Ok(Writer {
+            upload,
+            decision,
+            finish,
+            path: vp.to_string(),
+        })
+    }
+
+    /// Continues an in-place multipart upload to `path` that an earlier
+    /// process started (`parts` are on the server). Only where the backend
+    /// declares [`Capabilities::resume`].
+    pub(crate) async fn resume(
+        &self,
+        path: &str,
+        size: u64,
+        part_size: u64,
+        upload: UploadId,
+        parts: Vec<CompletedPart>,
+    ) -> Result<Writer, Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot write")?;
+        if !t.caps().resume {
+            return Err(Error::unsupported(format!(
+                "the {} backend cannot resume uploads",
+                t.caps().name
+            )));
+        }
+        let upload = self
+            .cache
+            .resume_upload(t.mount.port(), t.key()?, size, part_size, upload, parts)
+            .await?;
+        Ok(Writer {
+            upload,
+            decision: t.caps().decide(None),
+            finish: Finish::Direct,
+            path: vp.to_string(),
+        })
+    }
+
+    /// Writes a whole file from memory.
+    pub async fn write(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: Option<OverwriteMode>,
+    ) -> Result<OverwriteDecision, Error> {
+        let mut w = self.create(path, Some(data.len() as u64), mode).await?;
+        if let Err(e) = w.write_at(0, data).await {
+            return Err(w.cancel(e).await);
+        }
+        w.finish().await
+    }
+
+    /// Creates a directory (and, with `parents`, the missing ones above it).
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot create a directory in")?;
+        if t.is_mount_root() || Self::dir_exists(&t).await? {
+            if parents {
+                return Ok(());
+            }
+            return Err(
+                Error::new(ErrorKind::AlreadyExists, format!("{vp} already exists"))
+                    .with_path(vp.to_string()),
+            );
+        }
+        let key = t.key()?;
+        if t.storage().head(&key).await.is_ok() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{vp} exists and is a file"),
+            )
+            .with_path(vp.to_string()));
+        }
+        // Each missing ancestor gets a marker too, so removing the leaf later
+        // does not make its parents vanish.
+        let mut chain = Vec::new();
+        let mut cur = t.inner.parent();
+        while let Some(p) = cur {
+            if p.is_root() {
+                break;
+            }
+            let at = t.at(p.clone())?;
+            if Self::dir_exists(&at).await? {
+                break;
+            }
+            if !parents {
+                return Err(Error::not_found(format!(
+                    "the parent directory {} does not exist (create it first, or ask for the parents to be created too)",
+                    at.path
+                ))
+                .with_path(vp.to_string())
+                .with_setting("parents"));
+            }
+            chain.push(p.clone());
+            cur = p.parent();
+        }
+        chain.reverse();
+        chain.push(t.inner.clone());
+        for dir in chain {
+            if let Some(marker) = t.root().dir_marker_for(&dir)? {
+                t.storage()
+                    .put(&marker, Bytes::new(), PutMode::Overwrite)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! The plan of a copy (which file goes where) and its run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use corral_domain::Error;
+use corral_domain::listing::{DirEntry, EntryKind};
+use futures::{StreamExt, TryStreamExt};
+
+use super::upload::{Resumable, local_err, sweep_stale, upload_file};
+use super::verify::verify_copy;
+use super::{CopyOptions, CopySummary, Location, Progress};
+use crate::journal::Journal;
+use crate::sandbox::UserSandbox;
+
+/// One file to move, and where, with its size.
+enum Job {
+    Upload(PathBuf, String, u64),
+    Download(String, PathBuf, u64),
+}
+
+impl Job {
+    fn size(&self) -> u64 {
+        match self {
+            Self::Upload(_, _, n) | Self::Download(_, _, n) => *n,
+        }
+    }
+}
+
+fn join_sandbox(dir: &str, name: &str) -> String {
+    format!("{}/{name}", dir.trim_end_matches('/'))
+}
+
+/// The files below local directory `dir`, to upload below `target`, whose
+/// directories are made as they are found. Links are not followed: one
+/// could lead anywhere, or back up the tree.
+async fn walk_local(
+    sb: &UserSandbox,
+    dir: &Path,
+    target: &str,
+    jobs: &mut Vec<Job>,
+) -> Result<(), Error> {
+    sb.mkdir(target, true).await?;
+    let mut stack = vec![(dir.to_path_buf(), target.to_owned())];
+    while let Some((d, t)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)
+            .map_err(|e| local_err(&d, "cannot read directory", e))?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let Ok(name) = entry.file_name().into_string() else {
+                tracing::warn!(path = %entry.path().display(), "skipping a file name that is not UTF-8");
+                continue;
+            };
+            let path = entry.path();
+            let child = join_sandbox(&t, &name);
+            let meta =
+                std::fs::symlink_metadata(&path).map_err(|e| local_err(&path, "cannot read", e))?;
+            if meta.is_dir() {
+                sb.mkdir(&child, true).await?;
+                stack.push((path, child));
+            } else if meta.is_file() {
+                jobs.push(Job::Upload(path, child, meta.len()));
+            } else {
+                tracing::warn!(path = %path.display(), "skipping a link or special file");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The files below sandbox directory `dir`, to download below `target`,
+/// whose directories are made as they are found.
+async fn walk_sandbox(
+    sb: &UserSandbox,
+    dir: &str,
+    target: &Path,
+    jobs: &mut Vec<Job>,
+) -> Result<(), Error> {
+    let mut stack = vec![(dir.to_owned(), target.to_path_buf())];
+    while let Some((d, t)) = stack.pop() {
+        std::fs::create_dir_all(&t).map_err(|e| local_err(&t, "cannot create directory", e))?;
+        let entries: Vec<DirEntry> = sb.list(&d).try_collect().await?;
+        for e in entries {
+            let child = join_sandbox(&d, &e.name);
+            if e.is_dir() {
+                stack.push((child, t.join(&e.name)));
+            } else {
+                jobs.push(Job::Download(child, t.join(&e.name), e.size));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl UserSandbox {
+    /// Copies `sources` to `dst`: local files up, sandbox files down, or
+    /// sandbox files inside the sandbox (server-side where the backend can).
+    /// A destination that ends in `/` or names a directory is one to copy
+    /// into. See the [module docs](crate::transfer).
+    pub async fn copy_paths(
+        &self,
+        sources: &[Location],
+        dst: &Location,
+        options: &CopyOptions,
+        progress: &dyn Progress,
+    ) -> Result<CopySummary, Error> {
+        let started = Instant::now();
+        let journal = match &options.journal_dir {
+            Some(dir) => Some(Resumable {
+                journal: Journal::open(dir, &self.view().identity().user)?,
+                resume: options.resume,
+            }),
+            None => None,
+        };
+        if let Some(jr) = &journal {
+            sweep_stale(self, &jr.journal, options.stale_after, jr.resume, progress).await;
+        }
+        let dst_is_dir = match dst {
+            Location::Sandbox(p) => p.ends_with('/') || self.is_dir(p).await.unwrap_or(false),
+            Location::Local(p) => p.to_string_lossy().ends_with('/') || p.is_dir(),
+        };
+        if sources.len() > 1 && !dst_is_dir {
+            let shown = match dst {
+                Location::Local(p) => p.display().to_string(),
+                Location::Sandbox(p) => format!("corral:{p}"),
+            };
+            return Err(Error::invalid_input(format!(
+                "copying several sources needs a directory as destination; {shown} is not one"
+            )));
+        }
+        let mut jobs = Vec::new();
+        let mut within = CopySummary::default();
+        let directory = |src: &Location| {
+            let shown = match src {
+                Location::Local(p) => p.display().to_string(),
+                Location::Sandbox(p) => format!("corral:{p}"),
+            };
+            Error::invalid_input(format!("{shown} is a directory (copy it recursively)"))
+                .with_setting("recursive")
+        };
+        for src in sources {
+            let name = src.base_name();
+            match (src, dst) {
+                (Location::Local(_), Location::Local(_)) => {
+                    return Err(Error::invalid_input(
+                        "one side of a copy must be a sandbox path (corral:/PATH)",
+                    ));
+                }
+                (Location::Sandbox(s), Location::Sandbox(d)) => {
+                    let target = if dst_is_dir {
+                        join_sandbox(d, &name)
+                    } else {
+                        d.clone()
+                    };
+                    let copied = self.copy(s, &target, options.recursive).await?;
+                    within.files += copied.files;
+                    within.bytes += copied.bytes;
+                }
+                (Location::Local(local), Location::Sandbox(d)) => {
+                    let target = if dst_is_dir {
+                        join_sandbox(d, &name)
+                    } else {
+                        d.clone()
+                    };
+                    let meta =
+                        std::fs::metadata(local).map_err(|e| local_err(local, "cannot read", e))?;
+                    if meta.is_dir() {
+                        if !options.recursive {
+                            return Err(directory(src));
+                        }
+                        walk_local(self, local, &target, &mut jobs).await?;
+                    } else {
+                        jobs.push(Job::Upload(local.clone(), target, meta.len()));
+                    }
+                }
+                (Location::Sandbox(s), Location::Local(d)) => {
+                    let target = if dst_is_dir { d.join(&name) } else { d.clone() };
+                    let entry = self.stat(s).await?;
+                    if entry.kind == EntryKind::Directory {
+                        if !options.recursive {
+                            return Err(directory(src));
+                        }
+                        walk_sandbox(self, s, &target, &mut jobs).await?;
+                    } else {
+                        jobs.push(Job::Download(s.clone(), target, entry.size));
+                    }
+                }
+            }
+        }
+        progress.planned(
+            jobs.len() as u64 + within.files,
+            jobs.iter().map(Job::size).sum::<u64>() + within.bytes,
+        );
+        progress.advance(within.bytes);
+        let notices = Mutex::new(Vec::<String>::new());
+        let sent = AtomicU64::new(0);
+        let files = jobs.len() as u64 + within.files;
+        let journal = journal.as_ref();
+        // Several files at once; the cache's admission bounds the bytes in flight.
+        let bytes: u64 = futures::stream::iter(jobs)
+            .map(|job| {
+                let (notices, sent) = (&notices, &sent);
+                async move {
+                    let n = match job {
+                        Job::Upload(local, target, _) => {
+                            let up = upload_file(
+                                self,
+                                &local,
+                                &target,
+                                options.overwrite,
+                                journal,
+                                progress,
+                            )
+                            .await?;
+                            if options.verify {
+                                verify_copy(self, &local, &target).await?;
+                            }
+                            if let Some(msg) = up.notice {
+                                notices.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+                            }
+                            sent.fetch_add(up.sent, Ordering::Relaxed);
+                            up.size
+                        }
+                        Job::Download(src, local, _) => {
+                            let n = self
+                                .download_to_file(&src, &local, |n| progress.advance(n))
+                                .await?;
+                            if options.verify {
+                                verify_copy(self, &local, &src).await?;
+                            }
+                            n
+                        }
+                    };
+                    progress.file_done();
+                    Ok::<u64, Error>(n)
+                }
+            })
+            .buffer_unordered(options.transfers.max(1))
+            .try_fold(within.bytes, |acc, n| async move { Ok(acc + n) })
+            .await?;
+        let mut notices = notices.into_inner().unwrap_or_default();
+        notices.sort();
+        notices.dedup();
+        for n in &notices {
+            progress.notice(n);
+        }
+        Ok(CopySummary {
+            files,
+            bytes,
+            bytes_sent: sent.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+            notices,
+        })
+    }
+}
