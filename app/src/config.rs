@@ -1,4 +1,6 @@
-//! The config file: `{"cache": {...}, "mappings": {...}}`, and the embedded default.
+//! The config file: `{"cache": {...}, "mappings": {...}}`, or the bare
+//! mappings object exactly as JetStream's `setSandboxMapping` takes it; and
+//! the embedded default.
 //!
 //! `mappings` has the JetStream-compatible shape (see docs/CONFIGURATION.md);
 //! `cache` holds the four cache settings, which the command-line flags
@@ -33,9 +35,40 @@ fn config_error(message: String) -> Error {
 }
 
 impl ConfigFile {
-    /// Parses config text; `origin` names it in errors.
+    /// Parses config text; `origin` names it in errors. An object with a
+    /// `mappings` or `cache` key is the config file; any other object is the
+    /// bare mappings (user → mount → spec), as a JetStream user pastes them.
     pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
-        serde_json::from_str(text).map_err(|e| config_error(format!("{origin}: {e}")))
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| config_error(format!("{origin}: {e}")))?;
+        let keys: Vec<&String> = value
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        let sectioned = keys.iter().any(|k| *k == "mappings" || *k == "cache");
+        if !sectioned {
+            // A section name mistyped would otherwise read as a user's name.
+            if let Some(k) = keys
+                .iter()
+                .find(|k| near("mappings", k) || near("cache", k))
+            {
+                let meant = if near("mappings", k) {
+                    "mappings"
+                } else {
+                    "cache"
+                };
+                return Err(config_error(format!(
+                    "{origin}: unknown top-level key {k:?}: did you mean `{meant}`? (a config file holds `mappings` and `cache`; bare mappings have user names as keys)"
+                )));
+            }
+            let mappings: Mappings = serde_json::from_value(value)
+                .map_err(|e| config_error(format!("{origin}: {e}")))?;
+            return Ok(Self {
+                cache: CacheSection::default(),
+                mappings,
+            });
+        }
+        serde_json::from_value(value).map_err(|e| config_error(format!("{origin}: {e}")))
     }
 
     /// Reads and parses a config file, warning when it holds secrets and
@@ -98,6 +131,27 @@ impl ConfigFile {
     }
 }
 
+/// Whether `b` is `a` mistyped: another word within two edits, case aside.
+fn near(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.to_lowercase().chars().collect());
+    if a == b || b.len().abs_diff(a.len()) > 2 {
+        return false;
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()] <= 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +174,22 @@ mod tests {
         )
         .unwrap();
         assert!(c.has_secrets());
+    }
+
+    #[test]
+    fn bare_mappings_work_as_pasted() {
+        let c = ConfigFile::parse(
+            r#"{"": {"": {"type": "S3", "bucketName": "bkt", "path": "users/%u"}}, "alice": {"archive": "/srv/a"}}"#,
+            "jetstream.json",
+        )
+        .unwrap();
+        assert_eq!(c.mappings.entries().count(), 2);
+        assert_eq!(c.cache, CacheSection::default());
+        // A mistyped section is not taken for a user's name.
+        let e = ConfigFile::parse(r#"{"mapping": {"": {"": "/d"}}}"#, "c.json").unwrap_err();
+        assert!(e.to_string().contains("did you mean `mappings`?"), "{e}");
+        // Bad bare mappings name what is wrong.
+        let e = ConfigFile::parse(r#"{"": {"": {"type": "S3"}}}"#, "c.json").unwrap_err();
+        assert!(e.to_string().contains("bucketName"), "{e}");
     }
 }
