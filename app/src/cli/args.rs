@@ -180,6 +180,71 @@ pub(crate) enum Command {
         #[arg(long)]
         write: bool,
     },
+    /// Serve users their sandboxes over a network protocol.
+    #[command(subcommand)]
+    Serve(ServeCommand),
+    /// Print an argon2id hash of a password (read from standard input) for
+    /// the users file of `corral serve sftp`.
+    Passwd,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ServeCommand {
+    /// An SFTP server: each login lands in its sandbox; all sessions share
+    /// one transfer cache. SIGHUP reloads the users and the mappings.
+    Sftp(SftpArgs),
+}
+
+/// What to do with SETSTAT requests.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SetStat {
+    /// Accept them and change nothing (clients such as WinSCP fail otherwise).
+    Ignore,
+    /// Answer that they are not supported.
+    Refuse,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SftpArgs {
+    /// Where to listen.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2222")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// The ed25519 host key (made, with mode 0600, if missing).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) host_key: PathBuf,
+    /// The users file (JSON: password hashes, authorized keys, %d and %f).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) users: PathBuf,
+    /// Serve Prometheus metrics here (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Close a session after this long without a request.
+    #[arg(long, value_name = "AGE", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub(crate) idle_timeout: Duration,
+    /// Check that the client is there this often (3 unanswered checks end the session).
+    #[arg(long, value_name = "AGE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) keepalive: Duration,
+    /// Sessions at once, in all.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub(crate) max_sessions: usize,
+    /// Sessions at once, per user.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub(crate) max_sessions_per_user: usize,
+    /// Channels per connection.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) max_channels: usize,
+    /// Open files and directories per session.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub(crate) max_handles: u64,
+    /// How long a transfer waits for room when the cache is full.
+    #[arg(long, value_name = "AGE", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub(crate) cache_wait: Duration,
+    /// The overwrite mode of uploads to File sandboxes (S3 always writes in place).
+    #[arg(long, value_name = "MODE")]
+    pub(crate) overwrite: Option<OverwriteMode>,
+    /// SETSTAT and FSETSTAT requests.
+    #[arg(long, value_enum, default_value = "ignore")]
+    pub(crate) setstat: SetStat,
 }
 
 #[derive(Subcommand, Debug)]

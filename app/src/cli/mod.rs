@@ -17,7 +17,7 @@ use corral::cache::{CacheConfig, wait_for_background_aborts};
 use corral::config::{ConfigFile, DEFAULT_SANDBOX_DIR};
 use corral::{Corral, Error, ErrorKind, Identity};
 
-use args::{Cli, Global};
+use args::{Cli, Command, Global, ServeCommand};
 use output::Failure;
 
 /// The exit code of an error (see the help's list).
@@ -91,6 +91,42 @@ pub(crate) fn main() -> ExitCode {
     }
 }
 
+/// `corral passwd`: a hash of the password read from standard input
+/// (without echo on a terminal).
+#[allow(clippy::print_stdout, clippy::print_stderr)] // The hash is the output; the prompt goes to stderr.
+fn passwd() -> output::Outcome {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let saved = if terminal {
+        eprint!("password: ");
+        let saved = rustix::termios::tcgetattr(&stdin).ok();
+        if let Some(t) = &saved {
+            let mut quiet = t.clone();
+            quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+            let _ =
+                rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet);
+        }
+        saved
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
+        eprintln!();
+    }
+    read.map_err(|e| Error::new(ErrorKind::Other, format!("reading the password: {e}")))?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(Error::invalid_input("an empty password is refused").into());
+    }
+    let hash = crate::sftp::users::hash_password(password)?;
+    let mut out = output::Out::new();
+    out.line(&hash)
+}
+
 fn identity(g: &Global) -> Identity {
     let user = g
         .user
@@ -125,6 +161,39 @@ fn cache_config(g: &Global, config: &ConfigFile) -> Result<CacheConfig, Error> {
 
 async fn run(cli: Cli) -> output::Outcome {
     let g = &cli.global;
+    match &cli.command {
+        Command::Passwd => return passwd(),
+        Command::Serve(ServeCommand::Sftp(a)) => {
+            let cache = match &g.config {
+                Some(path) => cache_config(g, &ConfigFile::load(path)?)?,
+                None => cache_config(
+                    g,
+                    &ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,
+                )?,
+            };
+            let options = crate::sftp::Options {
+                listen: a.listen,
+                host_key: a.host_key.clone(),
+                users: a.users.clone(),
+                config: g.config.clone(),
+                cache: CacheConfig {
+                    wait: a.cache_wait,
+                    ..cache
+                },
+                metrics: a.metrics,
+                idle_timeout: a.idle_timeout,
+                keepalive: a.keepalive,
+                max_sessions: a.max_sessions,
+                max_sessions_per_user: a.max_sessions_per_user,
+                max_channels: a.max_channels,
+                max_handles: a.max_handles,
+                overwrite: a.overwrite,
+                refuse_setstat: a.setstat == args::SetStat::Refuse,
+            };
+            return Ok(crate::sftp::serve(options).await?);
+        }
+        _ => {}
+    }
     let config = match &g.config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,

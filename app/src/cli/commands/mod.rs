@@ -58,6 +58,8 @@ pub(crate) async fn run(sb: &UserSandbox, global: &Global, command: Command) -> 
         Command::Mappings => mappings::run(sb, &mut out, json),
         Command::Check { write } => check::run(sb, &mut out, write, json).await,
         Command::Conformance { mount } => conformance::run(sb, &mut out, mount, json).await,
+        // Dispatched before a sandbox is opened.
+        Command::Serve(_) | Command::Passwd => Ok(()),
     };
     r.and_then(|()| out.flush())
 }

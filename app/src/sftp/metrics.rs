@@ -1,0 +1,196 @@
+//! What the server counts, and the Prometheus text endpoint that shows it
+//! (`--metrics ADDR`, any path): the transfer cache's capacity, reserved
+//! bytes, bytes in use, high-water mark and waiting transfers; sessions; and
+//! transfers and bytes by direction and result. Also the one log line per
+//! transfer (user, path, bytes, seconds, result), as xferlog has.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use corral::cache::TransferCache;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// How a transfer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Outcome {
+    /// Completed (an upload visible, a download read).
+    Ok,
+    /// Failed with an error the client was told.
+    Error,
+    /// The session ended first: an upload was aborted.
+    Aborted,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+/// Transfers and bytes, by direction and outcome.
+type ByOutcome = BTreeMap<(&'static str, Outcome), (u64, u64)>;
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) sessions: AtomicU64,
+    pub(crate) sessions_total: AtomicU64,
+    pub(crate) logins_failed: AtomicU64,
+    transfers: Mutex<ByOutcome>,
+}
+
+impl Metrics {
+    /// Records a finished transfer and logs its line.
+    pub(crate) fn transfer(
+        &self,
+        user: &str,
+        direction: &'static str,
+        path: &str,
+        bytes: u64,
+        elapsed: Duration,
+        outcome: Outcome,
+    ) {
+        tracing::info!(
+            target: "corral::xfer",
+            user,
+            direction,
+            path,
+            bytes,
+            seconds = format!("{:.3}", elapsed.as_secs_f64()),
+            result = outcome.as_str(),
+            "transfer"
+        );
+        let mut t = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        let e = t.entry((direction, outcome)).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+
+    /// The Prometheus text exposition.
+    pub(crate) fn render(&self, cache: &TransferCache) -> String {
+        let m = cache.metrics();
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP corral_{name} {help}\n# TYPE corral_{name} gauge\ncorral_{name} {value}"
+            );
+        };
+        gauge(
+            "cache_capacity_bytes",
+            "The transfer cache's size.",
+            m.capacity,
+        );
+        gauge(
+            "cache_reserved_bytes",
+            "Bytes reserved by transfers.",
+            m.reserved,
+        );
+        gauge(
+            "cache_in_use_bytes",
+            "Bytes of the cache holding data.",
+            m.in_use,
+        );
+        gauge(
+            "cache_high_water_bytes",
+            "The most bytes ever reserved at once.",
+            m.high_water,
+        );
+        gauge(
+            "cache_holders",
+            "Transfers holding a reservation.",
+            m.holders,
+        );
+        gauge(
+            "cache_waiting_transfers",
+            "Transfers waiting for room in the cache.",
+            m.waiting,
+        );
+        gauge(
+            "sessions",
+            "SFTP sessions open.",
+            self.sessions.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP corral_sessions_total Sessions opened.\n# TYPE corral_sessions_total counter\ncorral_sessions_total {}",
+            self.sessions_total.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP corral_logins_failed_total Failed logins.\n# TYPE corral_logins_failed_total counter\ncorral_logins_failed_total {}",
+            self.logins_failed.load(Ordering::Relaxed)
+        );
+        let t = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP corral_transfers_total Transfers by direction and result.\n# TYPE corral_transfers_total counter"
+        );
+        for ((dir, outcome), (n, _)) in t.iter() {
+            let _ = writeln!(
+                out,
+                "corral_transfers_total{{direction=\"{dir}\",result=\"{}\"}} {n}",
+                outcome.as_str()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP corral_transfer_bytes_total Bytes moved by direction and result.\n# TYPE corral_transfer_bytes_total counter"
+        );
+        for ((dir, outcome), (_, b)) in t.iter() {
+            let _ = writeln!(
+                out,
+                "corral_transfer_bytes_total{{direction=\"{dir}\",result=\"{}\"}} {b}",
+                outcome.as_str()
+            );
+        }
+        out
+    }
+}
+
+/// Answers every HTTP request on `listener` with the exposition.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    cache: TransferCache,
+) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let body = metrics.render(&cache);
+        tokio::spawn(async move {
+            // The request itself does not matter: read its head, bounded.
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 16 << 10 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,293 @@
+//! `corral serve sftp`: an SFTP server that lands each user in their
+//! sandbox. A driving adapter: every rule and operation is the `corral`
+//! library's; this folder holds SSH and SFTP.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`users`] | the users file: password hashes, authorized keys, `%d`/`%f` values |
+//! | [`host_key`] | the host key, made on first start |
+//! | [`session`] | one SSH connection: logins, limits, the SFTP subsystem |
+//! | [`protocol`] | the SFTP loop of a channel: framing, concurrency, the end |
+//! | [`fs`] | SFTP requests as library calls |
+//! | [`metrics`] | counters, the transfer log, the Prometheus endpoint |
+//!
+//! One [`Corral`] (and so one transfer cache) serves every session. SIGHUP
+//! reloads the users file and the mappings: sessions go on, new logins see
+//! the new ones; a configuration that does not load is refused and the one
+//! in force stays.
+
+mod fs;
+mod host_key;
+mod metrics;
+mod protocol;
+mod session;
+pub(crate) mod users;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use corral::cache::CacheConfig;
+use corral::config::ConfigFile;
+use corral::{Corral, Error, ErrorKind, OverwriteMode};
+use russh::MethodKind;
+use tokio::net::TcpListener;
+
+use session::{Conn, Failures};
+use users::Users;
+
+/// How the server runs (the command's flags).
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) listen: SocketAddr,
+    pub(crate) host_key: PathBuf,
+    pub(crate) users: PathBuf,
+    /// The mappings (a config file, or bare mappings); `None`: the embedded default.
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) cache: CacheConfig,
+    pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) keepalive: Duration,
+    pub(crate) max_sessions: usize,
+    pub(crate) max_sessions_per_user: usize,
+    pub(crate) max_channels: usize,
+    pub(crate) max_handles: u64,
+    pub(crate) overwrite: Option<OverwriteMode>,
+    pub(crate) refuse_setstat: bool,
+}
+
+/// What a reload replaces.
+pub(crate) struct Live {
+    pub(crate) users: Arc<Users>,
+    pub(crate) corral: Corral,
+}
+
+/// Sessions by user, against the limits.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    by_user: Mutex<HashMap<String, usize>>,
+    per_user: usize,
+}
+
+impl Sessions {
+    /// Counts a session of `user` if the limit allows.
+    fn enter(&self, user: &str) -> bool {
+        let mut m = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(user.to_owned()).or_default();
+        if *n >= self.per_user {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, user: &str) {
+        let mut m = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(user);
+            }
+        }
+    }
+}
+
+/// When a connection last heard from its client.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    started: Instant,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+    pub(crate) fn touch(&self) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// What every connection shares.
+pub(crate) struct Server {
+    live: RwLock<Arc<Live>>,
+    pub(crate) options: Options,
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) sessions: Sessions,
+    pub(crate) failures: Failures,
+    connections: AtomicU64,
+}
+
+impl Server {
+    pub(crate) fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reads the users file and the mappings again; keeps what is in force
+    /// if either does not load.
+    fn reload(&self) {
+        let current = self.live();
+        match load(&self.options) {
+            Ok((users, config)) => {
+                let n = users.len();
+                let next = Live {
+                    users: Arc::new(users),
+                    corral: current.corral.with_mappings(config.mappings),
+                };
+                *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+                tracing::info!(
+                    users = n,
+                    "reloaded the users and the mappings; new logins see them"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the configuration in force stays");
+            }
+        }
+    }
+}
+
+fn load(options: &Options) -> Result<(Users, ConfigFile), Error> {
+    let users = Users::load(&options.users)?;
+    let config = match &options.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => {
+            ConfigFile::embedded_default(std::path::Path::new(corral::config::DEFAULT_SANDBOX_DIR))?
+        }
+    };
+    Ok((users, config))
+}
+
+/// Runs the server until the process is stopped.
+pub(crate) async fn serve(options: Options) -> Result<(), Error> {
+    let (users, config) = load(&options)?;
+    let key = host_key::load_or_create(&options.host_key)?;
+    let corral = Corral::new(config.mappings, options.cache.clone())?;
+    let listener = TcpListener::bind(options.listen).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("cannot listen on {}: {e}", options.listen),
+        )
+    })?;
+    let config = Arc::new(russh::server::Config {
+        methods: russh::MethodSet::from(&[MethodKind::Password, MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_secs(1),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        max_auth_attempts: 6,
+        keys: vec![key],
+        // The idle clock is corral's (SFTP requests, not keepalives); this
+        // only ends a connection that sends nothing at all.
+        inactivity_timeout: Some(options.idle_timeout + Duration::from_secs(30)),
+        keepalive_interval: Some(options.keepalive),
+        keepalive_max: 3,
+        nodelay: true,
+        // Messages queued per channel: bytes outside the transfer cache.
+        channel_buffer_size: 32,
+        ..Default::default()
+    });
+    let metrics = Arc::new(metrics::Metrics::default());
+    if let Some(addr) = options.metrics {
+        let l = TcpListener::bind(addr).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("cannot listen on {addr} for metrics: {e}"),
+            )
+        })?;
+        tokio::spawn(metrics::serve(
+            l,
+            Arc::clone(&metrics),
+            corral.cache().clone(),
+        ));
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    let server = Arc::new(Server {
+        live: RwLock::new(Arc::new(Live {
+            users: Arc::new(users),
+            corral,
+        })),
+        sessions: Sessions {
+            by_user: Mutex::default(),
+            per_user: options.max_sessions_per_user,
+        },
+        options,
+        metrics,
+        failures: Failures::default(),
+        connections: AtomicU64::new(0),
+    });
+    {
+        let server = Arc::clone(&server);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Error::new(ErrorKind::Other, format!("cannot handle SIGHUP: {e}")))?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                server.reload();
+            }
+        });
+    }
+    tracing::info!(listen = %server.options.listen, users = server.live().users.len(), "serving SFTP");
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, say: wait, never stop serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let open = server.connections.fetch_add(1, Ordering::SeqCst);
+        if open as usize >= server.options.max_sessions {
+            server.connections.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(%peer, "connection refused: the server has its maximum of sessions");
+            drop(tcp);
+            continue;
+        }
+        let (server, config) = (Arc::clone(&server), Arc::clone(&config));
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let activity = Arc::new(Activity::new());
+            let conn = Conn::new(Arc::clone(&server), Some(peer), Arc::clone(&activity));
+            match russh::server::run_stream(config, tcp, conn).await {
+                Ok(session) => {
+                    let handle = session.handle();
+                    let idle = server.options.idle_timeout;
+                    let watchdog = async {
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
+                            if activity.idle() >= idle {
+                                tracing::info!(%peer, "idle timeout: closing the session");
+                                let _ = handle
+                                    .disconnect(
+                                        russh::Disconnect::ByApplication,
+                                        "idle timeout".into(),
+                                        String::new(),
+                                    )
+                                    .await;
+                                break;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        r = session => if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "session ended with an error");
+                        },
+                        () = watchdog => {}
+                    }
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+            }
+            server.connections.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
