@@ -13,6 +13,19 @@
 //! - answers go out through one writer, in the order they are ready (each
 //!   carries its request's id).
 //!
+//! **Memory and deadlock.** russh hands the channel's data to this loop
+//! through a bounded queue and stops its whole connection while that queue
+//! is full: if this loop stopped reading while its own answers wait to be
+//! sent, neither side would move. So the reader never waits for an answer
+//! to be sent: answers go into an unbounded queue, and what holds memory
+//! is bounded where it is made. The data of WRITE requests waiting for their
+//! handle takes a share of [`WRITE_BUDGET`] before the reader queues it (the
+//! reader waits for the share, which handle tasks give back as they write,
+//! without waiting on the writer); DATA answers take a share of
+//! [`READ_BUDGET`] before they are made (the handle task waits for it; the
+//! writer gives it back once the answer is sent). Other requests queued on a
+//! handle are few bytes each, and at most [`QUEUED`] per handle.
+//!
 //! When the client ends the channel (EOF or CLOSE) or sends something that
 //! cannot be framed, reading stops, the handles' tasks finish what they were
 //! sent and drop their state (an upload not closed is aborted), the last
@@ -20,26 +33,37 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::fs::{Fs, MAX_PACKET, Open, code, handle, status};
+use super::fs::{Fs, MAX_DATA, MAX_PACKET, Open, code, handle, status};
 
 /// Path requests served at once per channel.
 const CONCURRENT: usize = 64;
-/// Requests queued per handle before the reader waits: the reader then
-/// stops reading the channel, and SSH flow control holds the client back.
-/// What is queued here lies outside the transfer cache, so it stays small.
-const QUEUE: usize = 8;
-/// Answers queued for the writer.
-const ANSWERS: usize = 32;
+/// Bytes of WRITE data waiting for their handles, per channel.
+const WRITE_BUDGET: u32 = 4 << 20;
+/// Bytes of DATA answers waiting to be sent, per channel.
+const READ_BUDGET: u32 = 4 << 20;
+/// Requests other than WRITE waiting for one handle.
+const QUEUED: usize = 4096;
 
-type Handles = Arc<Mutex<HashMap<String, mpsc::Sender<Packet>>>>;
+/// An answer, with the share of a budget it holds until it is sent.
+type Answer = (Packet, Option<OwnedSemaphorePermit>);
+
+/// A request for a handle, with the share of the write budget its data holds.
+type Queued = (Packet, Option<OwnedSemaphorePermit>);
+
+struct HandleQueue {
+    tx: mpsc::UnboundedSender<Queued>,
+    waiting: Arc<AtomicUsize>,
+}
+
+type Handles = Arc<Mutex<HashMap<String, HandleQueue>>>;
 
 /// Reads one packet: `Ok(None)` at the end of the stream.
 async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Packet>> {
@@ -62,30 +86,51 @@ async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
-/// The task of one handle: its requests in order, until CLOSE or the end.
-async fn handle_task(
+/// What a handle's task needs besides its own state.
+struct HandleCtx {
     fs: Arc<Fs>,
-    id: String,
-    mut open: Open,
-    mut rx: mpsc::Receiver<Packet>,
-    out: mpsc::Sender<Packet>,
+    name: String,
+    out: mpsc::UnboundedSender<Answer>,
     handles: Handles,
-) {
-    while let Some(request) = rx.recv().await {
-        let reply = match request {
+    reads: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// The task of one handle: its requests in order, until CLOSE or the end.
+async fn handle_task(ctx: HandleCtx, mut open: Open, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    while let Some((request, write_share)) = rx.recv().await {
+        if write_share.is_none() {
+            ctx.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        let answer = match request {
             Packet::Close(c) => {
-                handles.lock().await.remove(&id);
-                let reply = fs.close(c.id, open).await;
-                let _ = out.send(reply).await;
+                ctx.handles.lock().await.remove(&ctx.name);
+                let reply = ctx.fs.close(c.id, open).await;
+                let _ = ctx.out.send((reply, None));
                 return;
             }
-            other => fs.on_handle(&mut open, other).await,
+            Packet::Read(r) => {
+                // The answer's share of the read budget, before it is made.
+                let len = r.len.clamp(1, MAX_DATA);
+                let Ok(share) = Arc::clone(&ctx.reads).acquire_many_owned(len).await else {
+                    break;
+                };
+                (
+                    ctx.fs.on_handle(&mut open, Packet::Read(r)).await,
+                    Some(share),
+                )
+            }
+            other => {
+                let reply = ctx.fs.on_handle(&mut open, other).await;
+                drop(write_share);
+                (reply, None)
+            }
         };
-        if out.send(reply).await.is_err() {
+        if ctx.out.send(answer).is_err() {
             break;
         }
     }
-    fs.abandon(open);
+    ctx.fs.abandon(open);
 }
 
 /// Serves SFTP on `stream` until the client ends it; then, once the last
@@ -97,9 +142,9 @@ where
     E: Future<Output = ()>,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let (out, mut answers) = mpsc::channel::<Packet>(ANSWERS);
+    let (out, mut answers) = mpsc::unbounded_channel::<Answer>();
     let writing = tokio::spawn(async move {
-        while let Some(p) = answers.recv().await {
+        while let Some((p, share)) = answers.recv().await {
             let bytes = match Bytes::try_from(p) {
                 Ok(b) => b,
                 Err(e) => {
@@ -110,6 +155,7 @@ where
             if writer.write_all(&bytes).await.is_err() {
                 return writer;
             }
+            drop(share);
         }
         let _ = writer.flush().await;
         writer
@@ -117,6 +163,8 @@ where
     let handles: Handles = Arc::default();
     let next = AtomicU64::new(1);
     let limit = Arc::new(Semaphore::new(CONCURRENT));
+    let writes = Arc::new(Semaphore::new(WRITE_BUDGET as usize));
+    let reads = Arc::new(Semaphore::new(READ_BUDGET as usize));
     let mut tasks = JoinSet::new();
     loop {
         let request = match read_packet(&mut reader).await {
@@ -128,9 +176,10 @@ where
             }
         };
         let id = request.get_request_id();
+        tracing::trace!(id, kind = packet_kind(&request), "SFTP request");
         let on_handle = match &request {
             Packet::Init(_) => {
-                let _ = out.send(Fs::version()).await;
+                let _ = out.send((Fs::version(), None));
                 continue;
             }
             Packet::Read(r) => Some(r.handle.clone()),
@@ -142,43 +191,66 @@ where
             _ => None,
         };
         if let Some(h) = on_handle {
-            let tx = handles.lock().await.get(&h).cloned();
-            match tx {
-                Some(tx) => {
-                    // In order, behind the handle's earlier requests.
-                    if tx.send(request).await.is_err() {
-                        let _ = out
-                            .send(code(id, StatusCode::Failure, "the handle is closed"))
-                            .await;
+            let share = match &request {
+                Packet::Write(w) => {
+                    let n = (w.data.len() as u32).clamp(1, WRITE_BUDGET);
+                    match Arc::clone(&writes).acquire_many_owned(n).await {
+                        Ok(s) => Some(s),
+                        Err(_) => break,
                     }
                 }
-                None => {
-                    let _ = out
-                        .send(code(id, StatusCode::Failure, "no such handle"))
-                        .await;
+                _ => None,
+            };
+            let map = handles.lock().await;
+            let reply = match map.get(&h) {
+                None => Some(code(id, StatusCode::Failure, "no such handle")),
+                Some(q) if share.is_none() && q.waiting.load(Ordering::Relaxed) >= QUEUED => {
+                    Some(code(
+                        id,
+                        StatusCode::Failure,
+                        "too many requests waiting for this handle",
+                    ))
                 }
+                Some(q) => {
+                    if share.is_none() {
+                        q.waiting.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // In order, behind the handle's earlier requests.
+                    match q.tx.send((request, share)) {
+                        Ok(()) => None,
+                        Err(_) => Some(code(id, StatusCode::Failure, "the handle is closed")),
+                    }
+                }
+            };
+            drop(map);
+            if let Some(reply) = reply {
+                let _ = out.send((reply, None));
             }
             continue;
         }
         let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
             break;
         };
-        let (fs, out, handles) = (Arc::clone(&fs), out.clone(), Arc::clone(&handles));
+        let (fs, out, handles, reads) = (
+            Arc::clone(&fs),
+            out.clone(),
+            Arc::clone(&handles),
+            Arc::clone(&reads),
+        );
         let number = next.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(async move {
             let _permit = permit;
             let opened = match request {
-                Packet::Open(o) => Some(fs.open(&o.filename, o.pflags, &o.attrs).await),
-                Packet::OpenDir(o) => Some(fs.opendir(&o.path).await),
+                Packet::Open(o) => fs.open(&o.filename, o.pflags, &o.attrs).await,
+                Packet::OpenDir(o) => fs.opendir(&o.path).await,
                 other => {
-                    let _ = out.send(fs.on_path(other).await).await;
-                    None
+                    let _ = out.send((fs.on_path(other).await, None));
+                    return;
                 }
             };
             let reply = match opened {
-                None => return,
-                Some(Err(e)) => status(id, &e),
-                Some(Ok(open)) => {
+                Err(e) => status(id, &e),
+                Ok(open) => {
                     let mut map = handles.lock().await;
                     if map.len() as u64 >= fs.max_handles {
                         drop(map);
@@ -186,22 +258,30 @@ where
                         code(id, StatusCode::Failure, "too many open handles")
                     } else {
                         let name = format!("h{number}");
-                        let (tx, rx) = mpsc::channel(QUEUE);
-                        map.insert(name.clone(), tx);
-                        drop(map);
-                        tokio::spawn(handle_task(
-                            Arc::clone(&fs),
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let waiting = Arc::new(AtomicUsize::new(0));
+                        map.insert(
                             name.clone(),
-                            open,
-                            rx,
-                            out.clone(),
+                            HandleQueue {
+                                tx,
+                                waiting: Arc::clone(&waiting),
+                            },
+                        );
+                        drop(map);
+                        let ctx = HandleCtx {
+                            fs,
+                            name: name.clone(),
+                            out: out.clone(),
                             handles,
-                        ));
+                            reads,
+                            waiting,
+                        };
+                        tokio::spawn(handle_task(ctx, open, rx));
                         handle(id, name)
                     }
                 }
             };
-            let _ = out.send(reply).await;
+            let _ = out.send((reply, None));
         });
         // Reap what is done, so the set does not grow with the session.
         while tasks.try_join_next().is_some() {}
@@ -216,5 +296,32 @@ where
     if let Ok(mut writer) = writer {
         // EOF, then CLOSE when the stream is dropped.
         let _ = writer.shutdown().await;
+    }
+}
+
+/// A request's kind, for traces (never its data).
+fn packet_kind(p: &Packet) -> &'static str {
+    match p {
+        Packet::Init(_) => "init",
+        Packet::Open(_) => "open",
+        Packet::Close(_) => "close",
+        Packet::Read(_) => "read",
+        Packet::Write(_) => "write",
+        Packet::Lstat(_) => "lstat",
+        Packet::Fstat(_) => "fstat",
+        Packet::SetStat(_) => "setstat",
+        Packet::FSetStat(_) => "fsetstat",
+        Packet::OpenDir(_) => "opendir",
+        Packet::ReadDir(_) => "readdir",
+        Packet::Remove(_) => "remove",
+        Packet::MkDir(_) => "mkdir",
+        Packet::RmDir(_) => "rmdir",
+        Packet::RealPath(_) => "realpath",
+        Packet::Stat(_) => "stat",
+        Packet::Rename(_) => "rename",
+        Packet::ReadLink(_) => "readlink",
+        Packet::Symlink(_) => "symlink",
+        Packet::Extended(_) => "extended",
+        _ => "other",
     }
 }

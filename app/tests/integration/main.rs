@@ -14,3 +14,4 @@ mod integrity;
 mod listing;
 mod resume;
 mod sandbox;
+mod sftp;
