@@ -123,7 +123,7 @@ impl Spool {
     pub(super) fn assemble(&self, parts: &[Part], out: &std::fs::File) -> Result<u64> {
         let op = Operation::CompleteMultipart;
         let key = self.key.as_str();
-        let mut buf = vec![0u8; 4 << 20];
+        let mut buf = vec![0u8; 1 << 20];
         let mut at = 0u64;
         for (i, part) in parts.iter().enumerate() {
             let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);

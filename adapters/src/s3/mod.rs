@@ -24,7 +24,8 @@ mod uploads;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -112,6 +113,32 @@ impl S3Backend {
     }
 }
 
+impl S3Backend {
+    /// After a CreateMultipartUpload that needed a retry: an earlier try
+    /// whose answer was lost may have made an upload too. Aborts the pending
+    /// uploads of `key` made since `since` but `kept`.
+    async fn sweep_lost_creations(&self, key: &ObjectKey, kept: &UploadId, since: SystemTime) {
+        if !self.caps.list_pending_uploads {
+            return;
+        }
+        let Ok(pending) = uploads::list_multipart_uploads(&self.signed, key).await else {
+            return;
+        };
+        for u in pending {
+            if u.key == *key && u.upload_id != *kept && u.initiated.is_none_or(|t| t >= since) {
+                match self.objects.abort_multipart(key, &u.upload_id).await {
+                    Ok(()) => {
+                        tracing::info!(key = %key, upload = %u.upload_id, "aborted an upload whose creation answer was lost")
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %key, upload = %u.upload_id, error = %e, "could not abort an orphaned upload")
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ObjectStorage for S3Backend {
     fn capabilities(&self) -> &Capabilities {
@@ -158,13 +185,22 @@ impl ObjectStorage for S3Backend {
             factor: 2,
             max: Duration::from_millis(400),
         };
-        retry(
+        let since = SystemTime::now() - Duration::from_secs(2);
+        let tries = AtomicU32::new(0);
+        let id = retry(
             backoff,
             "creating the multipart upload",
             Error::is_temporary,
-            || self.objects.create_multipart(key),
+            || {
+                tries.fetch_add(1, Ordering::Relaxed);
+                self.objects.create_multipart(key)
+            },
         )
-        .await
+        .await?;
+        if tries.load(Ordering::Relaxed) > 1 {
+            self.sweep_lost_creations(key, &id, since).await;
+        }
+        Ok(id)
     }
 
     async fn upload_part(

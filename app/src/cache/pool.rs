@@ -76,6 +76,18 @@ pub(crate) struct PoolInner {
     wait: Duration,
     state: Mutex<State>,
     in_use: AtomicU64,
+    buffers: Mutex<Buffers>,
+}
+
+/// Memory mode's buffers: allocated on first use, then kept for later
+/// transfers, never more than the cache's size in all. Freeing an 8 MiB
+/// buffer raises glibc's mmap threshold, after which freed buffers stay in
+/// per-thread arenas: the process grew with its threads, not its cache.
+#[derive(Default)]
+struct Buffers {
+    spare: Vec<Vec<u8>>,
+    /// Bytes of every buffer allocated (in use or spare).
+    allocated: u64,
 }
 
 /// Bytes granted to one transfer; returned when dropped.
@@ -138,6 +150,7 @@ impl PoolInner {
             capacity,
             contiguous,
             wait,
+            buffers: Mutex::default(),
             state: Mutex::new(State {
                 free: if capacity > 0 {
                     vec![0..capacity]
@@ -158,6 +171,41 @@ impl PoolInner {
         // A panic while holding the lock cannot leave the state half-updated
         // (every update is a few arithmetic steps), so a poisoned lock is usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A buffer of `len` bytes for a slot of `slot_size` (memory mode): a
+    /// spare one if one is large enough, else a new one, freeing spare ones
+    /// first if the cache's size would be exceeded. Its bytes are not
+    /// cleared: every byte of a slot is written before it is read.
+    pub(crate) fn take_buffer(&self, len: usize, slot_size: usize) -> Vec<u8> {
+        let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        let best = b
+            .spare
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let mut buf = b.spare.swap_remove(i);
+            buf.resize(len, 0);
+            return buf;
+        }
+        let size = slot_size.max(len);
+        while b.allocated + size as u64 > self.capacity {
+            let Some(old) = b.spare.pop() else { break };
+            b.allocated -= old.capacity() as u64;
+        }
+        let mut buf = Vec::with_capacity(size);
+        buf.resize(len, 0);
+        b.allocated += buf.capacity() as u64;
+        buf
+    }
+
+    /// A slot's buffer back, for later slots.
+    pub(crate) fn give_back(&self, buf: Vec<u8>) {
+        let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        b.spare.push(buf);
     }
 
     pub(crate) fn add_in_use(&self, n: u64) {

@@ -8,10 +8,12 @@
 //! has consumed the chunk. That is the backpressure: no free slot, no new
 //! part or read-ahead.
 //!
-//! In **memory mode** a slot's buffer is allocated the first time the slot
-//! is taken, reused by the transfer's later parts (no fresh pages to fault
-//! in for every part), and freed when the transfer ends: nothing is
-//! allocated up front, and a transfer never holds more than its reservation.
+//! In **memory mode** a slot's buffer is allocated the first time a slot
+//! needs one and then kept by the cache, for the transfer's later parts and
+//! for later transfers (no fresh pages to fault in for every part): nothing
+//! is allocated up front, a transfer never holds more than its reservation,
+//! and the buffers never total more than the cache's size, whatever the
+//! allocator does with freed memory.
 //!
 //! In **file mode** a slot is a byte range of the cache file. Data is
 //! written with `pwrite` and handed out as [`Bytes`] that point into a
@@ -154,8 +156,6 @@ pub(crate) struct Slots {
     count: usize,
     sem: Arc<Semaphore>,
     free: Mutex<Vec<usize>>,
-    /// Memory mode: buffers given back, kept for the transfer's next parts.
-    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Slots {
@@ -169,7 +169,6 @@ impl Slots {
             count,
             sem: Arc::new(Semaphore::new(count)),
             free: Mutex::new((0..count).rev().collect()),
-            spare: Mutex::new(Vec::new()),
         })
     }
 
@@ -200,17 +199,7 @@ impl Slots {
             .pop()
             .expect("a permit guarantees a free slot");
         let data = match self.backing {
-            Backing::Memory => {
-                let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                match spare {
-                    // Every byte of a part or chunk is written before it is read.
-                    Some(mut buf) if buf.capacity() >= len => {
-                        buf.resize(len, 0);
-                        buf
-                    }
-                    _ => vec![0u8; len],
-                }
-            }
+            Backing::Memory => self.pool().take_buffer(len, self.slot_size as usize),
             Backing::File(_) => Vec::new(),
         };
         self.pool().add_in_use(len as u64);
@@ -275,12 +264,7 @@ impl Drop for SlotBuf {
     fn drop(&mut self) {
         self.slots.pool().sub_in_use(self.len as u64);
         if self.data.capacity() > 0 {
-            let data = std::mem::take(&mut self.data);
-            self.slots
-                .spare
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(data);
+            self.slots.pool().give_back(std::mem::take(&mut self.data));
         }
         self.slots
             .free

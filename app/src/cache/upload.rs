@@ -102,9 +102,11 @@ fn left_pending(e: Error, upload: &UploadId, abort: &Error) -> Error {
 }
 
 /// Aborts the multipart uploads of `key` that started during this upload and
-/// are still pending: a CreateMultipartUpload whose answer was lost (a reset
-/// connection) and that was retried leaves an upload whose id this process
-/// never learnt. Only where the server can list pending uploads.
+/// are still pending, after a CreateMultipartUpload that failed: its
+/// request may have reached the server and made an upload whose id this
+/// process never learnt. Only where the server can list pending uploads.
+/// (Never after an upload that went well: another writer of the same key
+/// may be uploading now, and its upload is not an orphan.)
 async fn sweep_orphans(storage: &dyn ObjectStorage, key: &ObjectKey, since: std::time::SystemTime) {
     if !storage.capabilities().list_pending_uploads {
         return;
@@ -217,8 +219,9 @@ pub struct Upload {
     end: u64,
     /// When this upload started, less a margin for the server's clock.
     started: std::time::SystemTime,
-    /// A CreateMultipartUpload was sent.
-    create_attempted: bool,
+    /// A CreateMultipartUpload was sent and never answered (it failed): an
+    /// upload may exist that this process never learnt of.
+    create_unknown: bool,
 }
 
 impl std::fmt::Debug for Upload {
@@ -254,7 +257,7 @@ impl Upload {
             finished: false,
             end: 0,
             started: std::time::SystemTime::now() - std::time::Duration::from_secs(5),
-            create_attempted: false,
+            create_unknown: false,
         }
     }
 
@@ -441,10 +444,13 @@ impl Upload {
         let upload = match &self.upload_id {
             Some(u) => u.clone(),
             None => {
-                // From here an upload may exist that this process never learns
-                // of (a lost answer): the end of this upload sweeps for it.
-                self.create_attempted = true;
+                // Until it answers, an upload may exist that this process never
+                // learns of (a lost answer): if it fails, the end of this upload
+                // sweeps for it. (A lost answer that a retry recovers from is the
+                // backend's to sweep: it knows which id it returned.)
+                self.create_unknown = true;
                 let u = self.storage.create_multipart(&self.key).await?;
+                self.create_unknown = false;
                 self.upload_id = Some(u.clone());
                 let part_size = self.part_size();
                 if let Some(j) = &mut self.journal {
@@ -540,7 +546,6 @@ impl Upload {
             .complete_multipart(&self.key, &upload, parts)
             .await?;
         self.upload_id = None;
-        sweep_orphans(&*self.storage, &self.key, self.started).await;
         Ok(result)
     }
 
@@ -559,7 +564,7 @@ impl Upload {
             }
             left = Some((upload, e));
         }
-        if self.create_attempted {
+        if self.create_unknown {
             sweep_orphans(&*self.storage, &self.key, self.started).await;
         }
         left
@@ -578,7 +583,8 @@ impl Drop for Upload {
         let mut parts = std::mem::take(&mut self.in_flight);
         parts.abort_all();
         let upload = self.upload_id.take();
-        if parts.is_empty() && upload.is_none() && !self.create_attempted {
+        let create_unknown = self.create_unknown;
+        if parts.is_empty() && upload.is_none() && !create_unknown {
             return;
         }
         let (storage, key, started) = (Arc::clone(&self.storage), self.key.clone(), self.started);
@@ -595,7 +601,9 @@ impl Drop for Upload {
                             j.left_pending(&e);
                         }
                     }
-                    sweep_orphans(&*storage, &key, started).await;
+                    if create_unknown {
+                        sweep_orphans(&*storage, &key, started).await;
+                    }
                     // The journal goes last, once the upload is settled.
                     drop(journal);
                 });

@@ -33,7 +33,7 @@ use russh_sftp::protocol::{
     StatusCode, Version,
 };
 
-use super::metrics::{Metrics, Outcome};
+use super::metrics::{Metrics, Outcome, Transfer};
 
 /// The most data one READ returns, and one WRITE may carry (what
 /// `limits@openssh.com` says).
@@ -283,7 +283,7 @@ impl Fs {
                         ok(id)
                     }
                     Err(e) => {
-                        tracing::debug!(path = %path, error = %e, "a write failed: the upload is given up");
+                        tracing::warn!(user = %self.user, path = %path, error = %e, "a write failed: the upload is given up");
                         *failed = Some(e.to_string());
                         if let Some(wr) = writer.take() {
                             let e = wr.cancel(e).await;
@@ -355,13 +355,13 @@ impl Fs {
                 bytes,
                 ..
             } => {
-                self.metrics.transfer(
-                    &self.user,
+                self.log(
                     "download",
                     &path,
                     bytes,
                     started.elapsed(),
                     Outcome::Ok,
+                    None,
                 );
                 ok(id)
             }
@@ -382,8 +382,15 @@ impl Fs {
                 } else {
                     Outcome::Error
                 };
-                self.metrics
-                    .transfer(&self.user, "upload", &path, end, started.elapsed(), outcome);
+                let error = result.as_ref().err().map(ToString::to_string);
+                self.log(
+                    "upload",
+                    &path,
+                    end,
+                    started.elapsed(),
+                    outcome,
+                    error.as_deref(),
+                );
                 match result {
                     Ok(()) => ok(id),
                     Err(e) => status(id, &e),
@@ -403,13 +410,13 @@ impl Fs {
                 bytes,
                 ..
             } => {
-                self.metrics.transfer(
-                    &self.user,
+                self.log(
                     "download",
                     &path,
                     bytes,
                     started.elapsed(),
                     Outcome::Aborted,
+                    None,
                 );
             }
             Open::Write {
@@ -420,17 +427,38 @@ impl Fs {
                 ..
             } => {
                 drop(writer);
-                self.metrics.transfer(
-                    &self.user,
+                self.log(
                     "upload",
                     &path,
                     end,
                     started.elapsed(),
                     Outcome::Aborted,
+                    None,
                 );
             }
             Open::Dir { .. } => {}
         }
+    }
+
+    /// The transfer's log line and counters.
+    fn log(
+        &self,
+        direction: &'static str,
+        path: &str,
+        bytes: u64,
+        elapsed: std::time::Duration,
+        outcome: Outcome,
+        error: Option<&str>,
+    ) {
+        self.metrics.transfer(&Transfer {
+            user: &self.user,
+            direction,
+            path,
+            bytes,
+            elapsed,
+            outcome,
+            error,
+        });
     }
 
     fn setstat(&self, id: u32) -> Packet {

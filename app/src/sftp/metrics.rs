@@ -38,6 +38,18 @@ impl Outcome {
 /// Transfers and bytes, by direction and outcome.
 type ByOutcome = BTreeMap<(&'static str, Outcome), (u64, u64)>;
 
+/// One finished transfer, for its log line and the counters.
+pub(crate) struct Transfer<'a> {
+    pub(crate) user: &'a str,
+    /// `upload` or `download`.
+    pub(crate) direction: &'static str,
+    pub(crate) path: &'a str,
+    pub(crate) bytes: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) outcome: Outcome,
+    pub(crate) error: Option<&'a str>,
+}
+
 /// The server's counters.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -49,29 +61,22 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     /// Records a finished transfer and logs its line.
-    pub(crate) fn transfer(
-        &self,
-        user: &str,
-        direction: &'static str,
-        path: &str,
-        bytes: u64,
-        elapsed: Duration,
-        outcome: Outcome,
-    ) {
+    pub(crate) fn transfer(&self, t: &Transfer<'_>) {
         tracing::info!(
             target: "corral::xfer",
-            user,
-            direction,
-            path,
-            bytes,
-            seconds = format!("{:.3}", elapsed.as_secs_f64()),
-            result = outcome.as_str(),
+            user = t.user,
+            direction = t.direction,
+            path = t.path,
+            bytes = t.bytes,
+            seconds = format!("{:.3}", t.elapsed.as_secs_f64()),
+            result = t.outcome.as_str(),
+            error = t.error,
             "transfer"
         );
-        let mut t = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
-        let e = t.entry((direction, outcome)).or_default();
+        let mut map = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        let e = map.entry((t.direction, t.outcome)).or_default();
         e.0 += 1;
-        e.1 += bytes;
+        e.1 += t.bytes;
     }
 
     /// The Prometheus text exposition.

@@ -38,17 +38,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::fs::{Fs, MAX_DATA, MAX_PACKET, Open, code, handle, status};
 
 /// Path requests served at once per channel.
 const CONCURRENT: usize = 64;
-/// Bytes of WRITE data waiting for their handles, per channel.
-const WRITE_BUDGET: u32 = 4 << 20;
+/// Bytes of WRITE data waiting for their handles, per channel: enough to
+/// keep the handle busy (the transfer cache does the real buffering).
+const WRITE_BUDGET: u32 = 256 << 10;
 /// Bytes of DATA answers waiting to be sent, per channel.
-const READ_BUDGET: u32 = 4 << 20;
+const READ_BUDGET: u32 = 256 << 10;
 /// Requests other than WRITE waiting for one handle.
 const QUEUED: usize = 4096;
 
@@ -135,8 +136,10 @@ async fn handle_task(ctx: HandleCtx, mut open: Open, mut rx: mpsc::UnboundedRece
 
 /// Serves SFTP on `stream` until the client ends it; then, once the last
 /// answer is out, runs `ending` (the exit status, which scp waits for) and
-/// sends EOF and CLOSE.
-pub(crate) async fn run<S, E>(stream: S, fs: Arc<Fs>, ending: E)
+/// sends EOF and CLOSE. When `gone` says the connection itself is gone (a
+/// killed client), answers are dropped rather than waited on: nothing could
+/// send them, and what they hold must come back.
+pub(crate) async fn run<S, E>(stream: S, fs: Arc<Fs>, ending: E, mut gone: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: Future<Output = ()>,
@@ -144,20 +147,28 @@ where
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (out, mut answers) = mpsc::unbounded_channel::<Answer>();
     let writing = tokio::spawn(async move {
-        while let Some((p, share)) = answers.recv().await {
-            let bytes = match Bytes::try_from(p) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot encode an SFTP answer");
-                    continue;
+        let sending = async {
+            while let Some((p, share)) = answers.recv().await {
+                let bytes = match Bytes::try_from(p) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot encode an SFTP answer");
+                        continue;
+                    }
+                };
+                if writer.write_all(&bytes).await.is_err() {
+                    return;
                 }
-            };
-            if writer.write_all(&bytes).await.is_err() {
-                return writer;
+                drop(share);
             }
-            drop(share);
+            let _ = writer.flush().await;
+        };
+        tokio::select! {
+            () = sending => {}
+            _ = gone.wait_for(|g| *g) => {}
         }
-        let _ = writer.flush().await;
+        // Dropping what is still queued gives back its budget.
+        drop(answers);
         writer
     });
     let handles: Handles = Arc::default();

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use argon2::{Argon2, PasswordHash, PasswordHasher};
 use corral::{Error, ErrorKind, Identity};
 use russh::keys::PublicKey;
 use russh::keys::ssh_key::AuthorizedKeys;
@@ -249,13 +249,7 @@ impl Users {
             Some(p) => p,
             None => decoy(),
         };
-        let ok = PasswordHash::new(phc)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let ok = verify(password, phc).unwrap_or(false);
         ok && known.is_some()
     }
 
@@ -275,6 +269,39 @@ impl Users {
             full_name: u.full_name.clone(),
         })
     }
+}
+
+thread_local! {
+    /// The memory an argon2 check works in, kept by the thread that checks:
+    /// allocated afresh for each check (19 MiB), it was never given back by
+    /// glibc's allocator once its mmap threshold had grown.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `password` matches the argon2 PHC hash `phc`, computed in this
+/// thread's reused memory; the comparison is constant-time.
+fn verify(password: &str, phc: &str) -> Option<bool> {
+    let hash = PasswordHash::new(phc).ok()?;
+    let params = argon2::Params::try_from(&hash).ok()?;
+    let algorithm = argon2::Algorithm::try_from(hash.algorithm.as_str()).ok()?;
+    let version = match hash.version {
+        Some(v) => argon2::Version::try_from(v).ok()?,
+        None => argon2::Version::default(),
+    };
+    let (salt, expected) = (hash.salt?, hash.hash?);
+    let mut out = vec![0u8; expected.len()];
+    let computed = BLOCKS.with_borrow_mut(|blocks| {
+        blocks.resize(params.block_count(), argon2::Block::default());
+        Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+            password.as_bytes(),
+            salt.as_ref(),
+            &mut out,
+            &mut blocks[..],
+        )
+    });
+    computed.ok()?;
+    // Output's equality is constant-time.
+    Some(argon2::password_hash::phc::Output::new(&out).ok()? == expected)
 }
 
 /// The keys of authorized_keys text: one per line, options allowed, `#`

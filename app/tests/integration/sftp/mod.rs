@@ -44,7 +44,7 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) port: u16,
     metrics_port: u16,
-    pub(crate) dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     log: PathBuf,
 }
 
@@ -77,13 +77,26 @@ impl Server {
         let (port, metrics_port) = (free_port(), free_port());
         let log = dir.path().join("server.log");
         let p = |name: &str| dir.path().join(name).display().to_string();
-        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+        // CORRAL_TEST_SERVER_WRAPPER runs the server under a tool (a heap profiler).
+        let mut cmd = match std::env::var("CORRAL_TEST_SERVER_WRAPPER") {
+            Ok(w) => {
+                let mut words = w.split_whitespace();
+                let mut c = Command::new(words.next().expect("wrapper"));
+                c.args(words).arg(env!("CARGO_BIN_EXE_corral"));
+                c
+            }
+            Err(_) => Command::new(env!("CARGO_BIN_EXE_corral")),
+        };
+        let child = cmd
             .args(["--config", &p("mappings.json"), "serve", "sftp"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--host-key", &p("host_key"), "--users", &p("users.json")])
             .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("CORRAL_TEST_SERVER_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .env_remove("CORRAL_CONFIG")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
@@ -93,7 +106,7 @@ impl Server {
             child,
             port,
             metrics_port,
-            dir,
+            _dir: dir,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -156,7 +169,19 @@ impl Server {
         }
     }
 
-    /// The server's peak resident memory, in KiB.
+    /// The server's anonymous resident memory now (its heap and stacks, not
+    /// the pages of its executable), in KiB.
+    pub(crate) fn anon_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The server's peak resident memory, executable pages included, in KiB.
     pub(crate) fn peak_rss_kib(&self) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
@@ -170,6 +195,15 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::env::var_os("CORRAL_TEST_SERVER_WRAPPER").is_some() {
+            // Let the wrapper see its program end and write its report.
+            if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let _ = self.child.wait();
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
