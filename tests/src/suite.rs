@@ -390,8 +390,17 @@ async fn clean(target: &Target, dir: &str) -> Result<(), String> {
     }
 }
 
+/// The error, its middle cut when long: a quoted 1,024-byte key must not
+/// hide the server's answer, which comes last.
 fn describe(e: &Error) -> String {
-    short(&format!("{e} [{}]", e.kind()), 300)
+    let s = format!("{e} [{}]", e.kind());
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= 400 {
+        return s;
+    }
+    let head: String = chars[..150].iter().collect();
+    let tail: String = chars[chars.len() - 250..].iter().collect();
+    format!("{head} … {tail}")
 }
 
 /// `s` cut to `n` characters, for messages that may quote a 1,024-byte key.

@@ -43,6 +43,15 @@ fn s3s_fs_quirks(t: Target) -> Target {
     )
 }
 
+/// Garage on LMDB, its default metadata engine: LMDB's 511-byte key limit,
+/// less Garage's own prefix, refuses object keys over 479 bytes (measured).
+fn garage_quirks(t: Target) -> Target {
+    t.with_known_failure(
+        "longest_key",
+        "on LMDB, its default metadata engine, keys over 479 bytes are refused (503, MDB_BAD_VALSIZE)",
+    )
+}
+
 fn render(reports: &[Report]) -> String {
     let mut notes: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = String::from("| case |");
@@ -120,7 +129,7 @@ async fn compatibility_table_matches_a_real_run() {
     let garage = S3Server::garage();
     garage.create_bucket("conformance");
     let spec = common::s3_spec(&garage, "conformance", r#""conditionalCreate": false"#);
-    reports.push(run(&s3_target("Garage 2.5.0", &spec)).await);
+    reports.push(run(&garage_quirks(s3_target("Garage 2.5.0", &spec))).await);
     drop(garage);
 
     let cluster = GarageCluster::start(3);
@@ -132,7 +141,7 @@ async fn compatibility_table_matches_a_real_run() {
         "conformance",
         r#""conditionalCreate": false"#,
     );
-    reports.push(run(&s3_target("Garage ×3", &spec)).await);
+    reports.push(run(&garage_quirks(s3_target("Garage ×3", &spec))).await);
     drop(cluster);
 
     for r in &reports {
