@@ -64,6 +64,14 @@ impl OverwriteMode {
         )
     }
 
+    /// Whether [`Self::plan`] depends on the existing target, so that a
+    /// writer must look it up first. In place always and part file always
+    /// write the same way whatever exists: no lookup (a request saved per
+    /// file on S3).
+    pub fn needs_existing_size(self) -> bool {
+        !matches!(self, Self::InPlaceAlways | Self::PartFileAlways)
+    }
+
     /// What to do, given the size of the existing target (`None` if absent).
     pub fn plan(self, existing_size: Option<u64>, new_size: Option<u64>) -> WritePlan {
         let Some(existing) = existing_size else {
@@ -259,6 +267,16 @@ mod tests {
         for mode in OverwriteMode::ALL {
             let d = caps_decide(Some(mode), &caps);
             assert_eq!((d.effective, d.ignored), (mode, false));
+        }
+    }
+
+    #[test]
+    fn a_plan_that_ignores_the_target_needs_no_lookup() {
+        for mode in OverwriteMode::ALL {
+            let differs = [None, Some(0), Some(3), Some(9)]
+                .iter()
+                .any(|e| mode.plan(*e, Some(3)) != mode.plan(None, Some(3)));
+            assert_eq!(mode.needs_existing_size(), differs, "{mode}");
         }
     }
 

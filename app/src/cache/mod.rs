@@ -100,6 +100,25 @@ impl TransferCache {
         self.pool.metrics()
     }
 
+    /// About the most a transfer of `size` bytes holds (to within a part;
+    /// never less for sizes up to one part): its size rounded up to whole
+    /// parts, at most the per-transfer limit. A caller that runs many
+    /// transfers admits them by this, so that none waits on the cache
+    /// (whose wait times out).
+    pub fn most_held(&self, size: u64, upload: bool) -> u64 {
+        let limit = if upload {
+            self.config.upload
+        } else {
+            self.config.download
+        };
+        let whole = if size <= DEFAULT_PART_SIZE {
+            size
+        } else {
+            size.div_ceil(DEFAULT_PART_SIZE) * DEFAULT_PART_SIZE
+        };
+        whole.min(limit).min(self.config.total)
+    }
+
     /// A raw reservation of at least `min` and at most `max` bytes (FIFO, with the timeout).
     pub async fn reserve(&self, min: u64, max: u64) -> Result<Reservation, Error> {
         self.pool.reserve(min, max).await
@@ -172,11 +191,14 @@ impl TransferCache {
         let meta = storage.head(&key).await?;
         let chunk = DEFAULT_PART_SIZE.min(self.config.download);
         let min = meta.size.min(chunk);
-        let max = self
-            .config
-            .download
-            .min(meta.size.div_ceil(chunk) * chunk)
-            .max(min);
+        // Room for every chunk at once, and no more: a small file holds its
+        // own size, not a whole chunk, so many small downloads fit at once.
+        let whole = if meta.size <= chunk {
+            meta.size
+        } else {
+            meta.size.div_ceil(chunk) * chunk
+        };
+        let max = self.config.download.min(whole).max(min);
         let reservation = self.pool.reserve(min, max).await?;
         let slots = Slots::new(self.backing.clone(), reservation, chunk.min(max.max(1)));
         Ok(Download::new(storage, key, meta, chunk, slots))

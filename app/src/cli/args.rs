@@ -133,7 +133,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
         stale_after: Duration,
         /// Files moved at once (the cache bounds the bytes in flight).
-        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
         transfers: u16,
         /// Sources, then the destination.
         #[arg(required = true, num_args = 2.., value_parser = location)]

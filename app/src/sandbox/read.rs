@@ -165,9 +165,23 @@ impl UserSandbox {
         &self,
         path: &str,
         local: &std::path::Path,
-        mut progress: impl FnMut(u64) + Send,
+        progress: impl FnMut(u64) + Send,
     ) -> Result<u64, Error> {
-        let mut d = self.open(path).await?;
+        self.download_to_file_checked(path, local, progress, false)
+            .await
+    }
+
+    /// [`Self::download_to_file`]; `listed_file`: `path` came from a listing
+    /// (which already applied the rule that a directory shadows a file), so
+    /// the per-file lookup is saved.
+    pub(crate) async fn download_to_file_checked(
+        &self,
+        path: &str,
+        local: &std::path::Path,
+        mut progress: impl FnMut(u64) + Send,
+        listed_file: bool,
+    ) -> Result<u64, Error> {
+        let mut d = self.open_checked(path, listed_file).await?;
         let dir = local
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -227,9 +241,13 @@ impl UserSandbox {
 
     /// Opens a file for reading through the cache's read-ahead.
     pub async fn open(&self, path: &str) -> Result<Download, Error> {
+        self.open_checked(path, false).await
+    }
+
+    async fn open_checked(&self, path: &str, listed_file: bool) -> Result<Download, Error> {
         let vp = parse(path)?;
         let t = self.mount(&vp, "cannot read")?;
-        if t.is_mount_root() || Self::dir_exists(&t).await? {
+        if t.is_mount_root() || (!listed_file && Self::dir_exists(&t).await?) {
             return Err(
                 Error::new(ErrorKind::InvalidInput, format!("{vp} is a directory"))
                     .with_path(vp.to_string()),

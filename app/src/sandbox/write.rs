@@ -157,9 +157,22 @@ impl UserSandbox {
         size: Option<u64>,
         mode: Option<OverwriteMode>,
     ) -> Result<Writer, Error> {
+        self.create_checked(path, size, mode, false).await
+    }
+
+    /// [`Self::create`]; `listed_not_dir`: the caller listed the parent (a
+    /// tree copy lists each directory once) and saw no directory of this
+    /// name, so the per-file lookup is saved.
+    pub(crate) async fn create_checked(
+        &self,
+        path: &str,
+        size: Option<u64>,
+        mode: Option<OverwriteMode>,
+        listed_not_dir: bool,
+    ) -> Result<Writer, Error> {
         let vp = parse(path)?;
         let t = self.mount(&vp, "cannot write")?;
-        if t.is_mount_root() || Self::dir_exists(&t).await? {
+        if t.is_mount_root() || (!listed_not_dir && Self::dir_exists(&t).await?) {
             return Err(
                 Error::new(ErrorKind::AlreadyExists, format!("{vp} is a directory"))
                     .with_path(vp.to_string()),
@@ -167,10 +180,14 @@ impl UserSandbox {
         }
         let decision = t.caps().decide(mode);
         let key = t.key()?;
-        let existing = match t.storage().head(&key).await {
-            Ok(m) => Some(m.size),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+        let existing = if !decision.effective.needs_existing_size() {
+            None
+        } else {
+            match t.storage().head(&key).await {
+                Ok(m) => Some(m.size),
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            }
         };
         let plan = decision.effective.plan(existing, size);
         let (write_key, finish) = match plan {

@@ -15,16 +15,18 @@ use super::{CopyOptions, CopySummary, Location, Progress};
 use crate::journal::Journal;
 use crate::sandbox::UserSandbox;
 
-/// One file to move, and where, with its size.
+/// One file to move, and where, with its size, and whether its sandbox side
+/// was seen in a listing of its directory (a file, or no directory of that
+/// name), which saves a lookup per file.
 enum Job {
-    Upload(PathBuf, String, u64),
-    Download(String, PathBuf, u64),
+    Upload(PathBuf, String, u64, bool),
+    Download(String, PathBuf, u64, bool),
 }
 
 impl Job {
     fn size(&self) -> u64 {
         match self {
-            Self::Upload(_, _, n) | Self::Download(_, _, n) => *n,
+            Self::Upload(_, _, n, _) | Self::Download(_, _, n, _) => *n,
         }
     }
 }
@@ -34,8 +36,9 @@ fn join_sandbox(dir: &str, name: &str) -> String {
 }
 
 /// The files below local directory `dir`, to upload below `target`, whose
-/// directories are made as they are found. Links are not followed: one
-/// could lead anywhere, or back up the tree.
+/// directories are made as they are found, then listed once each (not one
+/// lookup per file) for directories that a file would clash with. Links are
+/// not followed: one could lead anywhere, or back up the tree.
 async fn walk_local(
     sb: &UserSandbox,
     dir: &Path,
@@ -45,6 +48,11 @@ async fn walk_local(
     sb.mkdir(target, true).await?;
     let mut stack = vec![(dir.to_path_buf(), target.to_owned())];
     while let Some((d, t)) = stack.pop() {
+        let dirs: std::collections::HashSet<String> = sb
+            .list(&t)
+            .try_filter_map(|e| async move { Ok(e.is_dir().then_some(e.name)) })
+            .try_collect()
+            .await?;
         let mut entries: Vec<_> = std::fs::read_dir(&d)
             .map_err(|e| local_err(&d, "cannot read directory", e))?
             .filter_map(Result::ok)
@@ -63,7 +71,8 @@ async fn walk_local(
                 sb.mkdir(&child, true).await?;
                 stack.push((path, child));
             } else if meta.is_file() {
-                jobs.push(Job::Upload(path, child, meta.len()));
+                let listed = !dirs.contains(&name);
+                jobs.push(Job::Upload(path, child, meta.len(), listed));
             } else {
                 tracing::warn!(path = %path.display(), "skipping a link or special file");
             }
@@ -89,7 +98,7 @@ async fn walk_sandbox(
             if e.is_dir() {
                 stack.push((child, t.join(&e.name)));
             } else {
-                jobs.push(Job::Download(child, t.join(&e.name), e.size));
+                jobs.push(Job::Download(child, t.join(&e.name), e.size, true));
             }
         }
     }
@@ -174,7 +183,7 @@ impl UserSandbox {
                         }
                         walk_local(self, local, &target, &mut jobs).await?;
                     } else {
-                        jobs.push(Job::Upload(local.clone(), target, meta.len()));
+                        jobs.push(Job::Upload(local.clone(), target, meta.len(), false));
                     }
                 }
                 (Location::Sandbox(s), Location::Local(d)) => {
@@ -186,7 +195,7 @@ impl UserSandbox {
                         }
                         walk_sandbox(self, s, &target, &mut jobs).await?;
                     } else {
-                        jobs.push(Job::Download(s.clone(), target, entry.size));
+                        jobs.push(Job::Download(s.clone(), target, entry.size, false));
                     }
                 }
             }
@@ -200,13 +209,29 @@ impl UserSandbox {
         let sent = AtomicU64::new(0);
         let files = jobs.len() as u64 + within.files;
         let journal = journal.as_ref();
-        // Several files at once; the cache's admission bounds the bytes in flight.
+        // Several files at once. Each is admitted here by what it will hold
+        // of the cache, so that the cache never makes one wait (its wait
+        // times out): a tree of large files runs as many at once as fit, a
+        // tree of small ones up to `transfers`.
+        let kib = |b: u64| u32::try_from(b.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let room = kib(self.cache().config().total);
+        let admit = tokio::sync::Semaphore::new(room as usize);
         let bytes: u64 = futures::stream::iter(jobs)
             .map(|job| {
-                let (notices, sent) = (&notices, &sent);
+                let (notices, sent, admit) = (&notices, &sent, &admit);
                 async move {
+                    let upload = matches!(job, Job::Upload(..));
+                    let mut held = self.cache().most_held(job.size(), upload);
+                    if options.verify {
+                        // The check reads the file back through the cache.
+                        held = held.max(self.cache().most_held(job.size(), !upload));
+                    }
+                    let need = kib(held).min(room);
+                    let _admitted = admit.acquire_many(need).await.map_err(|_| {
+                        Error::new(corral_domain::ErrorKind::Other, "the copy was cancelled")
+                    })?;
                     let n = match job {
-                        Job::Upload(local, target, _) => {
+                        Job::Upload(local, target, _, listed) => {
                             let up = upload_file(
                                 self,
                                 &local,
@@ -214,6 +239,7 @@ impl UserSandbox {
                                 options.overwrite,
                                 journal,
                                 progress,
+                                listed,
                             )
                             .await?;
                             if options.verify {
@@ -225,9 +251,14 @@ impl UserSandbox {
                             sent.fetch_add(up.sent, Ordering::Relaxed);
                             up.size
                         }
-                        Job::Download(src, local, _) => {
+                        Job::Download(src, local, _, listed) => {
                             let n = self
-                                .download_to_file(&src, &local, |n| progress.advance(n))
+                                .download_to_file_checked(
+                                    &src,
+                                    &local,
+                                    |n| progress.advance(n),
+                                    listed,
+                                )
                                 .await?;
                             if options.verify {
                                 verify_copy(self, &local, &src).await?;

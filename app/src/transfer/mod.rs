@@ -3,8 +3,12 @@
 //!
 //! [`UserSandbox::copy_paths`](crate::UserSandbox::copy_paths) plans the
 //! files to move (walking local and sandbox trees, never through a local
-//! link), then runs up to [`CopyOptions::transfers`] of them at once; the
-//! transfer cache's admission bounds the bytes in flight. Uploads to S3
+//! link; each directory listed once, not each file looked up), then runs
+//! up to [`CopyOptions::transfers`] of them at once, each admitted by what
+//! it will hold of the transfer cache
+//! ([`TransferCache::most_held`](crate::cache::TransferCache::most_held)),
+//! so that a tree of large files runs as many as fit and none times out
+//! waiting for the cache. Uploads to S3
 //! keep a journal ([`crate::journal`]) so that an interrupted copy can
 //! resume ([`CopyOptions::resume`]) and nothing is left pending on the
 //! server; [`CopyOptions::verify`] reads every copied file back.
@@ -86,7 +90,7 @@ impl Default for CopyOptions {
             verify: false,
             resume: false,
             stale_after: Duration::from_secs(24 * 3600),
-            transfers: 8,
+            transfers: 32,
             journal_dir: None,
         }
     }

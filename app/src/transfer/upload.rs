@@ -137,6 +137,10 @@ async fn verify_source(entry: &JournalEntry, now: &SourceId, local: &Path) -> Re
 
 /// A writer for `target`, resuming the journal's upload of `source` where
 /// there is one and a resume was asked, with the guard of its journal entry.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "upload_file's arguments, passed through"
+)]
 async fn journaled_writer(
     sb: &UserSandbox,
     jr: &Resumable,
@@ -145,6 +149,7 @@ async fn journaled_writer(
     target: &str,
     mode: Option<OverwriteMode>,
     progress: &dyn Progress,
+    listed_not_dir: bool,
 ) -> Result<(Writer, Option<String>, EntryGuard), Error> {
     let (key, mount, _) = sb.file_key(target)?;
     let size = source.size;
@@ -194,7 +199,9 @@ async fn journaled_writer(
             Ok((w, None, guard))
         }
         None => {
-            let mut w = sb.create(target, Some(size), mode).await?;
+            let mut w = sb
+                .create_checked(target, Some(size), mode, listed_not_dir)
+                .await?;
             let notice = w.decision().notice();
             let entry = JournalEntry {
                 version: 1,
@@ -223,6 +230,7 @@ pub(super) async fn upload_file(
     mode: Option<OverwriteMode>,
     journal: Option<&Resumable>,
     progress: &dyn Progress,
+    listed_not_dir: bool,
 ) -> Result<Uploaded, Error> {
     let source = SourceId::of(local).map_err(|e| local_err(local, "cannot read", e))?;
     let size = source.size;
@@ -230,13 +238,24 @@ pub(super) async fn upload_file(
     // The guard outlives the writer, whose journal it removes when done.
     let (mut writer, notice, guard) = match journal.filter(|_| resumable) {
         None => {
-            let w = sb.create(target, Some(size), mode).await?;
+            let w = sb
+                .create_checked(target, Some(size), mode, listed_not_dir)
+                .await?;
             let notice = w.decision().notice();
             (w, notice, None)
         }
         Some(jr) => {
-            let (w, notice, guard) =
-                journaled_writer(sb, jr, local, &source, target, mode, progress).await?;
+            let (w, notice, guard) = journaled_writer(
+                sb,
+                jr,
+                local,
+                &source,
+                target,
+                mode,
+                progress,
+                listed_not_dir,
+            )
+            .await?;
             (w, notice, Some(guard))
         }
     };

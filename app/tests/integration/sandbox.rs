@@ -211,3 +211,79 @@ async fn a_wrong_vouched_checksum_is_caught() {
     storage.wrong_checksum.store(false, Ordering::SeqCst);
     assert_eq!(&sb.read("/f").await.expect("read")[..], b"some bytes");
 }
+
+/// A tree of files that do not all fit in the cache at once is copied whole
+/// with many transfers allowed: each is admitted by what it will hold, so
+/// none waits on the cache, whose wait here is zero (a wait would fail).
+#[tokio::test]
+async fn a_tree_larger_than_the_cache_copies_without_waiting_on_it() {
+    use corral::transfer::{CopyOptions, Location, NoProgress};
+    const MIB: usize = 1 << 20;
+    let m: Mappings = serde_json::from_str(r#"{"": {"": {"type":"Memory","path":"home/%u"}}}"#)
+        .expect("mappings");
+    let cache = CacheConfig {
+        total: 16 << 20,
+        upload: 8 << 20,
+        download: 8 << 20,
+        wait: std::time::Duration::ZERO,
+        ..CacheConfig::default()
+    };
+    let c = Corral::new(m, cache).expect("corral");
+    let sb = c.sandbox(&Identity::user("alice")).expect("sandbox");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("tree");
+    std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+    let mut files = Vec::new();
+    for i in 0..6u8 {
+        let name = if i % 2 == 0 {
+            format!("f{i}.bin")
+        } else {
+            format!("sub/f{i}.bin")
+        };
+        let data = vec![i; 12 * MIB + usize::from(i)];
+        std::fs::write(src.join(&name), &data).expect("write");
+        files.push((name, data));
+    }
+    for i in 0..50 {
+        std::fs::write(src.join(format!("small{i}")), [i as u8; 100]).expect("write");
+    }
+    let options = CopyOptions {
+        recursive: true,
+        transfers: 32,
+        ..CopyOptions::default()
+    };
+    let up = sb
+        .copy_paths(
+            &[Location::Local(src.clone())],
+            &Location::Sandbox("/tree".into()),
+            &options,
+            &NoProgress,
+        )
+        .await
+        .expect("upload of the tree");
+    assert_eq!(up.files, 56);
+    let back = dir.path().join("back");
+    let down = sb
+        .copy_paths(
+            &[Location::Sandbox("/tree".into())],
+            &Location::Local(back.clone()),
+            &options,
+            &NoProgress,
+        )
+        .await
+        .expect("download of the tree");
+    assert_eq!(down.files, 56);
+    for (name, data) in &files {
+        assert_eq!(
+            &std::fs::read(back.join(name)).expect("read"),
+            data,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(back.join("small7")).expect("read"),
+        [7u8; 100]
+    );
+    let metrics = sb.cache().metrics();
+    assert!(metrics.high_water <= 16 << 20, "{metrics:?}");
+}
