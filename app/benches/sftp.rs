@@ -1,0 +1,269 @@
+//! `corral serve sftp` against `rclone serve sftp` over the same S3 server
+//! (Garage, started here), and against `corral cp` straight to the bucket,
+//! in one run: OpenSSH `sftp` puts and gets a 1 GiB file through each
+//! server, alternating them, three rounds; medians. The corral server's peak
+//! RSS is read at the end.
+//!
+//! `scripts/bench-sftp.sh` installs rclone, builds the release binary and
+//! runs this; results are in docs/PERFORMANCE.md.
+#![allow(
+    missing_docs,
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use argon2::PasswordHasher;
+use corral_fixtures::servers::{S3Server, free_port};
+
+const SIZE: usize = 1 << 30;
+const ROUNDS: usize = 3;
+const PASSWORD: &str = "bench-password";
+
+fn corral_bin() -> PathBuf {
+    std::env::var_os("CORRAL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/corral")
+        })
+}
+
+fn rclone_bin() -> PathBuf {
+    std::env::var_os("RCLONE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/corral-tools/clients-venv/bin/rclone")
+        })
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One `sftp -b` run of `batch`; its wall time.
+fn sftp(port: u16, user: &str, batch: &str, dir: &Path) -> Duration {
+    let file = dir.join("batch");
+    std::fs::write(&file, batch).unwrap();
+    let start = Instant::now();
+    let out = Command::new("sshpass")
+        .args([
+            "-p",
+            PASSWORD,
+            "sftp",
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "PubkeyAuthentication=no",
+        ])
+        .args(["-P", &port.to_string(), "-b"])
+        .arg(&file)
+        .arg(format!("{user}@127.0.0.1"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sftp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mib_s(d: Duration) -> f64 {
+    SIZE as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+fn main() {
+    let garage = S3Server::garage();
+    garage.create_bucket("bench");
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..SIZE >> 20 {
+            for b in block.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            f.write_all(&block).unwrap();
+        }
+    }
+    let mappings = format!(
+        r#"{{"mappings": {{"": {{"": {{"type":"S3","bucketName":"bench","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false}}}}}}}}"#,
+        garage.endpoint, garage.access_key, garage.secret_key
+    );
+    let config = dir.path().join("corral.json");
+    std::fs::write(&config, &mappings).unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(PASSWORD.as_bytes())
+        .unwrap()
+        .to_string();
+    let users = dir.path().join("users.json");
+    std::fs::write(
+        &users,
+        format!(r#"{{"users": {{"bench": {{"password": "{hash}"}}}}}}"#),
+    )
+    .unwrap();
+
+    // corral serve sftp: the default cache (1 GiB, 64 MiB per transfer).
+    let corral_port = free_port();
+    let server = Killed(
+        Command::new(corral_bin())
+            .args(["--config", config.to_str().unwrap(), "serve", "sftp"])
+            .args(["--listen", &format!("127.0.0.1:{corral_port}")])
+            .args(["--host-key", dir.path().join("host_key").to_str().unwrap()])
+            .args(["--users", users.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("corral (cargo build --release -p corral)"),
+    );
+    wait_port(corral_port);
+
+    // rclone serve sftp on the same bucket, under the same user's prefix.
+    let rclone_port = free_port();
+    let _rclone = Killed(
+        Command::new(rclone_bin())
+            .args([
+                "serve",
+                "sftp",
+                "S:bench/users/bench",
+                "--addr",
+                &format!("127.0.0.1:{rclone_port}"),
+            ])
+            .args(["--user", "bench", "--pass", PASSWORD])
+            .env("RCLONE_CONFIG_S_TYPE", "s3")
+            .env("RCLONE_CONFIG_S_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_S_ENDPOINT", &garage.endpoint)
+            .env("RCLONE_CONFIG_S_ACCESS_KEY_ID", &garage.access_key)
+            .env("RCLONE_CONFIG_S_SECRET_ACCESS_KEY", &garage.secret_key)
+            .env("RCLONE_CONFIG_S_REGION", &garage.region)
+            .env("RCLONE_CONFIG_S_FORCE_PATH_STYLE", "true")
+            .env("RCLONE_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rclone (scripts/bench-sftp.sh installs it)"),
+    );
+    wait_port(rclone_port);
+
+    let cp = |args: &[&str]| {
+        let start = Instant::now();
+        let out = Command::new(corral_bin())
+            .args(["--config", config.to_str().unwrap(), "--user", "bench"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "corral cp: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        start.elapsed()
+    };
+
+    let (mut up, mut down) = (
+        [Vec::new(), Vec::new(), Vec::new()],
+        [Vec::new(), Vec::new(), Vec::new()],
+    );
+    for round in 0..ROUNDS {
+        for (i, port) in [(0, corral_port), (1, rclone_port)] {
+            up[i].push(sftp(
+                port,
+                "bench",
+                &format!("put big.bin big-{i}-{round}.bin\n"),
+                dir.path(),
+            ));
+            down[i].push(sftp(
+                port,
+                "bench",
+                &format!("get big-{i}-{round}.bin back.bin\n"),
+                dir.path(),
+            ));
+            let _ = std::fs::remove_file(dir.path().join("back.bin"));
+        }
+        up[2].push(cp(&[
+            "cp",
+            "big.bin",
+            &format!("corral:/direct-{round}.bin"),
+        ]));
+        down[2].push(cp(&[
+            "cp",
+            &format!("corral:/direct-{round}.bin"),
+            "back.bin",
+        ]));
+        let _ = std::fs::remove_file(dir.path().join("back.bin"));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id())).unwrap();
+    let hwm = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    let (u, d): (Vec<Duration>, Vec<Duration>) = (
+        up.iter().map(|v| median(v.clone())).collect(),
+        down.iter().map(|v| median(v.clone())).collect(),
+    );
+    println!(
+        "| 1 GiB, OpenSSH sftp | corral serve sftp | rclone serve sftp | corral cp direct | corral / rclone | corral / corral cp |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (what, t) in [("put", &u), ("get", &d)] {
+        println!(
+            "| {what} | {:.1} s ({:.0} MiB/s) | {:.1} s ({:.0} MiB/s) | {:.1} s ({:.0} MiB/s) | **{:.2}** | **{:.2}** |",
+            t[0].as_secs_f64(),
+            mib_s(t[0]),
+            t[1].as_secs_f64(),
+            mib_s(t[1]),
+            t[2].as_secs_f64(),
+            mib_s(t[2]),
+            t[0].as_secs_f64() / t[1].as_secs_f64(),
+            t[0].as_secs_f64() / t[2].as_secs_f64()
+        );
+    }
+    println!(
+        "\ncorral serve sftp peak RSS {} MiB (VmHWM), resident now {} MiB; cache 1 GiB in all, 64 MiB per transfer: goal RSS <= 64 + 48 MiB per transfer at once",
+        hwm("VmHWM:"),
+        hwm("VmRSS:")
+    );
+}
