@@ -133,8 +133,11 @@ impl ConfigFile {
 
 /// Whether `b` is `a` mistyped: another word within two edits, case aside.
 fn near(a: &str, b: &str) -> bool {
+    if a == b {
+        return false;
+    }
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.to_lowercase().chars().collect());
-    if a == b || b.len().abs_diff(a.len()) > 2 {
+    if b.len().abs_diff(a.len()) > 2 {
         return false;
     }
     let mut prev: Vec<usize> = (0..=b.len()).collect();
@@ -188,6 +191,8 @@ mod tests {
         // A mistyped section is not taken for a user's name.
         let e = ConfigFile::parse(r#"{"mapping": {"": {"": "/d"}}}"#, "c.json").unwrap_err();
         assert!(e.to_string().contains("did you mean `mappings`?"), "{e}");
+        let e = ConfigFile::parse(r#"{"Cache": {}, "": {"": "/d"}}"#, "c.json").unwrap_err();
+        assert!(e.to_string().contains("did you mean `cache`?"), "{e}");
         // Bad bare mappings name what is wrong.
         let e = ConfigFile::parse(r#"{"": {"": {"type": "S3"}}}"#, "c.json").unwrap_err();
         assert!(e.to_string().contains("bucketName"), "{e}");
