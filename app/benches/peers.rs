@@ -17,6 +17,8 @@
     clippy::expect_used
 )]
 
+mod common;
+use common::{corral_bin, median, write_random_file};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,16 +26,7 @@ use std::time::{Duration, Instant};
 
 use corral_fixtures::servers::S3Server;
 
-const MIB: usize = 1 << 20;
 const ROUNDS: usize = 3;
-
-fn corral_bin() -> PathBuf {
-    std::env::var_os("CORRAL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/corral")
-        })
-}
 
 fn peers() -> PathBuf {
     std::env::var_os("CORRAL_PEERS_VENV")
@@ -351,11 +344,6 @@ fn cases<'a>() -> Vec<Case<'a>> {
     ]
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn bench(name: &str, server: &S3Server, root: &Path, with_rclone: bool) {
     server.create_bucket("bench");
     let config = root.join(format!("corral-{name}.json"));
@@ -442,20 +430,7 @@ fn main() {
     let root = dir.path();
     write_tree(&root.join("small"), 1_000, 64 << 10);
     write_tree(&root.join("tiny"), 10_000, 4 << 10);
-    {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(root.join("big.bin")).unwrap());
-        let mut block = vec![0u8; MIB];
-        for _ in 0..1024 {
-            for b in block.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
-            std::io::Write::write_all(&mut f, &block).unwrap();
-        }
-    }
+    write_random_file(&root.join("big.bin"), 1024, 0x2545_F491_4F6C_DD1D);
     // `cargo bench` passes `--bench`; the first other argument picks one server.
     let which = std::env::args()
         .skip(1)

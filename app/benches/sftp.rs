@@ -13,6 +13,8 @@
     clippy::expect_used
 )]
 
+mod common;
+use common::{corral_bin, median, write_random_file};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,14 +26,6 @@ use corral_fixtures::servers::{S3Server, free_port};
 const SIZE: usize = 1 << 30;
 const ROUNDS: usize = 3;
 const PASSWORD: &str = "bench-password";
-
-fn corral_bin() -> PathBuf {
-    std::env::var_os("CORRAL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/corral")
-        })
-}
 
 fn rclone_bin() -> PathBuf {
     std::env::var_os("RCLONE")
@@ -95,11 +89,6 @@ fn sftp(port: u16, user: &str, batch: &str, dir: &Path) -> Duration {
     start.elapsed()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn mib_s(d: Duration) -> f64 {
     SIZE as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
@@ -109,21 +98,7 @@ fn main() {
     garage.create_bucket("bench");
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.bin");
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut block = vec![0u8; 1 << 20];
-        for _ in 0..SIZE >> 20 {
-            for b in block.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
-            f.write_all(&block).unwrap();
-        }
-    }
+    write_random_file(&big, SIZE >> 20, 0x9E37_79B9_7F4A_7C15);
     let mappings = format!(
         r#"{{"mappings": {{"": {{"": {{"type":"S3","bucketName":"bench","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false}}}}}}}}"#,
         garage.endpoint, garage.access_key, garage.secret_key

@@ -13,9 +13,11 @@
     clippy::expect_used
 )]
 
+mod common;
+use common::corral_bin;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,14 +32,6 @@ const MIB: u64 = 1 << 20;
 const SIZE: u64 = 1 << 30;
 const PART: u64 = 8 * MIB;
 const IN_FLIGHT: usize = 8;
-
-fn corral_bin() -> PathBuf {
-    std::env::var_os("CORRAL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/corral")
-        })
-}
 
 /// Runs corral, sampling its peak RSS (VmHWM) until it exits.
 fn run_corral(dir: &Path, args: &[&str]) -> (Duration, u64) {
