@@ -111,12 +111,9 @@ impl TransferCache {
         } else {
             self.config.download
         };
-        let whole = if size <= DEFAULT_PART_SIZE {
-            size
-        } else {
-            size.div_ceil(DEFAULT_PART_SIZE) * DEFAULT_PART_SIZE
-        };
-        whole.min(limit).min(self.config.total)
+        whole_chunks(size, DEFAULT_PART_SIZE)
+            .min(limit)
+            .min(self.config.total)
     }
 
     /// A raw reservation of at least `min` and at most `max` bytes (FIFO, with the timeout).
@@ -193,14 +190,23 @@ impl TransferCache {
         let min = meta.size.min(chunk);
         // Room for every chunk at once, and no more: a small file holds its
         // own size, not a whole chunk, so many small downloads fit at once.
-        let whole = if meta.size <= chunk {
-            meta.size
-        } else {
-            meta.size.div_ceil(chunk) * chunk
-        };
-        let max = self.config.download.min(whole).max(min);
+        let max = self
+            .config
+            .download
+            .min(whole_chunks(meta.size, chunk))
+            .max(min);
         let reservation = self.pool.reserve(min, max).await?;
         let slots = Slots::new(self.backing.clone(), reservation, chunk.min(max.max(1)));
         Ok(Download::new(storage, key, meta, chunk, slots))
+    }
+}
+
+/// Room for `size` bytes in chunks of `chunk`: whole chunks, except that a
+/// file smaller than one chunk needs only its size.
+fn whole_chunks(size: u64, chunk: u64) -> u64 {
+    if size <= chunk {
+        size
+    } else {
+        size.div_ceil(chunk) * chunk
     }
 }
