@@ -35,6 +35,12 @@ pub struct Capabilities {
     pub conditional_create: bool,
     /// Directories exist only as prefixes or zero-byte `dir/` markers.
     pub directory_markers: bool,
+    /// A part of a multipart upload can be copied from an existing object
+    /// on the server ([`crate::ObjectStorage::upload_part_copy`]).
+    pub part_copy: bool,
+    /// A modification time set by a client is kept
+    /// ([`crate::ObjectStorage::set_modified`]).
+    pub set_modified: bool,
 }
 
 impl Capabilities {
@@ -52,6 +58,8 @@ impl Capabilities {
             server_side_copy: true,
             conditional_create: true,
             directory_markers: true,
+            part_copy: true,
+            set_modified: true,
         }
     }
 
@@ -69,6 +77,8 @@ impl Capabilities {
             server_side_copy: true,
             conditional_create: true,
             directory_markers: false,
+            part_copy: true,
+            set_modified: true,
         }
     }
 
@@ -78,6 +88,8 @@ impl Capabilities {
             name: "Memory",
             list_pending_uploads: false,
             resume: false,
+            part_copy: false,
+            set_modified: false,
             ..Self::s3()
         }
     }

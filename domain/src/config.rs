@@ -599,18 +599,33 @@ fn validate_bucket_name(name: &str) -> Result<(), ConfigError> {
             "missing; an S3 sandbox needs the name of an existing bucket",
         ));
     }
+    // Today's rules (lower case, as a host name), or the legacy ones S3
+    // still serves with path-style requests: capitals and `_` too, up to
+    // 255 characters (JetStream's own example bucket is `sandboxBucket`).
     let ok_chars = name
         .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'));
-    if !(3..=63).contains(&name.len()) || !ok_chars {
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !(3..=255).contains(&name.len()) || !ok_chars {
         return Err(ConfigError::key(
             "bucketName",
             format!(
-                "{name:?} is not a bucket name: use 3 to 63 lower-case letters, digits, `-`, `.` or `_`"
+                "{name:?} is not a bucket name: use 3 to 63 lower-case letters, digits, `-` or `.` (legacy names may also hold capitals and `_`)"
             ),
         ));
     }
     Ok(())
+}
+
+/// Whether a bucket name is valid under today's rules, so that it can be
+/// the first label of a host name (virtual-hosted-style requests); a legacy
+/// name (capitals, `_`, over 63 characters) is reached path-style only.
+pub fn bucket_name_is_dns_compatible(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
 }
 
 fn validate_proxy_host(host: &str) -> Result<(), ConfigError> {
@@ -791,6 +806,11 @@ mod tests {
 
     #[test]
     fn s3_defaults() {
+        let legacy = s3(r#"{"type":"S3","bucketName":"sandboxBucket"}"#);
+        assert_eq!(legacy.bucket_name, "sandboxBucket", "legacy names load");
+        assert!(!bucket_name_is_dns_compatible("sandboxBucket"));
+        assert!(!bucket_name_is_dns_compatible("my_bucket"));
+        assert!(bucket_name_is_dns_compatible("my-bucket.example"));
         let s = s3(r#"{"type":"S3","bucketName":"bkt"}"#);
         assert_eq!(s.region, "us-east-1");
         assert_eq!(s.scheme, Scheme::Https);
@@ -857,6 +877,7 @@ mod tests {
                 r#"{"type":"S3","bucketName":"Bad_Bucket!"}"#,
                 "`bucketName`",
             ),
+            (r#"{"type":"S3","bucketName":"ab"}"#, "`bucketName`"),
             (
                 r#"{"type":"S3","bucketName":"bkt","scheme":"ftp"}"#,
                 "`scheme`: must be \"http\" or \"https\"",

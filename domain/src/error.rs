@@ -18,6 +18,14 @@ pub enum ErrorKind {
     NotFound,
     /// The target exists and the operation does not overwrite.
     AlreadyExists,
+    /// A file was expected and the path is a directory.
+    IsADirectory,
+    /// A directory was expected and the path is a file (or a path's parent is one).
+    NotADirectory,
+    /// A directory holds entries and the operation needs it empty.
+    DirectoryNotEmpty,
+    /// The file is being written and cannot be used that way until the write completes.
+    Busy,
     /// The credentials are valid but lack the permission.
     PermissionDenied,
     /// The credentials were refused (unknown key, bad signature, proxy authentication).
@@ -48,6 +56,10 @@ impl ErrorKind {
         match self {
             Self::NotFound => "not found",
             Self::AlreadyExists => "already exists",
+            Self::IsADirectory => "is a directory",
+            Self::NotADirectory => "not a directory",
+            Self::DirectoryNotEmpty => "directory not empty",
+            Self::Busy => "busy",
             Self::PermissionDenied => "permission denied",
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidInput => "invalid input",
@@ -123,8 +135,10 @@ impl fmt::Display for Operation {
     }
 }
 
-/// The domain's error: a kind, a retry hint, context and an actionable message.
-#[derive(Debug)]
+/// The domain's error: a kind, a retry hint, context and an actionable
+/// message. Cheap to clone (an upload keeps its first error to fail later
+/// calls with).
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     temporary: bool,
@@ -133,7 +147,7 @@ pub struct Error {
     special: Option<SpecialKind>,
     setting: Option<&'static str>,
     message: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 /// `Result` with the domain's [`Error`].
@@ -198,7 +212,7 @@ impl Error {
     /// Attaches the underlying cause. Its text must not hold a secret.
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.source = Some(std::sync::Arc::new(source));
         self
     }
 

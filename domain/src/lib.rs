@@ -61,7 +61,7 @@ pub use error::{Error, ErrorKind, Operation, Result};
 pub use key::{ObjectKey, SandboxRoot};
 pub use mapping::{Mappings, UserView};
 pub use overwrite::{OverwriteDecision, OverwriteMode};
-pub use path::VirtualPath;
+pub use path::{Resolution, VirtualPath};
 pub use port::ObjectStorage;
 pub use secret::Secret;
 pub use template::Identity;

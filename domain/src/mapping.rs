@@ -217,6 +217,10 @@ pub enum ResolvedSpec {
     File {
         /// The directory.
         dir: String,
+        /// The directory its template fixes (see
+        /// [`crate::template::PathTemplate::literal_base`]): `dir` below it
+        /// is the user's own, which a server may create on first login.
+        base: Option<String>,
     },
     /// An S3 prefix.
     S3 {
@@ -257,7 +261,10 @@ impl ResolvedSpec {
             })
         };
         Ok(match spec {
-            SandboxSpec::File(_) => Self::File { dir: expanded },
+            SandboxSpec::File(f) => Self::File {
+                dir: expanded,
+                base: f.path.literal_base(),
+            },
             SandboxSpec::S3(s) => Self::S3 {
                 root: root(&expanded)?,
                 spec: s.clone(),
@@ -381,7 +388,7 @@ impl fmt::Display for UserView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for m in &self.mounts {
             match &m.spec {
-                ResolvedSpec::File { dir } => writeln!(f, "{} -> File {dir}", m.point)?,
+                ResolvedSpec::File { dir, .. } => writeln!(f, "{} -> File {dir}", m.point)?,
                 ResolvedSpec::S3 { spec, root } => writeln!(
                     f,
                     "{} -> S3 s3://{}/{}",
@@ -427,7 +434,7 @@ mod tests {
         let points: Vec<_> = view.mounts().iter().map(|m| m.point.to_string()).collect();
         assert_eq!(points, ["/", "/archive/old", "/shared"]);
         assert!(
-            matches!(&view.mounts()[2].spec, ResolvedSpec::File { dir } if dir == "/srv/alice-shared")
+            matches!(&view.mounts()[2].spec, ResolvedSpec::File { dir, .. } if dir == "/srv/alice-shared")
         );
         match &view.mounts()[0].spec {
             ResolvedSpec::S3 { root, .. } => assert_eq!(root.prefix(), "users/alice/"),

@@ -8,7 +8,10 @@
 //!    U+007F), checked on the whole input, before anything is dropped;
 //! 2. it is split on `/`; empty segments (a leading `/`, `//`) and `.` drop;
 //! 3. `..` removes the previous segment; a `..` with nothing left to remove
-//!    is [`PathError::EscapesSandbox`], never clamped to the root;
+//!    is [`PathError::EscapesSandbox`] under [`Resolution::Strict`] (the
+//!    command and the library), and stays at the root under
+//!    [`Resolution::Chroot`] (servers, as OpenSSH's `ChrootDirectory`
+//!    resolves `/..` to `/`); nothing climbs above the root either way;
 //! 4. each name typed is at most [`MAX_SEGMENT_BYTES`] bytes (even one that a
 //!    later `..` removes), and the result at most [`MAX_KEY_BYTES`] bytes.
 //!
@@ -100,6 +103,18 @@ pub(crate) fn first_control_char(s: &str) -> Option<char> {
     s.chars().find(char::is_ascii_control)
 }
 
+/// What a `..` at the root means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resolution {
+    /// An error: the user asked for something outside the sandbox
+    /// ([`PathError::EscapesSandbox`]). The command and the library.
+    #[default]
+    Strict,
+    /// The root itself, as POSIX and a chrooted server resolve `/..`: for
+    /// servers, whose clients send `..` from the root (`cd ..`).
+    Chroot,
+}
+
 /// A normalized path inside a sandbox; the root is the empty path.
 ///
 /// Stored as its segments joined by `/`, without a leading or trailing `/`.
@@ -116,6 +131,11 @@ impl VirtualPath {
 
     /// Parses user input; see the [module docs](self) for the rules.
     pub fn parse(input: &str) -> Result<Self, PathError> {
+        Self::parse_with(input, Resolution::Strict)
+    }
+
+    /// Parses user input, resolving a `..` at the root as `resolution` says.
+    pub fn parse_with(input: &str, resolution: Resolution) -> Result<Self, PathError> {
         if let Some(c) = first_control_char(input) {
             return Err(PathError::ControlCharacter {
                 path: input.escape_debug().to_string(),
@@ -127,7 +147,7 @@ impl VirtualPath {
             match segment {
                 "" | "." => {}
                 ".." => {
-                    if segments.pop().is_none() {
+                    if segments.pop().is_none() && resolution == Resolution::Strict {
                         return Err(PathError::EscapesSandbox {
                             path: input.to_owned(),
                         });
@@ -342,6 +362,25 @@ mod tests {
         }
         let e: Error = VirtualPath::parse("..").unwrap_err().into();
         assert_eq!(e.kind(), ErrorKind::EscapesSandbox);
+    }
+
+    #[test]
+    fn chroot_resolution_stays_at_the_root() {
+        let c = |s: &str| {
+            VirtualPath::parse_with(s, Resolution::Chroot)
+                .unwrap()
+                .as_str()
+                .to_owned()
+        };
+        assert_eq!(c(".."), "");
+        assert_eq!(c("/.."), "");
+        assert_eq!(c("/../.."), "");
+        assert_eq!(c("/../etc/passwd"), "etc/passwd");
+        assert_eq!(c("a/../../b"), "b");
+        assert_eq!(c("a/b/../c"), "a/c");
+        // The other rules are the same.
+        assert!(VirtualPath::parse_with("../\u{0}", Resolution::Chroot).is_err());
+        assert!(VirtualPath::parse_with(&"x".repeat(256), Resolution::Chroot).is_err());
     }
 
     #[test]

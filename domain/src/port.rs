@@ -147,6 +147,16 @@ pub enum PutMode {
     Create,
 }
 
+/// How a whole object is stored ([`ObjectStorage::put_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PutOptions {
+    /// Whether an existing object may be replaced.
+    pub mode: PutMode,
+    /// The modification time to record (as a client set it), where the
+    /// backend keeps one ([`Capabilities::set_modified`]).
+    pub modified: Option<SystemTime>,
+}
+
 /// The answer to a PUT or a completed multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PutResult {
@@ -235,6 +245,36 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
     /// keeps the bytes after returning (an in-memory store) must copy them.
     async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult>;
 
+    /// Stores a whole object with options; by default [`Self::put`], then
+    /// [`Self::set_modified`] where a time is asked for and kept.
+    async fn put_with(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        options: PutOptions,
+    ) -> Result<PutResult> {
+        let r = self.put(key, data, options.mode).await?;
+        if let Some(t) = options.modified
+            && self.capabilities().set_modified
+        {
+            self.set_modified(key, t).await?;
+        }
+        Ok(r)
+    }
+
+    /// Records `modified` as the object's modification time, as a client
+    /// set it (S3: the `mtime` metadata that rclone also uses, by a copy of
+    /// the object onto itself; File: the file's own time). Where
+    /// [`Capabilities::set_modified`] holds.
+    async fn set_modified(&self, key: &ObjectKey, modified: SystemTime) -> Result<()> {
+        let _ = (key, modified);
+        Err(Error::unsupported(format!(
+            "the {} backend keeps no modification times of its own",
+            self.capabilities().name
+        ))
+        .with_operation(Operation::Put))
+    }
+
     /// Deletes objects in batches; absent keys count as deleted. Returns the
     /// keys that could not be deleted, each with its error.
     async fn delete_many(&self, keys: Vec<ObjectKey>) -> Result<Vec<(ObjectKey, Error)>>;
@@ -268,6 +308,28 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
         number: u32,
         data: Bytes,
     ) -> Result<CompletedPart>;
+
+    /// Uploads part `number` as bytes `range` of the existing object
+    /// `source` of this backend, without the bytes passing through corral
+    /// (S3's UploadPartCopy). `if_match`: the source's entity tag; the part
+    /// fails with [`crate::ErrorKind::Conflict`] if the source changed.
+    /// Where [`Capabilities::part_copy`] holds.
+    async fn upload_part_copy(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        number: u32,
+        source: &ObjectKey,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<CompletedPart> {
+        let _ = (key, upload, number, source, range, if_match);
+        Err(Error::unsupported(format!(
+            "the {} backend cannot copy a part from an object",
+            self.capabilities().name
+        ))
+        .with_operation(Operation::UploadPart))
+    }
 
     /// Completes an upload: the object is the parts concatenated in
     /// part-number order (`parts` may be given in any order).

@@ -169,6 +169,28 @@ impl PathTemplate {
         self.pieces.iter().any(|p| matches!(p, Piece::Value(_)))
     }
 
+    /// The directory the template fixes, before the first segment that
+    /// holds a placeholder (`/srv/home` for `/srv/home/%u/files`); `None`
+    /// without a placeholder. What lies below it is the user's.
+    pub fn literal_base(&self) -> Option<String> {
+        let first = self
+            .pieces
+            .iter()
+            .position(|p| matches!(p, Piece::Value(_)))?;
+        let literal: String = self.pieces[..first]
+            .iter()
+            .map(|p| match p {
+                Piece::Literal(s) => s.as_str(),
+                Piece::Value(_) => "",
+            })
+            .collect();
+        Some(match literal.rfind('/') {
+            Some(0) => "/".to_owned(),
+            Some(i) => literal[..i].to_owned(),
+            None => String::new(),
+        })
+    }
+
     /// Expands the placeholders for `identity`, validating each value used.
     pub fn expand(&self, identity: &Identity) -> Result<String, PlaceholderError> {
         let mut out = String::with_capacity(self.source.len() + 16);
@@ -236,6 +258,18 @@ impl fmt::Display for PathTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_literal_base_is_the_directory_before_the_first_placeholder() {
+        let base = |s: &str| PathTemplate::parse("path", s).unwrap().literal_base();
+        assert_eq!(base("/srv/home/%u"), Some("/srv/home".to_owned()));
+        assert_eq!(base("/srv/home/%u/files"), Some("/srv/home".to_owned()));
+        assert_eq!(base("/srv/home/u-%u"), Some("/srv/home".to_owned()));
+        assert_eq!(base("/srv/%d/users/%u"), Some("/srv".to_owned()));
+        assert_eq!(base("/%u"), Some("/".to_owned()));
+        assert_eq!(base("%u"), Some(String::new()));
+        assert_eq!(base("/srv/100%%/x"), None);
+    }
 
     fn t(s: &str) -> PathTemplate {
         PathTemplate::parse("path", s).unwrap()
