@@ -78,7 +78,7 @@ impl Backends {
     /// The backend and root of a resolved sandbox.
     pub fn open(&self, spec: &ResolvedSpec) -> Result<OpenSandbox> {
         match spec {
-            ResolvedSpec::File { dir } => Ok(OpenSandbox {
+            ResolvedSpec::File { dir, .. } => Ok(OpenSandbox {
                 storage: Arc::new(file_backend(Path::new(dir))?),
                 root: SandboxRoot::BUCKET_ROOT,
             }),

@@ -139,12 +139,28 @@ impl Objects {
         data: Bytes,
         mode: PutMode,
     ) -> Result<PutResult> {
+        self.put_meta(key, data, mode, None).await
+    }
+
+    /// A PUT with one metadata entry (`x-amz-meta-NAME: VALUE` on S3).
+    pub(crate) async fn put_meta(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        mode: PutMode,
+        metadata: Option<(&'static str, String)>,
+    ) -> Result<PutResult> {
         let path = to_path(key)?;
+        let mut attributes = object_store::Attributes::new();
+        if let Some((name, value)) = metadata {
+            attributes.insert(object_store::Attribute::Metadata(name.into()), value.into());
+        }
         let opts = PutOptions {
             mode: match mode {
                 PutMode::Overwrite => object_store::PutMode::Overwrite,
                 PutMode::Create => object_store::PutMode::Create,
             },
+            attributes,
             ..PutOptions::default()
         };
         match self

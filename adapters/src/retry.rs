@@ -2,9 +2,11 @@
 //! succeeds, fails for good, or the domain's [`Backoff`] is spent.
 
 use std::future::Future;
+use std::time::SystemTime;
 
+use corral_domain::port::UploadId;
 use corral_domain::retry::Backoff;
-use corral_domain::{Error, Result};
+use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage, Result};
 
 /// Runs `f`, trying again after each pause of `backoff` while `again` says
 /// the error is worth it. `what` names the attempt in debug logs.
@@ -30,6 +32,78 @@ where
                 tokio::time::sleep(pause).await;
             }
             other => return other,
+        }
+    }
+}
+
+/// Aborts `upload`, trying again when the server fails ([`Backoff::aborts`]):
+/// an upload left pending costs storage until someone aborts it. One
+/// already gone counts as aborted; refusals are final.
+pub async fn abort_upload(
+    storage: &dyn ObjectStorage,
+    key: &ObjectKey,
+    upload: &UploadId,
+) -> Result<()> {
+    let final_kind = |e: &Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::PermissionDenied | ErrorKind::Unauthenticated | ErrorKind::Unsupported
+        )
+    };
+    let r = retry(
+        Backoff::aborts(),
+        "aborting the multipart upload",
+        |e| e.kind() != ErrorKind::NotFound && !final_kind(e),
+        || storage.abort_multipart(key, upload),
+    )
+    .await;
+    match r {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Aborts the multipart uploads of `key` started since `since` and still
+/// pending, but `keep`: after a CreateMultipartUpload whose answer was lost
+/// (a retried one, or a failed one), the request may have made an upload
+/// whose id was never learnt. Never after an upload that went well: another
+/// writer of the same key may be uploading now, and its upload is not an
+/// orphan. Only where the server can list pending uploads; the listing is
+/// tried again like an abort, since the sweep runs when the server fails.
+pub async fn sweep_orphans(
+    storage: &dyn ObjectStorage,
+    key: &ObjectKey,
+    since: SystemTime,
+    keep: Option<&UploadId>,
+) {
+    if !storage.capabilities().list_pending_uploads {
+        return;
+    }
+    let listed = retry(
+        Backoff::aborts(),
+        "listing pending uploads",
+        Error::is_temporary,
+        || storage.list_pending_uploads(key),
+    )
+    .await;
+    let pending = match listed {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(key = %key, error = %e, "cannot look for an upload whose creation answer was lost");
+            return;
+        }
+    };
+    for u in pending {
+        if u.key != *key || Some(&u.upload_id) == keep || u.initiated.is_some_and(|t| t < since) {
+            continue;
+        }
+        match abort_upload(storage, key, &u.upload_id).await {
+            Ok(()) => {
+                tracing::info!(key = %key, upload = %u.upload_id, "aborted an upload whose creation answer was lost")
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, upload = %u.upload_id, error = %e, "could not abort an orphaned upload")
+            }
         }
     }
 }

@@ -38,6 +38,7 @@ use corral_domain::port::{
 };
 use corral_domain::{Capabilities, Error, ErrorKind, ObjectKey, ObjectStorage, Operation, Result};
 use futures::StreamExt;
+use rustix::fs::AtFlags;
 
 use resolve::{Names, io_error, kind_of, open_dirs, split, why};
 use stage::Staged;
@@ -201,6 +202,59 @@ impl FileBackend {
             caps: Capabilities::file(),
             uploads: Arc::default(),
         })
+    }
+
+    /// Creates `dir` below `base` where missing (each missing directory
+    /// mode 0700), never `base` itself, never through a link: a user's own
+    /// File sandbox made on first login. Returns whether anything was made.
+    pub fn create_below(base: &Path, dir: &Path) -> Result<bool> {
+        let refuse = |why: &str| {
+            tracing::warn!(base = %base.display(), dir = %dir.display(), "cannot create a user's File sandbox: {why}");
+            Error::new(
+                ErrorKind::PermissionDenied,
+                format!("the user's File sandbox cannot be created: {why}"),
+            )
+            .with_operation(Operation::Configure)
+        };
+        let rest = dir
+            .strip_prefix(base)
+            .map_err(|_| refuse("it is not below the base directory"))?;
+        let mut names = Vec::new();
+        for c in rest.components() {
+            match c {
+                std::path::Component::Normal(n) => names.push(
+                    n.to_str()
+                        .ok_or_else(|| refuse("its name is not UTF-8"))?
+                        .to_owned(),
+                ),
+                std::path::Component::CurDir => {}
+                _ => return Err(refuse("its path climbs out of the base directory")),
+            }
+        }
+        let mut cur = Dir::open_ambient_dir(base, cap_std::ambient_authority())
+            .map_err(|e| refuse(&format!("the base directory cannot be opened ({e})")))?;
+        let mut made = false;
+        for name in names {
+            match cur.symlink_metadata(&name) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(refuse("something other than a directory is in the way")),
+                Err(e) if e.kind() == IoKind::NotFound => {
+                    use cap_std::fs::DirBuilderExt;
+                    let mut b = cap_std::fs::DirBuilder::new();
+                    b.mode(0o700);
+                    match cur.create_dir_with(&name, &b) {
+                        Ok(()) => made = true,
+                        Err(e) if e.kind() == IoKind::AlreadyExists => {}
+                        Err(e) => return Err(refuse(&format!("{e}"))),
+                    }
+                }
+                Err(e) => return Err(refuse(&format!("{e}"))),
+            }
+            // Entered without following a link: a link swapped in is refused.
+            cur = resolve::enter(&cur, &name, false, Operation::Configure, "")
+                .map_err(|e| refuse(e.message()))?;
+        }
+        Ok(made)
     }
 
     fn names(key: &ObjectKey, op: Operation) -> Result<Names<'_>> {
@@ -518,6 +572,106 @@ impl ObjectStorage for FileBackend {
             number,
             etag: part.etag(),
         })
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        number: u32,
+        source: &ObjectKey,
+        range: std::ops::Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<CompletedPart> {
+        let op = Operation::UploadPart;
+        if number == 0 || u64::from(number) > corral_domain::parts::MAX_PARTS {
+            return Err(
+                Error::invalid_input(format!("part number {number} is outside 1..=10000"))
+                    .with_operation(op),
+            );
+        }
+        let spool = self.uploads.get(key, upload, op)?;
+        let (root, source) = (Arc::clone(&self.root), source.clone());
+        let if_match = if_match.map(str::to_owned);
+        let part = blocking(move || {
+            let k = source.as_str();
+            let names = Self::names(&source, op)?;
+            let (dir, name) = parent(&root, &names, false, op, k)?;
+            let (file, meta) = open_file(&dir, name, op, k)?;
+            if if_match.is_some() && meta.etag != if_match {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    "the file was replaced while it was open for writing; write it again",
+                )
+                .with_operation(op)
+                .with_path(k.to_owned()));
+            }
+            if range.end > meta.size || range.start >= range.end {
+                return Err(Error::invalid_input(format!(
+                    "range {range:?} is outside a file of {} bytes",
+                    meta.size
+                ))
+                .with_operation(op)
+                .with_path(k.to_owned()));
+            }
+            spool
+                .copy_part(number, &file, range)
+                .map_err(|e| io_error(e, op, k))
+        })
+        .await?;
+        Ok(CompletedPart {
+            number,
+            etag: part.etag(),
+        })
+    }
+
+    async fn set_modified(&self, key: &ObjectKey, modified: std::time::SystemTime) -> Result<()> {
+        let (root, key) = (Arc::clone(&self.root), key.clone());
+        blocking(move || {
+            let op = Operation::Put;
+            let k = key.as_str();
+            let names = Self::names(&key, op)?;
+            let when = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let stamp = rustix::fs::Timestamps {
+                // The access time stays as it is.
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: i64::try_from(when.as_secs()).unwrap_or(i64::MAX),
+                    tv_nsec: i64::from(when.subsec_nanos()),
+                },
+            };
+            let Some(last) = names.last else {
+                // The root itself.
+                return rustix::fs::utimensat(&*root, ".", &stamp, AtFlags::empty())
+                    .map_err(|e| io_error(e.into(), op, k));
+            };
+            let (dir, name) = parent(&root, &names, false, op, k)?;
+            // The entry itself, never what a link points to; only a file or
+            // a directory, as the key says.
+            let meta = dir.symlink_metadata(name).map_err(|e| io_error(e, op, k))?;
+            match (kind_of(&meta), names.dir) {
+                (NodeKind::File, false) | (NodeKind::Directory, true) => {}
+                (NodeKind::Special(kind), _) => {
+                    return Err(Error::special_file(kind)
+                        .with_operation(op)
+                        .with_path(k.to_owned()));
+                }
+                _ => {
+                    return Err(Error::not_found("no such object")
+                        .with_operation(op)
+                        .with_path(k.to_owned()));
+                }
+            }
+            let _ = last;
+            rustix::fs::utimensat(&dir, name, &stamp, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_error(e.into(), op, k))
+        })
+        .await
     }
 
     async fn complete_multipart(

@@ -84,6 +84,44 @@ impl Spool {
         Ok(part)
     }
 
+    /// Writes part `number` as bytes `range` of `src` (blocking), read in
+    /// pieces: the bytes go from file to file, never through the cache.
+    pub(super) fn copy_part(
+        &self,
+        number: u32,
+        src: &std::fs::File,
+        range: std::ops::Range<u64>,
+    ) -> std::io::Result<Part> {
+        let len = range.end - range.start;
+        let offset = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let at = s.end;
+            s.end += len;
+            at
+        };
+        let mut buf = vec![0u8; (1u64 << 20).min(len.max(1)) as usize];
+        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            src.read_exact_at(&mut buf[..n], range.start + done)?;
+            digest.update(&buf[..n]);
+            self.file.write_all_at(&buf[..n], offset + done)?;
+            done += n as u64;
+        }
+        let part = Part {
+            offset,
+            len,
+            crc: digest.finalize(),
+        };
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .parts
+            .insert(number, part);
+        Ok(part)
+    }
+
     /// The recorded parts for a completion, checked against what the caller
     /// says it sent: parts 1..=N, each with the entity tag it was given.
     pub(super) fn plan(&self, mut given: Vec<CompletedPart>) -> Result<Vec<Part>> {

@@ -61,9 +61,62 @@ pub(super) fn multipart_etag<'a>(part_ids: impl Iterator<Item = &'a str>) -> Opt
     (parts > 0).then(|| format!("\"{hex}-{parts}\""))
 }
 
+/// The id object_store keeps for a part (see [`multipart_etag`]) from
+/// the answer to an UploadPartCopy: its ETag, with its checksum where the
+/// server gave one.
+pub(super) fn copy_part_id(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct CopyPartResult {
+        #[serde(rename = "ETag")]
+        e_tag: String,
+        #[serde(default, rename = "ChecksumSHA256")]
+        checksum_sha256: Option<String>,
+        #[serde(default, rename = "ChecksumCRC64NVME")]
+        checksum_crc64nvme: Option<String>,
+    }
+    /// As object_store writes it.
+    #[derive(serde::Serialize)]
+    struct PartMetadata {
+        e_tag: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        checksum_sha256: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        checksum_crc64nvme: Option<String>,
+    }
+    let r: CopyPartResult = quick_xml::de::from_reader(body).ok()?;
+    if r.checksum_sha256.is_none() && r.checksum_crc64nvme.is_none() {
+        return Some(r.e_tag);
+    }
+    quick_xml::se::to_string(&PartMetadata {
+        e_tag: r.e_tag,
+        checksum_sha256: r.checksum_sha256,
+        checksum_crc64nvme: r.checksum_crc64nvme,
+    })
+    .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copied_parts_keep_their_etag_and_checksum() {
+        let plain = br#"<?xml version="1.0"?><CopyPartResult><LastModified>2026-01-01T00:00:00Z</LastModified><ETag>"abc"</ETag></CopyPartResult>"#;
+        assert_eq!(copy_part_id(plain).as_deref(), Some("\"abc\""));
+        let with = br#"<CopyPartResult><ETag>"abc"</ETag><ChecksumCRC64NVME>x1ObT5zM8/g=</ChecksumCRC64NVME></CopyPartResult>"#;
+        let id = copy_part_id(with).unwrap();
+        assert!(
+            id.contains("<e_tag>\"abc\"</e_tag>") || id.contains("<e_tag>&quot;abc&quot;</e_tag>"),
+            "{id}"
+        );
+        assert!(id.contains("x1ObT5zM8/g="), "{id}");
+        assert_eq!(
+            multipart_etag([id.as_str()].into_iter()),
+            None,
+            "not an MD5 ETag"
+        );
+        assert_eq!(copy_part_id(b"<Error/>"), None);
+    }
 
     #[test]
     fn which_checksum_a_head_vouches_for() {

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use corral_domain::config::S3Spec;
 use corral_domain::port::{
     ByteRange, CompletedPart, GetResult, ListOptions, ListStream, ObjectMeta, PendingUpload,
-    PutMode, PutResult, UploadId,
+    PutMode, PutOptions, PutResult, UploadId,
 };
 use corral_domain::retry::Backoff;
 use corral_domain::{Capabilities, Error, ErrorKind, ObjectKey, ObjectStorage, Result};
@@ -73,6 +73,12 @@ impl S3Backend {
             region: Some(spec.region.clone()),
             proxy: options::proxy_urls(spec).map(|(_, shown)| shown),
         };
+        if !corral_domain::config::bucket_name_is_dns_compatible(&spec.bucket_name) {
+            tracing::info!(
+                bucket = %spec.bucket_name,
+                "a legacy bucket name (capitals, `_` or over 63 characters): requests name it in the path"
+            );
+        }
         if !spec.verify_ssl {
             tracing::warn!(
                 bucket = %spec.bucket_name,
@@ -113,32 +119,6 @@ impl S3Backend {
     }
 }
 
-impl S3Backend {
-    /// After a CreateMultipartUpload that needed a retry: an earlier try
-    /// whose answer was lost may have made an upload too. Aborts the pending
-    /// uploads of `key` made since `since` but `kept`.
-    async fn sweep_lost_creations(&self, key: &ObjectKey, kept: &UploadId, since: SystemTime) {
-        if !self.caps.list_pending_uploads {
-            return;
-        }
-        let Ok(pending) = uploads::list_multipart_uploads(&self.signed, key).await else {
-            return;
-        };
-        for u in pending {
-            if u.key == *key && u.upload_id != *kept && u.initiated.is_none_or(|t| t >= since) {
-                match self.objects.abort_multipart(key, &u.upload_id).await {
-                    Ok(()) => {
-                        tracing::info!(key = %key, upload = %u.upload_id, "aborted an upload whose creation answer was lost")
-                    }
-                    Err(e) => {
-                        tracing::warn!(key = %key, upload = %u.upload_id, error = %e, "could not abort an orphaned upload")
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl ObjectStorage for S3Backend {
     fn capabilities(&self) -> &Capabilities {
@@ -158,6 +138,47 @@ impl ObjectStorage for S3Backend {
 
     async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
         self.objects.put(key, data, mode).await
+    }
+
+    async fn put_with(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        options: PutOptions,
+    ) -> Result<PutResult> {
+        let meta = options.modified.map(|t| ("mtime", signed::format_mtime(t)));
+        self.objects.put_meta(key, data, options.mode, meta).await
+    }
+
+    async fn set_modified(&self, key: &ObjectKey, modified: SystemTime) -> Result<()> {
+        // S3 changes metadata only by a copy of the object onto itself,
+        // which CopyObject does up to 5 GiB.
+        let meta = self.head(key).await?;
+        if meta.size > corral_domain::parts::MAX_COPY_OBJECT_SIZE {
+            return Err(Error::unsupported(
+                "S3 cannot change the time of an object over 5 GiB without copying it",
+            )
+            .with_path(key.as_str().to_owned()));
+        }
+        let mut headers = vec![
+            ("x-amz-copy-source", self.signed.copy_source(key)),
+            ("x-amz-metadata-directive", "REPLACE".to_owned()),
+            ("x-amz-meta-mtime", signed::format_mtime(modified)),
+        ];
+        if let Some(etag) = &meta.etag {
+            // Not over a version that replaced it meanwhile.
+            headers.push(("x-amz-copy-source-if-match", etag.clone()));
+        }
+        self.signed
+            .send_object(
+                http::Method::PUT,
+                key,
+                &[],
+                &headers,
+                corral_domain::Operation::Copy,
+            )
+            .await?;
+        Ok(())
     }
 
     async fn delete_many(&self, keys: Vec<ObjectKey>) -> Result<Vec<(ObjectKey, Error)>> {
@@ -198,7 +219,8 @@ impl ObjectStorage for S3Backend {
         )
         .await?;
         if tries.load(Ordering::Relaxed) > 1 {
-            self.sweep_lost_creations(key, &id, since).await;
+            // An earlier try whose answer was lost may have made an upload too.
+            crate::retry::sweep_orphans(self, key, since, Some(&id)).await;
         }
         Ok(id)
     }
@@ -211,6 +233,64 @@ impl ObjectStorage for S3Backend {
         data: Bytes,
     ) -> Result<CompletedPart> {
         self.objects.upload_part(key, upload, number, data).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        number: u32,
+        source: &ObjectKey,
+        range: std::ops::Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<CompletedPart> {
+        if range.start >= range.end {
+            return Err(Error::invalid_input("an empty range cannot be a part"));
+        }
+        let part = number.to_string();
+        let mut headers = vec![
+            ("x-amz-copy-source", self.signed.copy_source(source)),
+            (
+                "x-amz-copy-source-range",
+                format!("bytes={}-{}", range.start, range.end - 1),
+            ),
+        ];
+        if let Some(etag) = if_match {
+            headers.push(("x-amz-copy-source-if-match", etag.to_owned()));
+        }
+        let (_, body) = self
+            .signed
+            .send_object(
+                http::Method::PUT,
+                key,
+                &[("partNumber", &part), ("uploadId", &upload.0)],
+                &headers,
+                corral_domain::Operation::UploadPart,
+            )
+            .await
+            .map_err(|e| {
+                // The source changed since the upload began.
+                if e.kind() == ErrorKind::Conflict || e.message().contains("PreconditionFailed") {
+                    Error::new(
+                        ErrorKind::Conflict,
+                        "the file was replaced while it was open for writing; write it again",
+                    )
+                    .with_path(key.as_str().to_owned())
+                } else {
+                    e
+                }
+            })?;
+        let etag = checksums::copy_part_id(&body).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidResponse,
+                format!(
+                    "the answer to UploadPartCopy holds no ETag: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ),
+            )
+            .with_operation(corral_domain::Operation::UploadPart)
+        })?;
+        Ok(CompletedPart { number, etag })
     }
 
     async fn complete_multipart(

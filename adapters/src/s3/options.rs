@@ -76,7 +76,9 @@ pub(super) fn endpoint_url(spec: &S3Spec) -> String {
 
 /// Whether requests name the bucket in the path (S3-compatible servers) or the host (AWS).
 pub(super) fn path_style(spec: &S3Spec) -> bool {
-    spec.endpoint.is_some() || spec.bucket_name.contains('.')
+    spec.endpoint.is_some()
+        || spec.bucket_name.contains('.')
+        || !corral_domain::config::bucket_name_is_dns_compatible(&spec.bucket_name)
 }
 
 /// The proxy URL with percent-encoded credentials, and the same without them (for messages).

@@ -38,6 +38,21 @@ pub(super) fn parse_time(s: Option<&str>) -> Option<SystemTime> {
     Some(SystemTime::from(t))
 }
 
+/// rclone's `mtime` metadata: seconds since the epoch, with a fraction.
+pub(super) fn parse_mtime(v: &str) -> Option<SystemTime> {
+    let secs: f64 = v.trim().parse().ok()?;
+    if !(0.0..1e11).contains(&secs) {
+        return None;
+    }
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs))
+}
+
+/// `t` as rclone writes the `mtime` metadata.
+pub(super) fn format_mtime(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
 pub(super) fn invalid_response(message: String) -> Error {
     Error::new(ErrorKind::InvalidResponse, message)
 }
@@ -132,18 +147,83 @@ impl Signed {
             return Ok(None);
         };
         let etag = header("etag").map(str::to_owned);
+        // A time a client set (rclone's `mtime` metadata) wins over the
+        // server's time of the upload.
+        let modified = header("x-amz-meta-mtime")
+            .and_then(parse_mtime)
+            .or_else(|| {
+                header("last-modified")
+                    .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+                    .map(SystemTime::from)
+            });
         Ok(Some(ObjectMeta {
             key: key.clone(),
             size,
-            last_modified: header("last-modified")
-                .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
-                .map(SystemTime::from),
+            last_modified: modified,
             checksum: content_checksum(&header, etag.as_deref(), self.etag_is_md5),
             etag,
         }))
     }
 
+    /// Sends a signed request about object `key` with extra `headers`,
+    /// retrying temporary failures; returns the answer's headers and body.
+    pub(super) async fn send_object(
+        &self,
+        method: http::Method,
+        key: &ObjectKey,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+        op: Operation,
+    ) -> Result<(http::HeaderMap, Bytes)> {
+        let mut url = format!(
+            "{}/{}",
+            self.bucket_url,
+            utf8_percent_encode(key.as_str(), PATH)
+        );
+        if !query.is_empty() {
+            let q: Vec<String> = query
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}={}",
+                        utf8_percent_encode(k, STRICT),
+                        utf8_percent_encode(v, STRICT)
+                    )
+                })
+                .collect();
+            url = format!("{url}?{}", q.join("&"));
+        }
+        retry(
+            Backoff::requests(self.max_retries),
+            op.as_str(),
+            Error::is_temporary,
+            || self.send_with(&method, &url, headers, Bytes::new()),
+        )
+        .await
+        .map_err(|e| e.with_operation(op).with_path(key.as_str().to_owned()))
+    }
+
+    /// The path of `key` as `x-amz-copy-source` names it: `/bucket/key`,
+    /// URL-encoded.
+    pub(super) fn copy_source(&self, key: &ObjectKey) -> String {
+        format!(
+            "/{}/{}",
+            utf8_percent_encode(self.ctx.bucket.as_deref().unwrap_or_default(), PATH),
+            utf8_percent_encode(key.as_str(), PATH)
+        )
+    }
+
     async fn send_once(&self, method: &http::Method, url: &str, body: Bytes) -> Result<Bytes> {
+        self.send_with(method, url, &[], body).await.map(|(_, b)| b)
+    }
+
+    async fn send_with(
+        &self,
+        method: &http::Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<(http::HeaderMap, Bytes)> {
         let credential = self.credentials.get_credential().await.map_err(|e| {
             Error::new(
                 ErrorKind::Unauthenticated,
@@ -151,6 +231,9 @@ impl Signed {
             )
         })?;
         let mut builder = http::Request::builder().method(method.clone()).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
         if !body.is_empty() {
             use base64::Engine;
             use md5::Digest;
@@ -173,6 +256,7 @@ impl Signed {
             }
         })?;
         let status = response.status();
+        let answer_headers = response.headers().clone();
         let body = response.into_body().bytes().await.map_err(|e| {
             let text = chain_text(&e);
             match classify(&e, &text, &self.ctx) {
@@ -184,7 +268,7 @@ impl Signed {
             }
         })?;
         if status.is_success() {
-            return Ok(body);
+            return Ok((answer_headers, body));
         }
         let text = format!(
             "status code: {}: {}",
