@@ -128,6 +128,7 @@ fn cfg(file: Option<std::path::PathBuf>) -> CacheConfig {
         download: 64 * MIB,
         file,
         wait: Duration::from_secs(60),
+        per_user: None,
     }
 }
 

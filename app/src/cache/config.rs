@@ -4,7 +4,9 @@
 //! holds eight 8 MiB parts, enough to keep a fast link busy with parts in
 //! flight while the next ones fill; 1 GiB then admits sixteen transfers at
 //! full window at once, which keeps a few dozen users moving on a small
-//! server without more memory than a typical container allows.
+//! server without more memory than a typical container allows. One user may
+//! hold the whole cache unless `maxCloudCachePerUser` says less (the
+//! server's default is a quarter of the cache: see [`CacheConfig::per_user`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +28,9 @@ pub struct CacheConfig {
     pub file: Option<PathBuf>,
     /// How long a transfer waits for room before failing with "cache full".
     pub wait: Duration,
+    /// `maxCloudCachePerUser`: the most one user (account) holds at once;
+    /// `None`: the whole cache (one user, as with the command).
+    pub per_user: Option<u64>,
 }
 
 /// One MiB.
@@ -39,6 +44,7 @@ impl Default for CacheConfig {
             download: 64 * MIB,
             file: None,
             wait: Duration::from_secs(120),
+            per_user: None,
         }
     }
 }
@@ -63,6 +69,21 @@ pub fn parse_size(flag: &str, value: &str) -> Result<u64, Error> {
 }
 
 impl CacheConfig {
+    /// The most one account holds: `per_user`, or the whole cache.
+    pub fn per_account(&self) -> u64 {
+        self.per_user.unwrap_or(self.total).min(self.total)
+    }
+
+    /// The share per user a server uses when none is set: a quarter of the
+    /// cache, but at least one upload's and one download's window, so that
+    /// one user can never hold it all and a user's transfer always fits.
+    pub fn server_default_per_user(&self) -> u64 {
+        (self.total / 4)
+            .max(self.upload)
+            .max(self.download)
+            .min(self.total)
+    }
+
     /// Checks the limits against each other.
     pub fn validate(&self) -> Result<(), Error> {
         if self.total == 0 {
@@ -91,6 +112,25 @@ impl CacheConfig {
             ))
             .with_setting("maxCloudCacheUploadSize"));
         }
+        if let Some(per) = self.per_user
+            && per < MIN_PART_SIZE.min(self.total)
+        {
+            return Err(invalid(format!(
+                "the share per user (maxCloudCachePerUser, {}) is smaller than one multipart part (5 MiB): set it to at least 5MiB",
+                human(per)
+            ))
+            .with_setting("maxCloudCachePerUser"));
+        }
+        if let Some(per) = self.per_user
+            && per > self.total
+        {
+            return Err(invalid(format!(
+                "the share per user (maxCloudCachePerUser, {}) is larger than the whole cache (maxCloudCacheSize, {})",
+                human(per),
+                human(self.total)
+            ))
+            .with_setting("maxCloudCachePerUser"));
+        }
         if self.download == 0 {
             return Err(invalid(
                 "the per-download cache (maxCloudCacheDownloadSize) must be more than 0".to_owned(),
@@ -115,6 +155,8 @@ pub struct CacheSection {
     pub cloud_cache_file: Option<PathBuf>,
     /// `waitSeconds`: how long a transfer waits for room.
     pub wait_seconds: Option<u64>,
+    /// `maxCloudCachePerUser`.
+    pub max_cloud_cache_per_user: Option<SizeValue>,
 }
 
 /// A size written as a number of bytes or a string with a unit.
@@ -153,6 +195,9 @@ impl CacheSection {
         }
         if let Some(s) = self.wait_seconds {
             base.wait = Duration::from_secs(s);
+        }
+        if let Some(v) = &self.max_cloud_cache_per_user {
+            base.per_user = Some(v.resolve("cache.maxCloudCachePerUser")?);
         }
         Ok(base)
     }

@@ -1,12 +1,25 @@
-//! Download staging: ranged GETs of chunks into the transfer's slots, ahead
-//! of the reader.
+//! Download staging: ranged GETs of chunks, ahead of the reader.
 //!
-//! The object is read in chunks of `C` bytes (chunk `k` is
-//! `[k·C, (k+1)·C)`). Up to one chunk per slot is fetched ahead of the
-//! reader, each by its own ranged GET; a fetch waits for a free slot, and a
-//! slot is given back when the reader drops the chunk's [`Bytes`], so a slow
-//! reader holds the read-ahead back (backpressure). A read far from the
-//! current position restarts the read-ahead there (random access).
+//! The object is read in chunks: a small first one of `H` bytes (256 KiB),
+//! then chunks of `C` bytes (8 MiB): chunk 0 is `[0, H)`, chunk `k` is
+//! `[H + (k-1)·C, H + k·C)`. Chunks are fetched ahead of the reader, each
+//! by its own ranged GET. The read-ahead starts when the reader moves past
+//! the first chunk, at one chunk beyond the reader's, and doubles each time
+//! the reader moves on in order, up to the transfer's window
+//! (`maxCloudCacheDownloadSize`): a reader that only looks at the start of
+//! a file, or reads a small one, holds little. A read
+//! far from the current position restarts the read-ahead there (random
+//! access). A chunk takes its room in the cache when its GET starts (the
+//! account's turn, [`super::pool`]) and gives it back when the reader has
+//! dropped every piece of it: a slow reader holds the read-ahead back
+//! (backpressure).
+//!
+//! A chunk's frames are written into its slot as they arrive (in memory
+//! mode a buffer of exactly the chunk's size, so that what the cache counts
+//! is what the process holds; in file mode its range of the cache file).
+//! In memory mode the reader gets slices of the slot without a copy, each
+//! keeping the slot until it is dropped; in file mode the bytes are read
+//! back as the reader asks.
 //!
 //! Every chunk is checked against what is known: the range the server says
 //! it returned, the number of bytes it sent, and the entity tag of the
@@ -15,9 +28,9 @@
 //!
 //! Where the backend vouches for a checksum of the whole object (S3's
 //! full-object CRC-64/NVME, or an ETag that is a plain MD5), a reader that
-//! reads it whole, in order, gets it checked too: each chunk is hashed on
-//! the blocking pool while the reader uses it, and the last chunk is handed
-//! out only if the checksums agree.
+//! reads it whole, in order, gets it checked too: the bytes are hashed on
+//! the blocking pool while the reader uses them, and the last piece is
+//! handed out only if the checksums agree.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -29,7 +42,16 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use tokio::task::JoinHandle;
 
-use super::store::Slots;
+use super::store::{Slot, Stager};
+
+/// The most bytes one piece read back from a file-mode chunk holds.
+const FILE_PIECE: usize = 1 << 20;
+
+/// The first chunk: what a reader that looks at a file's start holds.
+const HEAD: u64 = 256 << 10;
+
+/// Hash this many bytes at a time (one task on the blocking pool each).
+const HASH_BATCH: u64 = 4 << 20;
 
 /// A download staged through the cache: chunks read ahead with ranged GETs,
 /// each checked (range, length, ETag); a slow reader holds the read-ahead back.
@@ -37,18 +59,74 @@ pub struct Download {
     storage: Arc<dyn ObjectStorage>,
     key: ObjectKey,
     meta: ObjectMeta,
+    /// The size of chunks after the first.
     chunk: u64,
-    slots: Arc<Slots>,
+    /// The size of the first chunk.
+    head: u64,
+    stager: Stager,
     /// Chunks requested, in order, starting at the reader's chunk.
-    pending: VecDeque<(u64, JoinHandle<Result<Bytes, Error>>)>,
+    pending: VecDeque<(u64, JoinHandle<Result<Chunk, Error>>)>,
     next_fetch: u64,
-    /// The chunk the reader is in, kept for small reads within it.
-    current: Option<(u64, Bytes)>,
+    /// Chunks to keep in flight beyond the reader's (ramps up).
+    ahead: u64,
+    /// The chunk the reader is in.
+    current: Option<(u64, Chunk)>,
     pos: u64,
     /// The checksum check, while the reader reads in order from the start.
     check: Option<ContentCheck>,
     /// The path errors name (the user's, not the bucket key), if set.
     path: Option<String>,
+}
+
+/// A fetched chunk.
+#[derive(Clone)]
+struct Chunk(Arc<ChunkData>);
+
+/// The chunk's slot, its first `len` bytes written.
+struct ChunkData {
+    slot: Slot,
+    len: usize,
+}
+
+/// A slice of a chunk in memory: keeps the chunk's slot while it lives.
+struct Piece {
+    chunk: Arc<ChunkData>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        self.chunk
+            .slot
+            .in_memory()
+            .map_or(&[][..], |m| &m[self.range.clone()])
+    }
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.0.len
+    }
+
+    /// Up to `max` bytes at `at`: a slice, no copy, in memory mode; read
+    /// back from the cache file (a piece at most) in file mode.
+    fn piece(&self, at: usize, max: usize) -> Result<Bytes, Error> {
+        let len = self.len();
+        if at >= len || max == 0 {
+            return Ok(Bytes::new());
+        }
+        if self.0.slot.in_memory().is_some() {
+            let end = len.min(at.saturating_add(max));
+            return Ok(Bytes::from_owner(Piece {
+                chunk: Arc::clone(&self.0),
+                range: at..end,
+            }));
+        }
+        let n = (len - at).min(max).min(FILE_PIECE);
+        let mut buf = vec![0u8; n];
+        self.0.slot.read_at(at, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
 }
 
 /// A running checksum of the object's content.
@@ -83,12 +161,16 @@ impl Hasher {
     }
 }
 
-/// The checksum of the bytes handed out so far, computed off the reader's task.
+/// The checksum of the bytes handed out so far, computed off the reader's
+/// task, a batch at a time.
 struct ContentCheck {
     expected: ContentChecksum,
-    /// The hasher, or the task adding the latest chunk to it.
+    /// The hasher, or the task adding the latest batch to it.
     state: Option<Result<Hasher, JoinHandle<Hasher>>>,
-    /// Bytes hashed (or being hashed).
+    /// Pieces handed out and not yet hashed.
+    batch: Vec<Bytes>,
+    batched: u64,
+    /// Bytes handed out (hashed or batched).
     upto: u64,
 }
 
@@ -97,6 +179,8 @@ impl ContentCheck {
         Self {
             expected,
             state: Some(Ok(Hasher::new(expected))),
+            batch: Vec::new(),
+            batched: 0,
             upto: 0,
         }
     }
@@ -111,12 +195,28 @@ impl ContentCheck {
         }
     }
 
-    /// Adds `bytes`, in the background.
+    /// Adds `bytes`; hashes in the background once a batch is full.
     async fn feed(&mut self, bytes: Bytes) -> Result<(), Error> {
-        let mut h = self.hasher().await?;
         self.upto += bytes.len() as u64;
+        self.batched += bytes.len() as u64;
+        self.batch.push(bytes);
+        if self.batched >= HASH_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batched = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut h = self.hasher().await?;
         self.state = Some(Err(tokio::task::spawn_blocking(move || {
-            h.update(&bytes);
+            for b in &batch {
+                h.update(b);
+            }
             h
         })));
         Ok(())
@@ -124,6 +224,7 @@ impl ContentCheck {
 
     /// Whether everything fed has the expected checksum.
     async fn matches(&mut self) -> Result<bool, Error> {
+        self.flush().await?;
         Ok(self.hasher().await?.matches(self.expected))
     }
 }
@@ -145,15 +246,27 @@ fn invalid_response(key: &ObjectKey, message: String) -> Error {
         .with_path(key.as_str().to_owned())
 }
 
-async fn fetch(
+struct Fetch {
     storage: Arc<dyn ObjectStorage>,
     key: ObjectKey,
-    slots: Arc<Slots>,
+    stager: Stager,
     range: std::ops::Range<u64>,
     etag: Option<String>,
-) -> Result<Bytes, Error> {
+    share: tokio::sync::OwnedSemaphorePermit,
+}
+
+async fn fetch(f: Fetch) -> Result<Chunk, Error> {
+    let Fetch {
+        storage,
+        key,
+        stager,
+        range,
+        etag,
+        share,
+    } = f;
     let len = (range.end - range.start) as usize;
-    let mut buf = slots.take(len).await;
+    // The chunk's room in the cache, before a byte moves.
+    let mut slot = stager.slot(len, share).await?;
     let r = storage
         .get(&key, Some(ByteRange::Bounded(range.clone())))
         .await?;
@@ -174,16 +287,19 @@ async fn fetch(
     }
     let mut at = 0usize;
     let mut body = r.body;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        if at + chunk.len() > len {
+    while let Some(frame) = body.next().await {
+        let frame = frame?;
+        if frame.is_empty() {
+            continue;
+        }
+        if at + frame.len() > len {
             return Err(invalid_response(
                 &key,
                 format!("the server sent more than the {len} bytes of range {range:?}"),
             ));
         }
-        buf.write_at(at, &chunk)?;
-        at += chunk.len();
+        slot.write_at(at, &frame)?;
+        at += frame.len();
     }
     if at != len {
         return Err(invalid_response(
@@ -191,7 +307,7 @@ async fn fetch(
             format!("the server sent {at} of the {len} bytes of range {range:?} (connection cut?)"),
         ));
     }
-    Ok(buf.freeze(len))
+    Ok(Chunk(Arc::new(ChunkData { slot, len })))
 }
 
 impl Download {
@@ -200,15 +316,18 @@ impl Download {
         key: ObjectKey,
         meta: ObjectMeta,
         chunk: u64,
-        slots: Arc<Slots>,
+        stager: Stager,
     ) -> Self {
+        let chunk = chunk.max(1);
         Self {
             storage,
             key,
-            chunk: chunk.max(1),
-            slots,
+            chunk,
+            head: HEAD.min(chunk),
+            stager,
             pending: VecDeque::new(),
             next_fetch: 0,
+            ahead: 0,
             current: None,
             pos: 0,
             check: meta.checksum.map(ContentCheck::new),
@@ -241,23 +360,59 @@ impl Download {
     }
 
     fn chunks(&self) -> u64 {
-        self.meta.size.div_ceil(self.chunk)
+        if self.meta.size <= self.head {
+            return u64::from(self.meta.size > 0);
+        }
+        1 + (self.meta.size - self.head).div_ceil(self.chunk)
     }
 
-    /// Keeps one fetch per slot in flight, from the reader's chunk on.
+    /// The chunk that holds byte `offset`.
+    fn chunk_of(&self, offset: u64) -> u64 {
+        if offset < self.head {
+            0
+        } else {
+            1 + (offset - self.head) / self.chunk
+        }
+    }
+
+    /// Where chunk `k` starts.
+    fn start_of(&self, k: u64) -> u64 {
+        if k == 0 {
+            0
+        } else {
+            self.head + (k - 1) * self.chunk
+        }
+    }
+
+    fn range_of(&self, k: u64) -> std::ops::Range<u64> {
+        let start = self.start_of(k);
+        let len = if k == 0 { self.head } else { self.chunk };
+        start..(start + len).min(self.meta.size)
+    }
+
+    fn spawn_fetch(&mut self, k: u64, share: tokio::sync::OwnedSemaphorePermit) {
+        let task = tokio::spawn(fetch(Fetch {
+            storage: Arc::clone(&self.storage),
+            key: self.key.clone(),
+            stager: self.stager.clone(),
+            range: self.range_of(k),
+            etag: self.meta.etag.clone(),
+            share,
+        }));
+        self.pending.push_back((k, task));
+        self.next_fetch = k + 1;
+    }
+
+    /// Keeps the read-ahead's chunks in flight, from the reader's chunk on,
+    /// as far as the window has room now.
     fn fill(&mut self) {
-        while self.pending.len() < self.slots.count() && self.next_fetch < self.chunks() {
+        while (self.pending.len() as u64) < self.ahead && self.next_fetch < self.chunks() {
             let k = self.next_fetch;
-            let range = k * self.chunk..((k + 1) * self.chunk).min(self.meta.size);
-            let task = tokio::spawn(fetch(
-                Arc::clone(&self.storage),
-                self.key.clone(),
-                Arc::clone(&self.slots),
-                range,
-                self.meta.etag.clone(),
-            ));
-            self.pending.push_back((k, task));
-            self.next_fetch += 1;
+            let len = self.range_of(k);
+            let Some(share) = self.stager.window.try_take(len.end - len.start) else {
+                break;
+            };
+            self.spawn_fetch(k, share);
         }
     }
 
@@ -266,17 +421,18 @@ impl Download {
             task.abort();
         }
         self.next_fetch = k;
+        self.ahead = 0;
     }
 
     /// Chunk `k`, from the read-ahead.
-    async fn chunk_at(&mut self, k: u64) -> Result<Bytes, Error> {
-        if let Some((c, bytes)) = &self.current
+    async fn chunk_at(&mut self, k: u64) -> Result<Chunk, Error> {
+        if let Some((c, chunk)) = &self.current
             && *c == k
         {
-            return Ok(bytes.clone());
+            return Ok(chunk.clone());
         }
-        // Drop the current chunk first: its slot may be needed.
-        self.current = None;
+        // Drop the current chunk first: its room may be needed.
+        let moved_on = self.current.take().is_some_and(|(c, _)| c + 1 == k);
         while let Some((c, _)) = self.pending.front() {
             if *c >= k {
                 break;
@@ -286,19 +442,35 @@ impl Download {
         }
         if self.pending.front().is_none_or(|(c, _)| *c != k) {
             self.restart_at(k);
+        } else if moved_on {
+            // Read in order: read further ahead, up to the window.
+            let most = (self.stager.window.size() / self.chunk).max(1);
+            self.ahead = if self.ahead == 0 {
+                1
+            } else {
+                (self.ahead * 2).min(most)
+            };
+        }
+        if self.pending.is_empty() {
+            // The reader needs this one: wait for the window (shares of
+            // aborted fetches come back as their tasks end).
+            let range = self.range_of(k);
+            let share = self.stager.window.take(range.end - range.start).await;
+            self.spawn_fetch(k, share);
         }
         self.fill();
-        let (_, task) = self.pending.pop_front().expect("fill requested chunk k");
-        let bytes = task
+        let (_, task) = self.pending.pop_front().expect("chunk k was requested");
+        let chunk = task
             .await
             .map_err(|e| Error::new(ErrorKind::Other, format!("a download task failed: {e}")))??;
-        self.current = Some((k, bytes.clone()));
+        self.current = Some((k, chunk.clone()));
         self.fill();
-        Ok(bytes)
+        Ok(chunk)
     }
 
-    /// The next bytes in order (at most one chunk), or `None` at the end.
-    /// Reading the whole object this way checks its checksum where one is known.
+    /// The next bytes in order (a piece of at most one chunk), or `None` at
+    /// the end. Reading the whole object this way checks its checksum where
+    /// one is known.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
         match self.next_chunk_inner().await {
             Err(e) => Err(self.named(e)),
@@ -325,8 +497,30 @@ impl Download {
         self.pos += bytes.len() as u64;
         if self.pos == self.meta.size {
             self.check_content().await?;
+        } else if self.start_of(self.chunk_of(self.pos)) == self.pos
+            && let Some(c) = &mut self.check
+        {
+            // A chunk's end: its pieces go to be hashed now, so that the
+            // batch never holds a chunk the window needs back.
+            c.flush().await?;
         }
         Ok(Some(bytes))
+    }
+
+    /// The rest of the current chunk in order, as pieces (no copy in memory
+    /// mode), or `None` at the end; see [`Self::next_chunk`].
+    pub async fn next_pieces(&mut self) -> Result<Option<Vec<Bytes>>, Error> {
+        let Some(first) = self.next_chunk().await? else {
+            return Ok(None);
+        };
+        let mut out = vec![first];
+        while self.pos < self.meta.size && self.start_of(self.chunk_of(self.pos)) != self.pos {
+            match self.next_chunk().await? {
+                Some(b) => out.push(b),
+                None => break,
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Fails if the bytes read in order do not have the known checksum.
@@ -354,8 +548,8 @@ impl Download {
         .with_path(self.key.as_str().to_owned()))
     }
 
-    /// Up to `len` bytes at `offset`, without a copy; fewer at a chunk's end or
-    /// the object's end, empty at or past the end.
+    /// Up to `len` bytes at `offset`, without a copy in memory mode; fewer
+    /// at a piece's end or the object's end, empty at or past the end.
     pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Bytes, Error> {
         match self.read_at_inner(offset, len).await {
             Err(e) => Err(self.named(e)),
@@ -367,11 +561,27 @@ impl Download {
         if offset >= self.meta.size || len == 0 {
             return Ok(Bytes::new());
         }
-        let k = offset / self.chunk;
-        let bytes = self.chunk_at(k).await?;
-        let start = (offset - k * self.chunk) as usize;
-        let end = bytes.len().min(start.saturating_add(len));
-        Ok(bytes.slice(start..end))
+        let k = self.chunk_of(offset);
+        let chunk = self.chunk_at(k).await?;
+        let start = (offset - self.start_of(k)) as usize;
+        chunk.piece(start, len)
+    }
+
+    /// Exactly `len` bytes at `offset` (fewer only at the end of the
+    /// object), copied together from the pieces.
+    pub async fn read_full(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+        let want = len.min(self.meta.size.saturating_sub(offset) as usize);
+        let mut out = Vec::with_capacity(want);
+        while out.len() < want {
+            let piece = self
+                .read_at(offset + out.len() as u64, want - out.len())
+                .await?;
+            if piece.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
     }
 
     /// Moves the sequential reader to `offset`.

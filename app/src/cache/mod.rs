@@ -1,19 +1,22 @@
 //! The transfer cache: bounded staging for S3 uploads and downloads.
 //!
-//! Every transfer through the cache holds a [`Reservation`] of cache bytes:
-//! at least one part (upload) or one chunk (download) to start, at most its
-//! per-transfer limit (`maxCloudCacheUploadSize`,
-//! `maxCloudCacheDownloadSize`). The cache size
-//! (`maxCloudCacheSize`) therefore bounds how many transfers run at
-//! once; the others wait in FIFO order ([`pool`]) and fail with "cache full"
-//! after a timeout.
+//! A transfer takes cache bytes when it needs them and as much as it needs:
+//! one [`Reservation`] per part being filled (upload) or chunk being read
+//! ahead (download), never at open. A small file holds about its size; a
+//! large one holds at most its per-transfer window (`maxCloudCacheUploadSize`,
+//! `maxCloudCacheDownloadSize`). Every reservation belongs to an account —
+//! a user of a server, or the command — which holds at most its share
+//! (`maxCloudCachePerUser`), and accounts waiting for room take turns
+//! ([`pool`]): no user can hold what the others need, and a request that
+//! waits longer than `waitSeconds` fails with "cache full".
 //!
-//! Bytes live in memory, allocated when a part or chunk needs them, or in a
-//! cache file (`cloudCacheFile`) mapped once and divided into extents
-//! ([`store`]). [`Upload`] fills parts in any order and sends each as soon as
-//! it is complete; [`Download`] reads ahead with ranged GETs. Both stop at
-//! their reservation (backpressure) and give every byte back when dropped,
-//! however they end.
+//! Bytes live in memory, in buffers taken when a part or chunk needs them
+//! and returned to the system once no transfer has wanted them for a while,
+//! or in a cache file (`cloudCacheFile`) read and written at offsets, never
+//! mapped ([`store`]). [`Upload`] fills parts in any order and sends each as
+//! soon as it is complete; [`Download`] reads ahead with ranged GETs. Both
+//! stop at their window (backpressure) and give every byte back when
+//! dropped, however they end.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -30,12 +33,13 @@
 //! up.finish().await?;
 //!
 //! let mut down = cache.download(storage, key).await?;
-//! assert_eq!(&down.read_at(0, 5).await?[..], b"hello");
+//! assert_eq!(&down.read_full(0, 5).await?[..], b"hello");
 //! drop(down);
 //! assert_eq!(cache.metrics().reserved, 0);
 //! # Ok(()) }
 //! ```
 
+mod aborts;
 mod config;
 mod download;
 pub mod pool;
@@ -43,31 +47,41 @@ pub mod store;
 mod upload;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use corral_domain::parts::{DEFAULT_PART_SIZE, PartPlan, StreamingPlan};
 use corral_domain::{Error, ObjectKey, ObjectStorage};
 
 pub use config::{CacheConfig, CacheSection, SizeValue, parse_size};
 pub use download::Download;
-pub use pool::{CacheMetrics, Reservation};
-pub use upload::{Upload, UploadJournal, part_checksum, wait_for_background_aborts};
+pub use pool::{Account, AccountUse, CacheMetrics, Reservation};
+pub use upload::{Base, Upload, UploadJournal, part_checksum};
 
+use aborts::Aborts;
 use pool::PoolInner;
-use store::{Backing, CacheFile, Slots};
+use store::{Backing, CacheFile, Stager, Window};
 use upload::Plan;
 
-/// The cache, shared by every transfer of a process.
+/// The account of a cache not bound to a user (the command's).
+const DEFAULT_ACCOUNT: &str = "";
+
+/// The cache, shared by every transfer of a process. Cheap to clone; a
+/// clone bound to an account ([`Self::for_account`]) stages that
+/// account's transfers.
 #[derive(Clone)]
 pub struct TransferCache {
     config: CacheConfig,
     pool: Arc<PoolInner>,
     backing: Backing,
+    aborts: Arc<Aborts>,
+    account: Arc<Account>,
 }
 
 impl std::fmt::Debug for TransferCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransferCache")
             .field("config", &self.config)
+            .field("account", &self.account.name())
             .field("metrics", &self.metrics())
             .finish()
     }
@@ -75,7 +89,7 @@ impl std::fmt::Debug for TransferCache {
 
 impl TransferCache {
     /// Opens the cache: validates the limits and, in file mode, creates (or
-    /// checks), locks and maps the cache file. Memory is not allocated here.
+    /// checks) and locks the cache file. Memory is not allocated here.
     pub fn open(config: CacheConfig) -> Result<Self, Error> {
         config.validate()?;
         let backing = match &config.file {
@@ -83,11 +97,29 @@ impl TransferCache {
             None => Backing::Memory,
         };
         let contiguous = matches!(backing, Backing::File(_));
+        let pool = PoolInner::new(config.total, config.per_account(), contiguous, config.wait);
+        let account = pool.account(DEFAULT_ACCOUNT);
         Ok(Self {
-            pool: PoolInner::new(config.total, contiguous, config.wait),
+            pool,
             config,
             backing,
+            aborts: Arc::default(),
+            account,
         })
+    }
+
+    /// The same cache, staging the transfers of account `name` (a user):
+    /// every clone bound to one name shares that account's share.
+    pub fn for_account(&self, name: &str) -> Self {
+        Self {
+            account: self.pool.account(name),
+            ..self.clone()
+        }
+    }
+
+    /// The account this handle stages for.
+    pub fn account(&self) -> &Arc<Account> {
+        &self.account
     }
 
     /// The settings.
@@ -98,6 +130,29 @@ impl TransferCache {
     /// Bytes in use, reserved, high-water mark, transfers waiting.
     pub fn metrics(&self) -> CacheMetrics {
         self.pool.metrics()
+    }
+
+    /// What each account holds and waits for, largest first.
+    pub fn accounts(&self) -> Vec<AccountUse> {
+        self.pool.accounts()
+    }
+
+    /// Aborts of dropped uploads still running in the background.
+    pub fn aborts_running(&self) -> usize {
+        self.aborts.running()
+    }
+
+    /// Waits (up to `timeout`) for the aborts of uploads that were dropped
+    /// unfinished, e.g. on Ctrl-C: call it before the runtime shuts down, or
+    /// an abort may never be sent. Returns how many did not finish in time.
+    pub async fn settle(&self, timeout: Duration) -> usize {
+        self.aborts.wait(timeout).await
+    }
+
+    /// Gives back the spare memory buffers no transfer has wanted for
+    /// `idle` (done in the background too); returns their bytes.
+    pub fn trim(&self, idle: Duration) -> u64 {
+        self.pool.trim(idle)
     }
 
     /// About the most a transfer of `size` bytes holds (to within a part;
@@ -113,51 +168,65 @@ impl TransferCache {
         };
         whole_chunks(size, DEFAULT_PART_SIZE)
             .min(limit)
-            .min(self.config.total)
+            .min(self.config.per_account())
     }
 
-    /// A raw reservation of at least `min` and at most `max` bytes (FIFO, with the timeout).
+    /// A raw reservation of at least `min` and at most `max` bytes for this
+    /// handle's account (its turn, with the timeout).
     pub async fn reserve(&self, min: u64, max: u64) -> Result<Reservation, Error> {
-        self.pool.reserve(min, max).await
+        self.account.reserve(min, max).await
+    }
+
+    fn stager(&self, window: u64) -> Stager {
+        Stager {
+            backing: self.backing.clone(),
+            account: Arc::clone(&self.account),
+            window: Window::new(window),
+        }
     }
 
     /// Starts an upload of `size` bytes (or of unknown size) to `key`.
     ///
     /// A known size is checked against the backend's limit before any byte
-    /// moves, and sets the part plan; the reservation holds at least one part.
+    /// moves, and sets the part plan. Nothing is reserved until bytes arrive.
     pub async fn upload(
         &self,
         storage: Arc<dyn ObjectStorage>,
         key: ObjectKey,
         size: Option<u64>,
     ) -> Result<Upload, Error> {
-        let (plan, min, max) = match size {
+        let plan = match size {
             Some(size) => {
                 storage.capabilities().check_file_size(size)?;
-                let plan = PartPlan::for_size(size, self.config.upload)?;
-                if plan.is_single_put() {
-                    (Plan::Known(plan), size, size)
-                } else {
-                    let whole = plan.parts() * plan.part_size();
-                    (
-                        Plan::Known(plan),
-                        plan.part_size(),
-                        self.config.upload.min(whole),
-                    )
-                }
+                Plan::Known(PartPlan::for_size(size, self.config.upload)?)
             }
-            None => {
-                let plan = StreamingPlan::new(self.config.upload)?;
-                (Plan::Streaming(plan), plan.part_size(), self.config.upload)
-            }
+            None => Plan::Streaming(StreamingPlan::new(self.config.upload)?),
         };
-        let part_size = match plan {
-            Plan::Known(p) => p.part_size(),
-            Plan::Streaming(s) => s.part_size(),
-        };
-        let reservation = self.pool.reserve(min, max).await?;
-        let slots = Slots::new(self.backing.clone(), reservation, part_size.min(max.max(1)));
-        Ok(Upload::new(storage, key, plan, slots))
+        Ok(self.new_upload(storage, key, plan))
+    }
+
+    fn new_upload(&self, storage: Arc<dyn ObjectStorage>, key: ObjectKey, plan: Plan) -> Upload {
+        let window = self.config.upload.min(self.config.per_account());
+        Upload::new(
+            storage,
+            key,
+            plan,
+            self.stager(window),
+            Arc::clone(&self.aborts),
+        )
+    }
+
+    /// Starts an upload to `key` over the existing object `base` (of
+    /// unknown final size): bytes not written keep `base`'s content, copied
+    /// on the server where the backend can.
+    pub async fn upload_over(
+        &self,
+        storage: Arc<dyn ObjectStorage>,
+        key: ObjectKey,
+        base: Base,
+    ) -> Result<Upload, Error> {
+        let plan = Plan::Streaming(StreamingPlan::new(self.config.upload)?);
+        Ok(self.new_upload(storage, key, plan).over(base))
     }
 
     /// Continues a multipart upload of `size` bytes to `key` that an earlier
@@ -173,31 +242,34 @@ impl TransferCache {
     ) -> Result<Upload, Error> {
         storage.capabilities().check_file_size(size)?;
         let plan = PartPlan::with_part_size(size, part_size)?;
-        let max = self.config.upload.max(part_size).min(self.config.total);
-        let reservation = self.pool.reserve(part_size, max).await?;
-        let slots = Slots::new(self.backing.clone(), reservation, part_size);
-        Ok(Upload::new(storage, key, Plan::Known(plan), slots).resume(upload, parts))
+        Ok(self
+            .new_upload(storage, key, Plan::Known(plan))
+            .resume(upload, parts))
     }
 
-    /// Starts a download of `key`, reading ahead in chunks of up to 8 MiB.
+    /// Starts a download of `key`, reading ahead in chunks of up to 8 MiB
+    /// (at most half the per-download window).
     pub async fn download(
         &self,
         storage: Arc<dyn ObjectStorage>,
         key: ObjectKey,
     ) -> Result<Download, Error> {
         let meta = storage.head(&key).await?;
-        let chunk = DEFAULT_PART_SIZE.min(self.config.download);
-        let min = meta.size.min(chunk);
-        // Room for every chunk at once, and no more: a small file holds its
-        // own size, not a whole chunk, so many small downloads fit at once.
-        let max = self
-            .config
-            .download
-            .min(whole_chunks(meta.size, chunk))
-            .max(min);
-        let reservation = self.pool.reserve(min, max).await?;
-        let slots = Slots::new(self.backing.clone(), reservation, chunk.min(max.max(1)));
-        Ok(Download::new(storage, key, meta, chunk, slots))
+        Ok(self.download_of(storage, key, meta))
+    }
+
+    /// A download of `key`, whose metadata the caller has.
+    pub fn download_of(
+        &self,
+        storage: Arc<dyn ObjectStorage>,
+        key: ObjectKey,
+        meta: corral_domain::port::ObjectMeta,
+    ) -> Download {
+        let window = self.config.download.min(self.config.per_account());
+        // Two chunks fit the window: one the reader still holds while the
+        // next one comes.
+        let chunk = DEFAULT_PART_SIZE.min(window / 2).max(64 << 10);
+        Download::new(storage, key, meta, chunk, self.stager(window))
     }
 }
 

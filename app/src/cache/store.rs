@@ -1,46 +1,54 @@
-//! Where staged bytes live: heap buffers allocated on demand, or slices of
-//! one cache file.
+//! Where staged bytes live: memory buffers taken when a slot needs one, or
+//! byte ranges of one cache file.
 //!
-//! A transfer's reservation is cut into equal *slots* (one part or one
-//! chunk each). A slot is taken when a part starts filling or a chunk starts
-//! downloading, and given back when the last [`Bytes`] made from it is
-//! dropped — after `object_store` has sent the part, or after the reader
-//! has consumed the chunk. That is the backpressure: no free slot, no new
-//! part or read-ahead.
+//! A *slot* holds one part being filled or one chunk being downloaded. It
+//! is taken when the part starts filling or the chunk starts downloading,
+//! with two shares: one of its transfer's window (the per-transfer limit,
+//! waited for by the transfer itself: backpressure) and one of the cache
+//! (the account's turn, [`super::pool`]). Both come back when the last
+//! [`Bytes`] made from the slot is dropped — after the backend has sent
+//! the part, or after the reader has used the chunk.
 //!
-//! In **memory mode** a slot's buffer is allocated the first time a slot
-//! needs one and then kept by the cache, for the transfer's later parts and
-//! for later transfers (no fresh pages to fault in for every part): nothing
-//! is allocated up front, a transfer never holds more than its reservation,
-//! and the buffers never total more than the cache's size, whatever the
-//! allocator does with freed memory.
+//! In **memory mode** a slot's buffer is an anonymous mapping taken from
+//! the cache's spare buffers (or made), and given back to them when the slot
+//! is; spare buffers nobody wants are returned to the system
+//! ([`super::pool`]).
 //!
-//! In **file mode** a slot is a byte range of the cache file. Data is
-//! written with `pwrite` and handed out as [`Bytes`] that point into a
-//! shared read-only mapping of the file, without a copy, so the bytes stay in
-//! the page cache (file-backed, reclaimable) and the process's anonymous
-//! memory does not grow with the cache size. The file is created sparse at
-//! the cache size, locked against a second process, never truncated, and
-//! its contents are never trusted: every slot is written before it is read.
+//! In **file mode** a slot is a byte range of the cache file, written with
+//! `pwrite` and read with `pread`. The file is never mapped, so nothing a
+//! another process does to it can crash corral. It is created sparse at the
+//! cache size, locked against a second process, never truncated by corral,
+//! and its contents are never trusted: every byte of a slot is written
+//! before it is read. Past the cache's bytes it holds a *canary*, a random
+//! generation number: a truncation (log rotation, a temp cleaner, an
+//! operator's mistake) removes it, and since the holes it leaves read back
+//! as zeros, each slot checks the canary before and after it reads its
+//! bytes back. A slot written before a truncation fails with an error
+//! naming the file; the file is then re-armed with a new generation, so the
+//! transfers that start after it work again.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind as IoKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use corral_domain::parts::human;
 use corral_domain::{Error, ErrorKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::pool::{PoolInner, Reservation};
+use super::pool::{Account, PoolInner, Reservation};
 
-/// The cache file, mapped once.
+/// The cache file.
 pub(crate) struct CacheFile {
     file: File,
-    map: memmap2::Mmap,
     path: PathBuf,
+    /// Where the canary is (the cache's size).
+    canary_at: u64,
+    /// The canary now: the generation slots are written in.
+    generation: std::sync::atomic::AtomicU64,
+    rearm: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for CacheFile {
@@ -119,112 +127,236 @@ impl CacheFile {
                 )));
             }
         }
-        let len = usize::try_from(size)
-            .map_err(|_| cache_err("cache size exceeds the address space".to_owned()))?;
-        // SAFETY: the file is locked exclusively against other processes
-        // (advisory: a process that ignores locks can still write it, as with
-        // any file). Within this process a byte range is written only while
-        // the slot that owns it is taken, and a slot is given back only when
-        // every `Bytes` pointing into it has been dropped, so no byte is
-        // modified while a shared reference to it exists.
-        #[allow(unsafe_code)] // The one exception to the workspace's rule; see above.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.map_err(|e| {
+        let this = Self {
+            file,
+            path: path.to_path_buf(),
+            canary_at: size,
+            generation: std::sync::atomic::AtomicU64::new(0),
+            rearm: std::sync::Mutex::new(()),
+        };
+        this.arm().map_err(|e| {
             cache_err(format!(
-                "the cache file (cloudCacheFile) {shown}: cannot map it: {e}"
+                "the cache file (cloudCacheFile) {shown}: {}",
+                e.message()
             ))
         })?;
-        Ok(Self {
-            file,
-            map,
-            path: path.to_path_buf(),
+        Ok(this)
+    }
+
+    /// Writes a new generation's canary after the cache's bytes.
+    fn arm(&self) -> Result<u64, Error> {
+        let mut g = [0u8; 8];
+        let mut filled = 0;
+        while filled < g.len() {
+            filled +=
+                rustix::rand::getrandom(&mut g[filled..], rustix::rand::GetRandomFlags::empty())
+                    .map_err(|e| self.io_err("arming", &e.into()))?;
+        }
+        let generation = u64::from_le_bytes(g) | 1; // never 0, which a hole reads as
+        self.file
+            .write_all_at(&generation.to_le_bytes(), self.canary_at)
+            .map_err(|e| self.io_err("writing", &e))?;
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::SeqCst);
+        Ok(generation)
+    }
+
+    /// The generation slots are written in now.
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the file still holds generation `g`'s canary; if the canary
+    /// is gone (the file was truncated), re-arms it for later slots.
+    fn intact(&self, g: u64) -> Result<(), Error> {
+        let mut buf = [0u8; 8];
+        let read = self.file.read_exact_at(&mut buf, self.canary_at);
+        let now = u64::from_le_bytes(buf);
+        if read.is_ok() && now == g {
+            return Ok(());
+        }
+        let _one = self.rearm.lock().unwrap_or_else(|p| p.into_inner());
+        if read.is_err() || now != self.generation() {
+            tracing::error!(path = %self.path.display(), "the cache file was truncated or overwritten by another process: the transfers staged in it fail; later ones use it again");
+            if let Err(e) = self.arm() {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot re-arm the cache file");
+            }
+        }
+        Err(self.io_err(
+            "reading",
+            &std::io::Error::other(
+                "another process truncated or overwrote it while this transfer was staged in it",
+            ),
+        ))
+    }
+
+    fn io_err(&self, what: &str, e: &std::io::Error) -> Error {
+        // The transfer fails; the detail (which file, what the system said)
+        // is for the operator, who set the file up.
+        Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "the transfer cache failed: {what} the cache file {}: {e}",
+                self.path.display()
+            ),
+        )
+        .with_temporary(false)
+        .with_setting("cloudCacheFile")
+    }
+
+    fn write_at(&self, data: &[u8], at: u64) -> Result<(), Error> {
+        self.file
+            .write_all_at(data, at)
+            .map_err(|e| self.io_err("writing", &e))
+    }
+
+    /// Reads `buf` at `at` for a slot of generation `g`: checked against
+    /// the canary before and after (a truncation cannot be undone, so a
+    /// canary intact after the read means the bytes were the slot's).
+    fn read_at(&self, buf: &mut [u8], at: u64, g: u64) -> Result<(), Error> {
+        self.intact(g)?;
+        self.read_raw(buf, at)?;
+        self.intact(g)
+    }
+
+    fn read_raw(&self, buf: &mut [u8], at: u64) -> Result<(), Error> {
+        self.file.read_exact_at(buf, at).map_err(|e| {
+            if e.kind() == IoKind::UnexpectedEof {
+                self.io_err(
+                    "reading",
+                    &std::io::Error::other(
+                        "it is shorter than corral made it (truncated by another process?)",
+                    ),
+                )
+            } else {
+                self.io_err("reading", &e)
+            }
         })
     }
 }
 
-/// Where a transfer's slots live.
+/// Where a cache's slots live.
 #[derive(Debug, Clone)]
 pub(crate) enum Backing {
     Memory,
     File(Arc<CacheFile>),
 }
 
-/// A transfer's reservation cut into slots.
-pub(crate) struct Slots {
-    backing: Backing,
-    reservation: Reservation,
-    slot_size: u64,
-    count: usize,
+/// A transfer's window: the most it may hold of the cache at once, in KiB
+/// (`maxCloudCacheUploadSize`, `maxCloudCacheDownloadSize`).
+#[derive(Debug, Clone)]
+pub(crate) struct Window {
     sem: Arc<Semaphore>,
-    free: Mutex<Vec<usize>>,
+    kib: u32,
 }
 
-impl Slots {
-    /// Cuts `reservation` into slots of `slot_size` bytes (at least one).
-    pub(crate) fn new(backing: Backing, reservation: Reservation, slot_size: u64) -> Arc<Self> {
-        let count = reservation.len().checked_div(slot_size).unwrap_or(1).max(1) as usize;
-        Arc::new(Self {
-            backing,
-            reservation,
-            slot_size,
-            count,
-            sem: Arc::new(Semaphore::new(count)),
-            free: Mutex::new((0..count).rev().collect()),
-        })
-    }
+/// KiB that hold `bytes`.
+pub(crate) fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
 
-    /// How many slots the reservation holds.
-    pub(crate) fn count(&self) -> usize {
-        self.count
-    }
-
-    /// Whether a slot is free right now.
-    pub(crate) fn available(&self) -> usize {
-        self.sem.available_permits()
-    }
-
-    fn pool(&self) -> &Arc<PoolInner> {
-        self.reservation.pool()
-    }
-
-    /// Takes a slot for `len` bytes (≤ the slot size), waiting for one to be given back.
-    pub(crate) async fn take(self: &Arc<Self>, len: usize) -> SlotBuf {
-        let permit = Arc::clone(&self.sem)
-            .acquire_owned()
-            .await
-            .expect("the slot semaphore is never closed");
-        let index = self
-            .free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .expect("a permit guarantees a free slot");
-        let data = match self.backing {
-            Backing::Memory => self.pool().take_buffer(len, self.slot_size as usize),
-            Backing::File(_) => Vec::new(),
-        };
-        self.pool().add_in_use(len as u64);
-        SlotBuf {
-            slots: Arc::clone(self),
-            index,
-            len,
-            data,
-            _permit: permit,
+impl Window {
+    pub(crate) fn new(bytes: u64) -> Self {
+        let kib = kib(bytes).max(1);
+        Self {
+            sem: Arc::new(Semaphore::new(kib as usize)),
+            kib,
         }
     }
+
+    /// A share of `bytes` if free now.
+    pub(crate) fn try_take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.sem)
+            .try_acquire_many_owned(kib(bytes).min(self.kib))
+            .ok()
+    }
+
+    /// A share of `bytes`, waiting for the transfer's own slots to come back.
+    pub(crate) async fn take(&self, bytes: u64) -> OwnedSemaphorePermit {
+        Arc::clone(&self.sem)
+            .acquire_many_owned(kib(bytes).min(self.kib))
+            .await
+            .expect("a window's semaphore is never closed")
+    }
+
+    /// The window's size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        u64::from(self.kib) * 1024
+    }
 }
 
-/// One taken slot: a part being filled or a chunk being downloaded.
-pub(crate) struct SlotBuf {
-    slots: Arc<Slots>,
-    index: usize,
+/// What a transfer stages through: the backing, its account and its window.
+#[derive(Debug, Clone)]
+pub(crate) struct Stager {
+    pub(crate) backing: Backing,
+    pub(crate) account: Arc<Account>,
+    pub(crate) window: Window,
+}
+
+impl Stager {
+    fn pool(&self) -> &Arc<PoolInner> {
+        self.account.pool()
+    }
+
+    /// A slot of `len` bytes with its window share `share` (taken by the
+    /// caller, who knows whether to wait for it), waiting for the
+    /// account's turn in the cache.
+    pub(crate) async fn slot(
+        &self,
+        len: usize,
+        share: OwnedSemaphorePermit,
+    ) -> Result<Slot, Error> {
+        let reservation = self.account.reserve(len as u64, len as u64).await?;
+        self.fill_slot(len, share, reservation)
+    }
+
+    fn fill_slot(
+        &self,
+        len: usize,
+        share: OwnedSemaphorePermit,
+        reservation: Reservation,
+    ) -> Result<Slot, Error> {
+        let (mem, generation) = match &self.backing {
+            Backing::Memory => (Some(self.pool().take_buffer(len)?), 0),
+            Backing::File(f) => (None, f.generation()),
+        };
+        self.pool().add_in_use(len as u64);
+        Ok(Slot {
+            stager: self.clone(),
+            reservation,
+            share: Some(share),
+            mem,
+            len,
+            generation,
+        })
+    }
+}
+
+/// One staged part or chunk: `len` bytes of the cache.
+pub(crate) struct Slot {
+    stager: Stager,
+    reservation: Reservation,
+    share: Option<OwnedSemaphorePermit>,
+    mem: Option<memmap2::MmapMut>,
     len: usize,
-    data: Vec<u8>,
-    _permit: OwnedSemaphorePermit,
+    /// The cache file's generation when the slot was taken (file mode).
+    generation: u64,
 }
 
-impl SlotBuf {
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("len", &self.len).finish()
+    }
+}
+
+impl Slot {
+    /// The slot's size.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     fn file_offset(&self) -> u64 {
-        self.slots.reservation.extent().start + self.index as u64 * self.slots.slot_size
+        self.reservation.extent().start
     }
 
     /// Copies `data` in at `offset` within the slot.
@@ -235,59 +367,108 @@ impl SlotBuf {
             "a write past the end of its slot ({end} > {})",
             self.len
         );
-        match &self.slots.backing {
-            Backing::Memory => {
-                self.data[offset..end].copy_from_slice(data);
+        match (&mut self.mem, &self.stager.backing) {
+            (Some(m), _) => {
+                m[offset..end].copy_from_slice(data);
                 Ok(())
             }
-            Backing::File(f) => f
-                .file
-                .write_all_at(data, self.file_offset() + offset as u64)
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Other,
-                        format!("writing the cache file {}: {e}", f.path.display()),
-                    )
-                }),
+            (None, Backing::File(f)) => f.write_at(data, self.file_offset() + offset as u64),
+            (None, Backing::Memory) => unreachable!("memory slots have a buffer"),
         }
     }
 
-    /// The first `len` bytes, without a copy; the slot is given back when the
-    /// last clone of the returned `Bytes` is dropped.
-    pub(crate) fn freeze(self, len: usize) -> Bytes {
+    /// The slot's bytes, where they are in memory (memory mode).
+    pub(crate) fn in_memory(&self) -> Option<&[u8]> {
+        self.mem.as_deref()
+    }
+
+    /// Reads `buf.len()` bytes at `offset` within the slot.
+    pub(crate) fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
+        let end = offset + buf.len();
+        assert!(end <= self.len, "a read past the end of its slot");
+        match (&self.mem, &self.stager.backing) {
+            (Some(m), _) => {
+                buf.copy_from_slice(&m[offset..end]);
+                Ok(())
+            }
+            (None, Backing::File(f)) => {
+                f.read_at(buf, self.file_offset() + offset as u64, self.generation)
+            }
+            (None, Backing::Memory) => unreachable!("memory slots have a buffer"),
+        }
+    }
+
+    /// This slot's bytes moved into a larger slot of `len` bytes, with
+    /// `share` more of the window; waits for the account's turn.
+    pub(crate) async fn grow(
+        self,
+        len: usize,
+        share: OwnedSemaphorePermit,
+        written: usize,
+    ) -> Result<Slot, Error> {
+        let reservation = self.stager.account.reserve(len as u64, len as u64).await?;
+        let mut bigger = self.stager.fill_slot(len, share, reservation)?;
+        let mut at = 0;
+        let mut buf = vec![0u8; written.min(1 << 20)];
+        while at < written {
+            let n = (written - at).min(buf.len());
+            self.read_at(at, &mut buf[..n])?;
+            bigger.write_at(at, &buf[..n])?;
+            at += n;
+        }
+        // The old slot's window share moves to the bigger one.
+        let mut old = self;
+        if let (Some(mine), Some(theirs)) = (bigger.share.as_mut(), old.share.take()) {
+            mine.merge(theirs);
+        }
+        drop(old);
+        Ok(bigger)
+    }
+
+    /// The first `len` bytes, without a copy in memory mode (read back from
+    /// the file in file mode); the slot is given back when the last clone
+    /// of the returned `Bytes` is dropped.
+    pub(crate) fn freeze(self, len: usize) -> Result<Bytes, Error> {
         assert!(len <= self.len);
-        Bytes::from_owner(Frozen { buf: self, len })
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        if self.mem.is_some() {
+            return Ok(Bytes::from_owner(Frozen { slot: self, len }));
+        }
+        let mut copy = self.stager.pool().take_buffer(len)?;
+        let read = self.read_at(0, &mut copy[..len]);
+        if let Err(e) = read {
+            self.stager.pool().give_back(copy);
+            return Err(e);
+        }
+        // The copy lives in the slot, which the cache already counts.
+        let mut slot = self;
+        slot.mem = Some(copy);
+        Ok(Bytes::from_owner(Frozen { slot, len }))
     }
 }
 
-impl Drop for SlotBuf {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.slots.pool().sub_in_use(self.len as u64);
-        if self.data.capacity() > 0 {
-            self.slots.pool().give_back(std::mem::take(&mut self.data));
+        self.stager.pool().sub_in_use(self.len as u64);
+        if let Some(m) = self.mem.take() {
+            self.stager.pool().give_back(m);
         }
-        self.slots
-            .free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(self.index);
-        // The permit is released after this, when the field drops.
+        // The reservation and the window share go after this, as fields.
     }
 }
 
 struct Frozen {
-    buf: SlotBuf,
+    slot: Slot,
     len: usize,
 }
 
 impl AsRef<[u8]> for Frozen {
     fn as_ref(&self) -> &[u8] {
-        match &self.buf.slots.backing {
-            Backing::Memory => &self.buf.data[..self.len],
-            Backing::File(f) => {
-                let start = self.buf.file_offset() as usize;
-                &f.map[start..start + self.len]
-            }
+        match &self.slot.mem {
+            Some(m) => &m[..self.len],
+            None => &[],
         }
     }
 }
