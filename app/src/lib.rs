@@ -22,7 +22,7 @@
 //! Dropping any future of the API releases its cache reservation and aborts
 //! its multipart upload in the background; a program that exits right after
 //! a cancellation waits for those aborts with
-//! [`cache::wait_for_background_aborts`].
+//! [`cache::TransferCache::settle`].
 //!
 //! ```
 //! use corral::{Corral, ErrorKind, Identity, cache::CacheConfig};
@@ -47,7 +47,7 @@ pub mod transfer;
 
 pub use sandbox::admin::{AbortWhich, MountCheck, MountInfo, PendingUploadInfo};
 pub use sandbox::service::{Corral, CorralBuilder};
-pub use sandbox::write::Writer;
+pub use sandbox::write::{WriteOptions, Writer};
 pub use sandbox::{Copied, Entry, UserSandbox};
 
 /// The conformance suite, as [`UserSandbox::conformance`] runs it.
@@ -57,6 +57,6 @@ pub use corral_domain::overwrite::OverwriteDecision;
 /// A size in bytes for people: `64 MiB`.
 pub use corral_domain::parts::human as human_size;
 pub use corral_domain::{
-    Capabilities, Error, ErrorKind, Identity, Mappings, ObjectStorage, OverwriteMode, Result,
-    VirtualPath,
+    Capabilities, Error, ErrorKind, Identity, Mappings, ObjectStorage, OverwriteMode, Resolution,
+    Result, VirtualPath,
 };

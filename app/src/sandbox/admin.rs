@@ -88,7 +88,7 @@ impl MountInfo {
             ca_path: None,
         };
         match spec {
-            ResolvedSpec::File { dir } => info.directory = Some(dir.clone()),
+            ResolvedSpec::File { dir, .. } => info.directory = Some(dir.clone()),
             ResolvedSpec::Memory { root } => info.prefix = Some(root.prefix().to_owned()),
             ResolvedSpec::S3 { spec, root } => {
                 let creds = spec.credentials.as_ref();

@@ -25,6 +25,7 @@ pub(crate) mod scoped;
 pub(crate) mod service;
 mod tree;
 pub(crate) mod write;
+pub(crate) mod writing;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -78,6 +79,9 @@ pub(crate) struct Opened {
     pub(crate) root: SandboxRoot,
     /// The backend behind the error layer: every call goes through it.
     pub(crate) storage: Arc<Scoped>,
+    /// Which store the keys are of (a directory, a bucket at an endpoint):
+    /// the same for every mount of that store, whichever user's.
+    pub(crate) store: Arc<str>,
 }
 
 impl Slot {
@@ -85,13 +89,32 @@ impl Slot {
         storage: Arc<dyn ObjectStorage>,
         root: SandboxRoot,
         point: VirtualPath,
+        store: Arc<str>,
     ) -> Self {
         Self::Open(Opened {
             storage: Arc::new(Scoped::new(storage, root.clone(), point.clone())),
             point,
             root,
+            store,
         })
     }
+}
+
+/// The store a resolved spec's keys are of, as the table of files being
+/// written names it.
+pub(crate) fn store_id(spec: &corral_domain::mapping::ResolvedSpec) -> Arc<str> {
+    use corral_domain::mapping::ResolvedSpec;
+    Arc::from(match spec {
+        ResolvedSpec::File { dir, .. } => format!("file:{dir}"),
+        ResolvedSpec::S3 { spec, .. } => format!(
+            "s3:{}:{}",
+            spec.endpoint.as_ref().map_or("aws", |u| u.as_str()),
+            spec.bucket_name
+        ),
+        ResolvedSpec::Memory { .. } => "memory".to_owned(),
+        ResolvedSpec::Custom { backend, .. } => format!("custom:{backend}"),
+        other => format!("{other:?}"),
+    })
 }
 
 impl Opened {
@@ -158,6 +181,7 @@ pub struct UserSandbox {
     view: Arc<UserView>,
     slots: Arc<Vec<Slot>>,
     cache: TransferCache,
+    writing: Arc<writing::Writing>,
 }
 
 /// What a recursive walk found below a directory.
@@ -170,11 +194,17 @@ pub(crate) struct Below {
 }
 
 impl UserSandbox {
-    pub(crate) fn new(view: UserView, slots: Vec<Slot>, cache: TransferCache) -> Self {
+    pub(crate) fn new(
+        view: UserView,
+        slots: Vec<Slot>,
+        cache: TransferCache,
+        writing: Arc<writing::Writing>,
+    ) -> Self {
         Self {
             view: Arc::new(view),
             slots: Arc::new(slots),
             cache,
+            writing,
         }
     }
 

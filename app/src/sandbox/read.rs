@@ -33,6 +33,17 @@ impl UserSandbox {
             }
             Place::Mount(t) => t,
         };
+        // A file being written exists already, with the size written so far.
+        if !t.is_mount_root()
+            && let Some(w) = self.writing.get(&t.mount.store, &t.key()?)
+        {
+            return Ok(Entry {
+                path: vp,
+                kind: EntryKind::File,
+                size: w.size,
+                modified: Some(w.modified),
+            });
+        }
         // A path that holds mount points is a directory even if its own sandbox has nothing there.
         if !self.view.mount_children(&vp).is_empty() || Self::dir_exists(&t).await? {
             return Ok(Entry {
@@ -78,6 +89,22 @@ impl UserSandbox {
         let first: Vec<Result<DirEntry, Error>> =
             rule.mount_entries().into_iter().map(Ok).collect();
         let prefix = t.root().list_prefix_for(&t.inner)?;
+        // Files being written here show as they are so far: in place of
+        // their old entry, or after the listing if they are new.
+        let writing: std::collections::BTreeMap<String, DirEntry> = self
+            .writing
+            .under(&t.mount.store, prefix.as_str())
+            .into_iter()
+            .filter_map(|(key, w)| {
+                let name = key.strip_prefix(prefix.as_str())?;
+                (!name.is_empty() && !name.contains('/')).then(|| {
+                    (
+                        name.to_owned(),
+                        DirEntry::file(name, w.size, Some(w.modified)),
+                    )
+                })
+            })
+            .collect();
         let items = t.storage().list(
             &prefix,
             ListOptions {
@@ -86,17 +113,18 @@ impl UserSandbox {
             },
         );
         let shown = vp.to_string();
-        let entries = futures::stream::unfold(Some((items, rule)), move |state| {
+        let entries = futures::stream::unfold(Some((items, rule, writing)), move |state| {
             let shown = shown.clone();
             async move {
-                let (mut items, mut rule) = state?;
+                let (mut items, mut rule, mut writing) = state?;
                 loop {
                     match items.next().await {
                         Some(Ok(item)) => {
                             let out = rule.push(&item);
                             if !out.is_empty() {
+                                let out = shown_as_written(out, &mut writing);
                                 let out = futures::stream::iter(out.into_iter().map(Ok));
-                                return Some((out.boxed(), Some((items, rule))));
+                                return Some((out.boxed(), Some((items, rule, writing))));
                             }
                         }
                         Some(Err(e)) => {
@@ -104,7 +132,9 @@ impl UserSandbox {
                         }
                         None => {
                             log_hidden(&rule, &shown);
-                            let rest = rule.finish().into_iter().map(Ok);
+                            let mut rest = shown_as_written(rule.finish(), &mut writing);
+                            rest.extend(std::mem::take(&mut writing).into_values());
+                            let rest = rest.into_iter().map(Ok);
                             return Some((futures::stream::iter(rest).boxed(), None));
                         }
                     }
@@ -129,17 +159,7 @@ impl UserSandbox {
     /// Up to `len` bytes of a file from `offset` (fewer at the end of the file).
     pub async fn read_range(&self, path: &str, offset: u64, len: usize) -> Result<Bytes, Error> {
         let mut d = self.open(path).await?;
-        let mut out = Vec::with_capacity(len.min(d.size().saturating_sub(offset) as usize));
-        let mut at = offset;
-        while out.len() < len {
-            let chunk = d.read_at(at, len - out.len()).await?;
-            if chunk.is_empty() {
-                break;
-            }
-            at += chunk.len() as u64;
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out.into())
+        Ok(d.read_full(offset, len).await?.into())
     }
 
     /// A file as an [`tokio::io::AsyncRead`], read ahead through the cache.
@@ -221,10 +241,10 @@ impl UserSandbox {
                 format!("a write task failed: {e}"),
             )),
         };
-        while let Some(chunk) = d.next_chunk().await? {
-            let (f, at, len) = (Arc::clone(&file), total, chunk.len() as u64);
-            writes
-                .spawn_blocking(move || std::os::unix::fs::FileExt::write_all_at(&*f, &chunk, at));
+        while let Some(pieces) = d.next_pieces().await? {
+            let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+            let (f, at) = (Arc::clone(&file), total);
+            writes.spawn_blocking(move || write_pieces_at(&f, &pieces, at));
             total += len;
             progress(len);
             while writes.len() >= 2 {
@@ -249,14 +269,88 @@ impl UserSandbox {
         let t = self.mount(&vp, "cannot read")?;
         if t.is_mount_root() || (!listed_file && Self::dir_exists(&t).await?) {
             return Err(
-                Error::new(ErrorKind::InvalidInput, format!("{vp} is a directory"))
+                Error::new(ErrorKind::IsADirectory, format!("{vp} is a directory"))
                     .with_path(vp.to_string()),
             );
         }
-        let mut d = self.cache.download(t.mount.port(), t.key()?).await?;
+        let key = t.key()?;
+        let mut d = match self.cache.download(t.mount.port(), key.clone()).await {
+            Ok(d) => d,
+            // Not stored yet, but being written: never half of it.
+            Err(e)
+                if e.kind() == ErrorKind::NotFound
+                    && self.writing.get(&t.mount.store, &key).is_some() =>
+            {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!("{vp} is being written; it can be read once the write completes"),
+                )
+                .with_path(vp.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
         d.set_path(vp.to_string());
         Ok(d)
     }
+}
+
+/// Writes `pieces` one after the other at `at`, as few system calls as
+/// the pieces allow (`pwritev`), without copying them together.
+fn write_pieces_at(file: &std::fs::File, pieces: &[Bytes], mut at: u64) -> std::io::Result<()> {
+    const MAX_IOV: usize = 512;
+    let mut i = 0;
+    let mut skip = 0usize; // bytes of pieces[i] already written
+    while i < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[i..]
+            .iter()
+            .take(MAX_IOV)
+            .enumerate()
+            .map(|(j, p)| std::io::IoSlice::new(if j == 0 { &p[skip..] } else { p }))
+            .collect();
+        let mut n = rustix::io::pwritev(file, &slices, at)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "the disk took no bytes",
+            ));
+        }
+        at += n as u64;
+        while n > 0 && i < pieces.len() {
+            let left = pieces[i].len() - skip;
+            if n >= left {
+                n -= left;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        while i < pieces.len() && pieces[i].len() == skip {
+            i += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
+}
+
+/// `entries`, with those being written shown as written so far (and taken
+/// out of `writing`).
+fn shown_as_written(
+    mut entries: Vec<DirEntry>,
+    writing: &mut std::collections::BTreeMap<String, DirEntry>,
+) -> Vec<DirEntry> {
+    if writing.is_empty() {
+        return entries;
+    }
+    for e in &mut entries {
+        if let Some(w) = writing.remove(&e.name)
+            && e.kind == EntryKind::File
+        {
+            *e = w;
+        }
+    }
+    entries
 }
 
 /// Says what a listing hid: keys a user could not have named (a warning:

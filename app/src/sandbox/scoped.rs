@@ -17,7 +17,7 @@ use bytes::Bytes;
 use corral_domain::key::KeyClass;
 use corral_domain::port::{
     ByteRange, CompletedPart, GetResult, ListOptions, ListStream, ObjectMeta, PendingUpload,
-    PutMode, PutResult, UploadId,
+    PutMode, PutOptions, PutResult, UploadId,
 };
 use corral_domain::{
     Capabilities, Error, ObjectKey, ObjectStorage, Result, SandboxRoot, VirtualPath,
@@ -78,6 +78,9 @@ impl Scoped {
     }
 }
 
+// A forwarder that forgot a method would fall back to the trait's default
+// and bypass the error mapping (or the backend's own implementation).
+#[deny(clippy::missing_trait_methods)]
 #[async_trait]
 impl ObjectStorage for Scoped {
     fn capabilities(&self) -> &Capabilities {
@@ -103,6 +106,25 @@ impl ObjectStorage for Scoped {
     async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
         self.inner
             .put(key, data, mode)
+            .await
+            .map_err(|e| self.user_error(e))
+    }
+
+    async fn put_with(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        options: PutOptions,
+    ) -> Result<PutResult> {
+        self.inner
+            .put_with(key, data, options)
+            .await
+            .map_err(|e| self.user_error(e))
+    }
+
+    async fn set_modified(&self, key: &ObjectKey, modified: std::time::SystemTime) -> Result<()> {
+        self.inner
+            .set_modified(key, modified)
             .await
             .map_err(|e| self.user_error(e))
     }
@@ -169,6 +191,21 @@ impl ObjectStorage for Scoped {
     ) -> Result<CompletedPart> {
         self.inner
             .upload_part(key, upload, number, data)
+            .await
+            .map_err(|e| self.user_error(e))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &ObjectKey,
+        upload: &UploadId,
+        number: u32,
+        source: &ObjectKey,
+        range: std::ops::Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<CompletedPart> {
+        self.inner
+            .upload_part_copy(key, upload, number, source, range, if_match)
             .await
             .map_err(|e| self.user_error(e))
     }

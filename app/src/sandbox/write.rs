@@ -2,6 +2,7 @@
 //! overwrite decision of the domain, and directories.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use corral_domain::overwrite::{
@@ -11,8 +12,30 @@ use corral_domain::port::{CompletedPart, PutMode, UploadId};
 use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage, OverwriteMode};
 use futures::StreamExt;
 
+use super::writing::WriteGuard;
 use super::{UserSandbox, parse};
-use crate::cache::Upload;
+use crate::cache::{Base, Upload};
+
+/// How [`UserSandbox::create_with`] opens a file for writing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// The file's size, if known: checked against the sandbox's limit
+    /// before any byte moves, and it sets the part plan.
+    pub size: Option<u64>,
+    /// The overwrite mode asked for (the backend's own when `None` or
+    /// when the request is ignored).
+    pub overwrite: Option<OverwriteMode>,
+    /// Create-if-absent: fail with [`ErrorKind::AlreadyExists`] if the path
+    /// exists or is being written. Exclusive within the process; on the
+    /// backend, a one-part file is stored with `If-None-Match: *` where the
+    /// backend declares conditional create.
+    pub if_not_exists: bool,
+    /// The file must exist already ([`ErrorKind::NotFound`] otherwise).
+    pub must_exist: bool,
+    /// Keep the bytes of an existing file that are not written (a file
+    /// opened without truncation): the write goes in place, over it.
+    pub keep_existing: bool,
+}
 
 /// A write in progress; see [`UserSandbox::create`].
 #[derive(Debug)]
@@ -22,6 +45,8 @@ pub struct Writer {
     finish: Finish,
     /// The user's path, named in errors instead of the bucket key.
     path: String,
+    /// The file as other readers of the process see it until it completes.
+    shown: WriteGuard,
 }
 
 #[derive(Debug)]
@@ -59,13 +84,27 @@ impl Writer {
     /// Writes bytes at an offset (any order, each byte once).
     pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         let r = self.upload.write_at(offset, data).await;
+        self.shown.state().set_size(self.upload.size());
         r.map_err(|e| e.with_path(self.path.clone()))
     }
 
     /// Writes after what was written so far.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         let r = self.upload.write(data).await;
+        self.shown.state().set_size(self.upload.size());
         r.map_err(|e| e.with_path(self.path.clone()))
+    }
+
+    /// The file's size so far (the highest byte written, or the old file's
+    /// size if larger when writing over it).
+    pub fn size(&self) -> u64 {
+        self.upload.size()
+    }
+
+    /// The modification time to keep with the file when it completes
+    /// (as a client sets it), where the backend keeps one.
+    pub fn set_modified(&mut self, modified: SystemTime) {
+        self.upload.set_modified(modified);
     }
 
     /// Gives the write up because of `cause`: aborts the upload now (rather
@@ -82,6 +121,8 @@ impl Writer {
     }
 
     async fn finish_inner(self) -> Result<OverwriteDecision, Error> {
+        // Shown until here, then the object itself is.
+        let _shown = self.shown;
         self.upload.finish().await?;
         if let Finish::PartFile {
             storage,
@@ -157,39 +198,97 @@ impl UserSandbox {
         size: Option<u64>,
         mode: Option<OverwriteMode>,
     ) -> Result<Writer, Error> {
-        self.create_checked(path, size, mode, false).await
+        let options = WriteOptions {
+            size,
+            overwrite: mode,
+            ..WriteOptions::default()
+        };
+        self.create_checked(path, options, false).await
     }
 
-    /// [`Self::create`]; `listed_not_dir`: the caller listed the parent (a
-    /// tree copy lists each directory once) and saw no directory of this
+    /// Starts writing `path` as `options` say. The file shows to `stat` and
+    /// listings of this process from now on, with the size written so far;
+    /// its content replaces the old one only when [`Writer::finish`] completes.
+    pub async fn create_with(&self, path: &str, options: WriteOptions) -> Result<Writer, Error> {
+        self.create_checked(path, options, false).await
+    }
+
+    /// [`Self::create_with`]; `listed_not_dir`: the caller listed the parent
+    /// (a tree copy lists each directory once) and saw no directory of this
     /// name, so the per-file lookup is saved.
     pub(crate) async fn create_checked(
         &self,
         path: &str,
-        size: Option<u64>,
-        mode: Option<OverwriteMode>,
+        options: WriteOptions,
         listed_not_dir: bool,
     ) -> Result<Writer, Error> {
         let vp = parse(path)?;
         let t = self.mount(&vp, "cannot write")?;
         if t.is_mount_root() || (!listed_not_dir && Self::dir_exists(&t).await?) {
             return Err(
-                Error::new(ErrorKind::AlreadyExists, format!("{vp} is a directory"))
+                Error::new(ErrorKind::IsADirectory, format!("{vp} is a directory"))
                     .with_path(vp.to_string()),
             );
         }
-        let decision = t.caps().decide(mode);
         let key = t.key()?;
-        let existing = if !decision.effective.needs_existing_size() {
+        let backend = &t.mount.store;
+        // In the table first: an exclusive create racing with another one
+        // of this process loses here, before any request.
+        let Some(shown) = self.writing.begin(backend, &key, options.if_not_exists) else {
+            return Err(already_exists(&vp));
+        };
+        let wants_existing = options.if_not_exists || options.must_exist || options.keep_existing;
+        let existing = if !wants_existing {
             None
         } else {
             match t.storage().head(&key).await {
-                Ok(m) => Some(m.size),
+                Ok(m) => Some(m),
                 Err(e) if e.kind() == ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
             }
         };
-        let plan = decision.effective.plan(existing, size);
+        if options.if_not_exists && existing.is_some() {
+            return Err(already_exists(&vp));
+        }
+        if options.must_exist && existing.is_none() {
+            return Err(Error::not_found(format!("{vp} does not exist")).with_path(vp.to_string()));
+        }
+        if options.keep_existing
+            && let Some(meta) = existing.clone().filter(|m| m.size > 0)
+        {
+            // In place, over the old bytes: whatever the overwrite mode, the
+            // file is one file being changed, not a new one replacing it.
+            let base = Base {
+                key: key.clone(),
+                size: meta.size,
+                etag: meta.etag,
+            };
+            let upload = self.cache.upload_over(t.mount.port(), key, base).await?;
+            let writer = Writer {
+                upload,
+                decision: t.caps().decide(None),
+                finish: Finish::Direct,
+                path: vp.to_string(),
+                shown,
+            };
+            writer.shown.state().set_size(writer.upload.size());
+            return Ok(writer);
+        }
+        let decision = t.caps().decide(options.overwrite);
+        let existing_size = match (
+            &existing,
+            decision.effective.needs_existing_size(),
+            wants_existing,
+        ) {
+            (Some(m), _, _) => Some(m.size),
+            (None, true, false) => match t.storage().head(&key).await {
+                Ok(m) => Some(m.size),
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            },
+            _ => None,
+        };
+        let plan = decision.effective.plan(existing_size, options.size);
         let (write_key, finish) = match plan {
             WritePlan::Refuse(reason) => {
                 let why = match reason {
@@ -232,12 +331,19 @@ impl UserSandbox {
                 )
             }
         };
-        let upload = self.cache.upload(t.mount.port(), write_key, size).await?;
+        let mut upload = self
+            .cache
+            .upload(t.mount.port(), write_key, options.size)
+            .await?;
+        if options.if_not_exists && t.caps().conditional_create {
+            upload.set_put_mode(PutMode::Create);
+        }
         Ok(Writer {
             upload,
             decision,
             finish,
             path: vp.to_string(),
+            shown,
         })
     }
 
@@ -260,16 +366,59 @@ impl UserSandbox {
                 t.caps().name
             )));
         }
+        let key = t.key()?;
+        let shown = self
+            .writing
+            .begin(&t.mount.store, &key, false)
+            .expect("not exclusive");
         let upload = self
             .cache
-            .resume_upload(t.mount.port(), t.key()?, size, part_size, upload, parts)
+            .resume_upload(t.mount.port(), key, size, part_size, upload, parts)
             .await?;
         Ok(Writer {
             upload,
             decision: t.caps().decide(None),
             finish: Finish::Direct,
             path: vp.to_string(),
+            shown,
         })
+    }
+
+    /// Sets the modification time of a file or directory as a client sets
+    /// it (`touch -m`, `rclone`, `scp -p`), where the backend keeps one:
+    /// [`ErrorKind::Unsupported`] where it does not (Memory). S3 keeps it in
+    /// the object's `mtime` metadata, as rclone does, by copying the object
+    /// onto itself; a directory that is only a prefix keeps none.
+    pub async fn set_modified(&self, path: &str, modified: SystemTime) -> Result<(), Error> {
+        let vp = parse(path)?;
+        let t = self.mount(&vp, "cannot change")?;
+        if !t.caps().set_modified {
+            return Err(Error::unsupported(format!(
+                "the {} backend keeps no modification times",
+                t.caps().name
+            ))
+            .with_path(vp.to_string()));
+        }
+        if t.is_mount_root() || Self::dir_exists(&t).await? {
+            let Some(marker) = t.root().dir_marker_for(&t.inner)? else {
+                return Ok(());
+            };
+            return match t.storage().set_modified(&marker, modified).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
+        }
+        let key = t.key()?;
+        match t.storage().set_modified(&key, modified).await {
+            // Being written: not stored yet; its writer keeps its own time.
+            Err(e)
+                if e.kind() == ErrorKind::NotFound
+                    && self.writing.get(&t.mount.store, &key).is_some() =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Writes a whole file from memory.
@@ -300,7 +449,8 @@ impl UserSandbox {
             );
         }
         let key = t.key()?;
-        if t.storage().head(&key).await.is_ok() {
+        if self.writing.get(&t.mount.store, &key).is_some() || t.storage().head(&key).await.is_ok()
+        {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 format!("{vp} exists and is a file"),
@@ -321,7 +471,7 @@ impl UserSandbox {
             }
             if !parents {
                 return Err(Error::not_found(format!(
-                    "the parent directory {} does not exist (create it first, or ask for the parents to be created too)",
+                    "the parent directory {} does not exist",
                     at.path
                 ))
                 .with_path(vp.to_string())
@@ -341,4 +491,8 @@ impl UserSandbox {
         }
         Ok(())
     }
+}
+
+fn already_exists(vp: &corral_domain::VirtualPath) -> Error {
+    Error::new(ErrorKind::AlreadyExists, format!("{vp} already exists")).with_path(vp.to_string())
 }

@@ -200,7 +200,15 @@ async fn journaled_writer(
         }
         None => {
             let mut w = sb
-                .create_checked(target, Some(size), mode, listed_not_dir)
+                .create_checked(
+                    target,
+                    crate::sandbox::write::WriteOptions {
+                        size: Some(size),
+                        overwrite: mode,
+                        ..Default::default()
+                    },
+                    listed_not_dir,
+                )
                 .await?;
             let notice = w.decision().notice();
             let entry = JournalEntry {
@@ -239,7 +247,15 @@ pub(super) async fn upload_file(
     let (mut writer, notice, guard) = match journal.filter(|_| resumable) {
         None => {
             let w = sb
-                .create_checked(target, Some(size), mode, listed_not_dir)
+                .create_checked(
+                    target,
+                    crate::sandbox::write::WriteOptions {
+                        size: Some(size),
+                        overwrite: mode,
+                        ..Default::default()
+                    },
+                    listed_not_dir,
+                )
                 .await?;
             let notice = w.decision().notice();
             (w, notice, None)
