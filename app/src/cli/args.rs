@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use corral::OverwriteMode;
 use corral::transfer::Location;
 
@@ -28,6 +28,71 @@ pub(crate) struct Cli {
     pub(crate) global: Global,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// The command's options that mean nothing to a server: hidden from the
+/// servers' help, and refused when given to a server.
+const NOT_FOR_SERVERS: [&str; 5] = ["user", "domain", "full_name", "state_dir", "json"];
+
+impl Cli {
+    /// Parses the command line, or exits with clap's message. A server's
+    /// help shows only what a server uses, and the command's options that
+    /// mean nothing to a server are refused when given to one.
+    pub(crate) fn parse_checked() -> Self {
+        let mut cmd = Self::command();
+        let matches = match cmd.try_get_matches_from_mut(std::env::args_os()) {
+            Ok(m) => m,
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp && server_help() => {
+                // Hidden on a built copy, used for the help only (a built
+                // command changed afterwards no longer parses right).
+                let mut shown = Self::command();
+                shown.build();
+                let shown = shown.mut_subcommand("serve", |serve| {
+                    serve.mut_subcommand("sftp", |mut sftp| {
+                        for id in NOT_FOR_SERVERS {
+                            sftp = sftp.mut_arg(id, |a| a.hide(true));
+                        }
+                        sftp
+                    })
+                });
+                if let Some(mut sftp) = shown
+                    .find_subcommand("serve")
+                    .and_then(|s| s.find_subcommand("sftp"))
+                    .cloned()
+                {
+                    let _ = sftp.print_help();
+                    std::process::exit(0);
+                }
+                e.exit()
+            }
+            Err(e) => e.exit(),
+        };
+        if let Some(("serve", serve)) = matches.subcommand()
+            && let Some((_, server)) = serve.subcommand()
+            && let Some(id) = NOT_FOR_SERVERS
+                .iter()
+                .find(|id| server.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        {
+            cmd.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--{} means nothing to a server: it takes its users from --users (with their %d and %f values)",
+                    id.replace('_', "-")
+                ),
+            )
+            .exit();
+        }
+        match Self::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.format(&mut cmd).exit(),
+        }
+    }
+}
+
+/// Whether the command line asks for the help of `serve sftp`.
+fn server_help() -> bool {
+    let words: Vec<String> = std::env::args().collect();
+    words.iter().any(|w| w == "serve") && words.iter().any(|w| w == "sftp")
 }
 
 /// A size: bytes, or a number with a unit (64MiB, 1GiB, 500MB).
@@ -90,6 +155,10 @@ pub(crate) struct CacheFlags {
     /// Stage transfers in this file (on fast local storage) instead of memory.
     #[arg(long, global = true, value_name = "PATH")]
     pub(crate) cloud_cache_file: Option<PathBuf>,
+    /// The most one user holds of the cache at once (e.g. 256MiB; default:
+    /// the whole cache for the command, a quarter of it for a server).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = size)]
+    pub(crate) max_cloud_cache_per_user: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,9 +278,11 @@ pub(crate) struct SftpArgs {
     /// Where to listen.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2222")]
     pub(crate) listen: std::net::SocketAddr,
-    /// The ed25519 host key (made, with mode 0600, if missing).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) host_key: PathBuf,
+    /// A host key (made, with mode 0600, if missing: ECDSA P-256 if its
+    /// name holds `ecdsa`, else ed25519). Repeatable; with one ed25519 key,
+    /// an ECDSA key is kept beside it (`host_ed25519` → `host_ecdsa`).
+    #[arg(long, value_name = "FILE", required = true)]
+    pub(crate) host_key: Vec<PathBuf>,
     /// The users file (JSON: password hashes, authorized keys, %d and %f).
     #[arg(long, value_name = "FILE")]
     pub(crate) users: PathBuf,
@@ -245,6 +316,15 @@ pub(crate) struct SftpArgs {
     /// SETSTAT and FSETSTAT requests.
     #[arg(long, value_enum, default_value = "ignore")]
     pub(crate) setstat: SetStat,
+    /// Multipart uploads pending under the mappings for longer than this
+    /// (left by a killed process, this server's or another tool's) are
+    /// aborted: at start, then every quarter of it (at most hourly).
+    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub(crate) partial_retention: Duration,
+    /// What the log shows (error, warn, info, debug, trace; or a RUST_LOG
+    /// filter). Default: info, or RUST_LOG.
+    #[arg(long, value_name = "LEVEL")]
+    pub(crate) log_level: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

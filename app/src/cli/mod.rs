@@ -12,21 +12,24 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use corral::cache::{CacheConfig, wait_for_background_aborts};
+use corral::cache::{CacheConfig, TransferCache};
 use corral::config::{ConfigFile, DEFAULT_SANDBOX_DIR};
 use corral::{Corral, Error, ErrorKind, Identity};
 
 use args::{Cli, Command, Global, ServeCommand};
 use output::Failure;
 
+/// The command's transfer cache, once opened: its background aborts are
+/// waited for before the process exits.
+static CACHE: std::sync::OnceLock<TransferCache> = std::sync::OnceLock::new();
+
 /// The exit code of an error (see the help's list).
 fn exit_code(e: &Error) -> u8 {
     match e.kind() {
         ErrorKind::NotFound => 3,
         ErrorKind::PermissionDenied | ErrorKind::Unauthenticated | ErrorKind::EscapesSandbox => 4,
-        ErrorKind::AlreadyExists | ErrorKind::Conflict => 5,
-        ErrorKind::InvalidInput => 2,
+        ErrorKind::AlreadyExists | ErrorKind::Conflict | ErrorKind::DirectoryNotEmpty => 5,
+        ErrorKind::InvalidInput | ErrorKind::IsADirectory | ErrorKind::NotADirectory => 2,
         _ => 1,
     }
 }
@@ -38,6 +41,7 @@ fn advice(e: &Error) -> Option<&'static str> {
         "maxCloudCacheUploadSize" => "--max-cloud-cache-upload-size",
         "maxCloudCacheDownloadSize" => "--max-cloud-cache-download-size",
         "cloudCacheFile" => "--cloud-cache-file",
+        "maxCloudCachePerUser" => "--max-cloud-cache-per-user",
         "recursive" => "-r",
         "parents" => "-p",
         _ => return None,
@@ -47,12 +51,23 @@ fn advice(e: &Error) -> Option<&'static str> {
 /// The command's entry point.
 #[allow(clippy::print_stderr)] // Errors and notices go to stderr.
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
+    // A server logs at info by default (where it listens, its host keys,
+    // one line per transfer); the command warnings only.
+    let filter = match &cli.command {
+        Command::Serve(ServeCommand::Sftp(a)) => match &a.log_level {
+            Some(level) => tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
+                eprintln!("corral: --log-level {level:?}: {e}; using info");
+                tracing_subscriber::EnvFilter::new("info")
+            }),
+            None => tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        },
+        _ => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
@@ -73,7 +88,10 @@ pub(crate) fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => Err(Error::new(ErrorKind::Cancelled, "interrupted").into()),
         };
         // Uploads dropped unfinished (an error, Ctrl-C) abort in the background: wait for them.
-        let late = wait_for_background_aborts(Duration::from_secs(10)).await;
+        let late = match CACHE.get() {
+            Some(cache) => cache.settle(Duration::from_secs(10)).await,
+            None => 0,
+        };
         if late > 0 {
             eprintln!("corral: {late} multipart uploads could not be aborted in time; a bucket lifecycle rule for incomplete uploads removes them");
         }
@@ -112,13 +130,22 @@ fn passwd() -> output::Outcome {
         None
     };
     let mut line = String::new();
-    let read = stdin.lock().read_line(&mut line);
+    let mut again = String::new();
+    let mut read = stdin.lock().read_line(&mut line);
+    if terminal && read.is_ok() {
+        // On a terminal, twice: a typo would lock the user out.
+        eprint!("\nagain: ");
+        read = stdin.lock().read_line(&mut again);
+    }
     if let Some(t) = saved {
         let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
         eprintln!();
     }
     read.map_err(|e| Error::new(ErrorKind::Other, format!("reading the password: {e}")))?;
     let password = line.trim_end_matches(['\r', '\n']);
+    if terminal && again.trim_end_matches(['\r', '\n']) != password {
+        return Err(Error::invalid_input("the two passwords differ; nothing was printed").into());
+    }
     if password.is_empty() {
         return Err(Error::invalid_input("an empty password is refused").into());
     }
@@ -156,6 +183,9 @@ fn cache_config(g: &Global, config: &ConfigFile) -> Result<CacheConfig, Error> {
     if let Some(p) = &f.cloud_cache_file {
         c.file = Some(p.clone());
     }
+    if let Some(n) = f.max_cloud_cache_per_user {
+        c.per_user = Some(n);
+    }
     Ok(c)
 }
 
@@ -173,11 +203,17 @@ async fn run(cli: Cli) -> output::Outcome {
             };
             let options = crate::sftp::Options {
                 listen: a.listen,
-                host_key: a.host_key.clone(),
+                host_keys: a.host_key.clone(),
                 users: a.users.clone(),
                 config: g.config.clone(),
                 cache: CacheConfig {
                     wait: a.cache_wait,
+                    // One user never holds the whole cache of a server.
+                    per_user: Some(
+                        cache
+                            .per_user
+                            .unwrap_or_else(|| cache.server_default_per_user()),
+                    ),
                     ..cache
                 },
                 metrics: a.metrics,
@@ -189,6 +225,7 @@ async fn run(cli: Cli) -> output::Outcome {
                 max_handles: a.max_handles,
                 overwrite: a.overwrite,
                 refuse_setstat: a.setstat == args::SetStat::Refuse,
+                partial_retention: a.partial_retention,
             };
             return Ok(crate::sftp::serve(options).await?);
         }
@@ -199,6 +236,7 @@ async fn run(cli: Cli) -> output::Outcome {
         None => ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,
     };
     let corral = Corral::new(config.mappings.clone(), cache_config(g, &config)?)?;
+    let _ = CACHE.set(corral.cache().clone());
     let sb = corral.sandbox(&identity(g))?;
     commands::run(&sb, g, cli.command).await
 }

@@ -1,30 +1,31 @@
 //! SFTP requests as library calls on one user's sandbox.
 //!
-//! Paths are normalized once, here at the edge: `\` becomes `/` (as Windows
-//! clients mean it) and the domain's path type does the rest, so `..` never
-//! climbs above the user's root. Every rule is the library's; this module
-//! only translates requests and answers.
+//! Paths are parsed once, here at the edge, by the domain's rules with the
+//! chroot resolution ([`Resolution::Chroot`]): `/..` is `/`, as OpenSSH's
+//! chrooted server has it, and nothing climbs above the user's root. A
+//! backslash is an ordinary character, as everywhere in corral. Every rule
+//! is the library's; this module only translates requests and answers.
 //!
 //! | request | what it does |
 //! |---|---|
-//! | OPEN for reading | [`UserSandbox::open`]: a sequential read-ahead through the download cache; a READ elsewhere restarts it |
-//! | OPEN for writing (`WRITE`, with `CREATE`, `TRUNCATE`) | [`UserSandbox::create`]: writes in any order, each byte once; the overwrite mode the domain decides; `EXCL` is create-if-absent |
-//! | OPEN with `READ\|WRITE` or `APPEND` | refused: `OP_UNSUPPORTED` |
+//! | OPEN for reading | [`UserSandbox::open`]: a read-ahead through the download cache, taking room as it reads |
+//! | OPEN for writing | [`UserSandbox::create_with`]: `TRUNC` replaces the file; without it the bytes not written stay; `APPEND` writes at the end; `EXCL` is create-if-absent; without `CREAT` the file must exist. The file exists for `stat` and listings from now on |
 //! | CLOSE | completes an upload: its failure is the answer |
 //! | OPENDIR, READDIR | the listing, streamed a page at a time |
 //! | STAT, LSTAT, FSTAT | what `stat` says (no link is ever shown) |
-//! | SETSTAT, FSETSTAT | accepted and ignored (logged), or refused with `--setstat refuse` |
+//! | SETSTAT, FSETSTAT | the modification time is kept (where the backend keeps one); other attributes are accepted and ignored, or refused with `--setstat refuse` |
 //! | MKDIR, RMDIR, REMOVE, RENAME, `posix-rename@openssh.com` | the library's `mkdir`, `remove`, `rename` |
 //! | REALPATH, `limits@openssh.com` | answered here |
 //! | READLINK, SYMLINK | refused: `OP_UNSUPPORTED` |
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use corral::cache::Download;
 use corral::{
-    DirEntry, Entry, EntryKind, Error, ErrorKind, OverwriteMode, UserSandbox, VirtualPath, Writer,
+    DirEntry, Entry, EntryKind, Error, ErrorKind, OverwriteMode, Resolution, UserSandbox,
+    VirtualPath, WriteOptions, Writer,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -34,6 +35,7 @@ use russh_sftp::protocol::{
 };
 
 use super::metrics::{Metrics, Outcome, Transfer};
+use super::request::HandleRequest;
 
 /// The most data one READ returns, and one WRITE may carry (what
 /// `limits@openssh.com` says).
@@ -52,22 +54,27 @@ pub(crate) struct Fs {
     pub(crate) refuse_setstat: bool,
     pub(crate) max_handles: u64,
     pub(crate) metrics: Arc<Metrics>,
+    /// The time shown for directories whose backend keeps none.
+    pub(crate) epoch: SystemTime,
 }
 
 /// An open handle.
 pub(crate) enum Open {
     Read {
         path: String,
-        download: Download,
+        download: Box<Download>,
         started: Instant,
         bytes: u64,
     },
     Write {
         path: String,
-        writer: Option<Writer>,
+        writer: Option<Box<Writer>>,
+        /// Opened with APPEND: every write goes at the end.
+        append: bool,
         started: Instant,
-        end: u64,
-        failed: Option<String>,
+        /// Bytes the client sent.
+        sent: u64,
+        failed: Option<Error>,
     },
     Dir {
         entries: BoxStream<'static, Result<DirEntry, Error>>,
@@ -75,21 +82,70 @@ pub(crate) enum Open {
     },
 }
 
-/// The status an error answers with.
+impl Open {
+    /// The path a file was opened on (none for a directory).
+    pub(crate) fn path(&self) -> Option<&str> {
+        match self {
+            Self::Read { path, .. } | Self::Write { path, .. } => Some(path),
+            Self::Dir { .. } => None,
+        }
+    }
+}
+
+/// What a client is told of an error: the library's message where it is
+/// about the client's request; a plain sentence where the cause is the
+/// server's (its storage, its settings, its cache), whose detail goes to
+/// the operator's log. Never a setting, a flag or an OS error number.
+pub(crate) fn client_message(e: &Error) -> String {
+    let path = e.path().filter(|p| p.starts_with('/'));
+    let at = |s: &str| match path {
+        Some(p) => format!("{p}: {s}"),
+        None => s.to_owned(),
+    };
+    match e.kind() {
+        ErrorKind::Cancelled => at("the server is busy: try again in a moment"),
+        ErrorKind::Unavailable | ErrorKind::Unauthenticated | ErrorKind::InvalidResponse => {
+            at("the server's storage did not answer as it should: try again later")
+        }
+        ErrorKind::Other => at("the request failed on the server"),
+        _ if e
+            .setting()
+            .is_some_and(|s| s != "parents" && s != "recursive") =>
+        {
+            at("the server's transfer settings do not allow this")
+        }
+        _ => strip_os_error(&e.to_string()),
+    }
+}
+
+/// `s` without the ` (os error N)` the system's messages end with.
+fn strip_os_error(s: &str) -> String {
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_owned(),
+        _ => s.to_owned(),
+    }
+}
+
+/// The status an error answers with; the operator's log gets the detail.
 pub(crate) fn status(id: u32, e: &Error) -> Packet {
     let code = match e.kind() {
         ErrorKind::NotFound => StatusCode::NoSuchFile,
-        ErrorKind::PermissionDenied | ErrorKind::EscapesSandbox | ErrorKind::Unauthenticated => {
-            StatusCode::PermissionDenied
-        }
+        ErrorKind::PermissionDenied | ErrorKind::EscapesSandbox => StatusCode::PermissionDenied,
         ErrorKind::Unsupported => StatusCode::OpUnsupported,
         _ => StatusCode::Failure,
     };
-    tracing::debug!(id, error = %e, "request failed");
+    match e.kind() {
+        ErrorKind::Cancelled
+        | ErrorKind::Unavailable
+        | ErrorKind::Unauthenticated
+        | ErrorKind::InvalidResponse
+        | ErrorKind::Other => tracing::warn!(id, error = %e, "request failed on the server's side"),
+        _ => tracing::debug!(id, error = %e, "request failed"),
+    }
     Packet::Status(Status {
         id,
         status_code: code,
-        error_message: e.to_string(),
+        error_message: client_message(e),
         language_tag: "en-US".to_owned(),
     })
 }
@@ -111,12 +167,17 @@ pub(crate) fn code(id: u32, status_code: StatusCode, message: &str) -> Packet {
     })
 }
 
-/// A client's path, normalized: `\` as `/`, then the domain's rules.
+/// An answer's bytes on the wire.
+pub(crate) fn encode(p: Packet) -> Result<Bytes, String> {
+    Bytes::try_from(p).map_err(|e| e.to_string())
+}
+
+/// A client's path, parsed once: the domain's rules, `..` at the root
+/// staying at the root.
 pub(crate) fn path(raw: &str) -> Result<String, Error> {
-    let raw = raw.replace('\\', "/");
-    VirtualPath::parse(&raw)
+    VirtualPath::parse_with(raw, Resolution::Chroot)
         .map(|p| p.to_string())
-        .map_err(|e| Error::from(e).with_path(raw))
+        .map_err(|e| Error::from(e).with_path(raw.to_owned()))
 }
 
 fn secs(t: Option<SystemTime>) -> Option<u32> {
@@ -124,25 +185,32 @@ fn secs(t: Option<SystemTime>) -> Option<u32> {
         .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
-fn attrs(kind: EntryKind, size: u64, modified: Option<SystemTime>) -> FileAttributes {
-    let dir = kind == EntryKind::Directory;
-    FileAttributes {
-        size: Some(size),
-        uid: Some(0),
-        gid: Some(0),
-        user: None,
-        group: None,
-        permissions: Some(if dir { 0o040_755 } else { 0o100_644 }),
-        atime: secs(modified),
-        mtime: secs(modified),
-    }
-}
-
-fn entry_attrs(e: &Entry) -> FileAttributes {
-    attrs(e.kind, e.size, e.modified)
+/// The time a client set, if it set one.
+fn requested_mtime(a: &FileAttributes) -> Option<SystemTime> {
+    a.mtime
+        .map(|s| UNIX_EPOCH + Duration::from_secs(u64::from(s)))
 }
 
 impl Fs {
+    fn attrs(&self, kind: EntryKind, size: u64, modified: Option<SystemTime>) -> FileAttributes {
+        let dir = kind == EntryKind::Directory;
+        let modified = modified.or(dir.then_some(self.epoch));
+        FileAttributes {
+            size: Some(size),
+            uid: Some(0),
+            gid: Some(0),
+            user: None,
+            group: None,
+            permissions: Some(if dir { 0o040_755 } else { 0o100_644 }),
+            atime: secs(modified),
+            mtime: secs(modified),
+        }
+    }
+
+    fn entry_attrs(&self, e: &Entry) -> FileAttributes {
+        self.attrs(e.kind, e.size, e.modified)
+    }
+
     /// The answer to INIT: version 3 and the extensions served.
     pub(crate) fn version() -> Packet {
         let mut v = Version::new();
@@ -163,22 +231,10 @@ impl Fs {
         attrs: &FileAttributes,
     ) -> Result<Open, Error> {
         let p = path(filename)?;
-        if flags.contains(OpenFlags::APPEND) {
-            return Err(Error::unsupported(format!(
-                "{p}: appending is not supported: a file is written whole, then replaces the old one"
-            )));
-        }
-        let (read, write) = (
-            flags.contains(OpenFlags::READ),
-            flags.contains(OpenFlags::WRITE),
-        );
-        if read && write {
-            return Err(Error::unsupported(format!(
-                "{p}: opening for reading and writing at once is not supported: read it, or write it whole"
-            )));
-        }
+        let append = flags.contains(OpenFlags::APPEND);
+        let write = flags.contains(OpenFlags::WRITE) || append;
         if !write {
-            let download = self.sb.open(&p).await?;
+            let download = Box::new(self.sb.open(&p).await?);
             return Ok(Open::Read {
                 path: p,
                 download,
@@ -186,34 +242,27 @@ impl Fs {
                 bytes: 0,
             });
         }
-        let exists = match self.sb.stat(&p).await {
-            Ok(e) if e.kind == EntryKind::Directory => {
-                return Err(
-                    Error::new(ErrorKind::AlreadyExists, format!("{p} is a directory"))
-                        .with_path(p),
-                );
-            }
-            Ok(_) => true,
-            Err(e) if e.kind() == ErrorKind::NotFound => false,
-            Err(e) => return Err(e),
+        let truncate = flags.contains(OpenFlags::TRUNCATE);
+        let options = WriteOptions {
+            size: None,
+            overwrite: self.overwrite,
+            if_not_exists: flags.contains(OpenFlags::CREATE) && flags.contains(OpenFlags::EXCLUDE),
+            must_exist: !flags.contains(OpenFlags::CREATE),
+            keep_existing: !truncate,
         };
-        if exists && flags.contains(OpenFlags::EXCLUDE) {
-            return Err(
-                Error::new(ErrorKind::AlreadyExists, format!("{p} already exists")).with_path(p),
-            );
-        }
-        if !exists && !flags.contains(OpenFlags::CREATE) {
-            return Err(Error::not_found(format!("{p} does not exist")).with_path(p));
-        }
-        let writer = self.sb.create(&p, attrs.size, self.overwrite).await?;
+        let mut writer = self.sb.create_with(&p, options).await?;
         if let Some(notice) = writer.decision().notice() {
             tracing::debug!(user = %self.user, path = %p, "{notice}");
         }
+        if let Some(t) = requested_mtime(attrs) {
+            writer.set_modified(t);
+        }
         Ok(Open::Write {
             path: p,
-            writer: Some(writer),
+            writer: Some(Box::new(writer)),
+            append,
             started: Instant::now(),
-            end: 0,
+            sent: 0,
             failed: None,
         })
     }
@@ -224,7 +273,8 @@ impl Fs {
         let e = self.sb.stat(&p).await?;
         if e.kind != EntryKind::Directory {
             return Err(
-                Error::new(ErrorKind::InvalidInput, format!("{p} is not a directory")).with_path(p),
+                Error::new(ErrorKind::NotADirectory, format!("{p} is not a directory"))
+                    .with_path(p),
             );
         }
         Ok(Open::Dir {
@@ -233,83 +283,113 @@ impl Fs {
         })
     }
 
-    /// A request on an open handle (READ, WRITE, FSTAT, FSETSTAT, READDIR).
-    pub(crate) async fn on_handle(&self, open: &mut Open, request: Packet) -> Packet {
-        let id = request.get_request_id();
+    /// READ: whole answers but at the end of the file (clients that write
+    /// in place, such as scp, take a short read in the middle for a hole).
+    pub(crate) async fn read(&self, open: &mut Open, id: u32, offset: u64, len: u32) -> Packet {
+        let Open::Read {
+            download, bytes, ..
+        } = open
+        else {
+            return code(
+                id,
+                StatusCode::OpUnsupported,
+                "this handle is not open for reading: read the file once it is closed",
+            );
+        };
+        let data = match download.read_full(offset, len.min(MAX_DATA) as usize).await {
+            Ok(d) => d,
+            Err(e) => return status(id, &e),
+        };
+        if data.is_empty() {
+            return code(id, StatusCode::Eof, "end of file");
+        }
+        *bytes += data.len() as u64;
+        Packet::Data(Data { id, data })
+    }
+
+    /// A request on an open handle (WRITE, FSTAT, FSETSTAT, READDIR).
+    pub(crate) async fn on_handle(&self, open: &mut Open, request: HandleRequest) -> Packet {
         match (open, request) {
-            (
-                Open::Read {
-                    download, bytes, ..
-                },
-                Packet::Read(r),
-            ) => {
-                // Whole answers but at the end of the file: clients that write
-                // in place (scp) take a short read in the middle for a hole.
-                let len = r.len.min(MAX_DATA) as usize;
-                let mut data = Vec::with_capacity(len);
-                while data.len() < len {
-                    let at = r.offset + data.len() as u64;
-                    match download.read_at(at, len - data.len()).await {
-                        Ok(chunk) if chunk.is_empty() => break,
-                        Ok(chunk) => data.extend_from_slice(&chunk),
-                        Err(e) => return status(id, &e),
-                    }
-                }
-                if data.is_empty() {
-                    return code(id, StatusCode::Eof, "end of file");
-                }
-                *bytes += data.len() as u64;
-                Packet::Data(Data { id, data })
-            }
             (
                 Open::Write {
                     writer,
-                    end,
+                    append,
+                    sent,
                     failed,
                     path,
                     ..
                 },
-                Packet::Write(w),
+                HandleRequest::Write { id, offset, data },
             ) => {
-                if let Some(why) = failed {
-                    return code(id, StatusCode::Failure, why);
+                if let Some(e) = failed {
+                    return status(id, e);
                 }
                 let Some(wr) = writer.as_mut() else {
                     return code(id, StatusCode::Failure, "the handle is closed");
                 };
-                match wr.write_at(w.offset, &w.data).await {
+                // APPEND: at the end, wherever the client says.
+                let offset = if *append { wr.size() } else { offset };
+                match wr.write_at(offset, &data).await {
                     Ok(()) => {
-                        *end = (*end).max(w.offset + w.data.len() as u64);
+                        *sent += data.len() as u64;
                         ok(id)
                     }
                     Err(e) => {
                         tracing::warn!(user = %self.user, path = %path, error = %e, "a write failed: the upload is given up");
-                        *failed = Some(e.to_string());
-                        if let Some(wr) = writer.take() {
-                            let e = wr.cancel(e).await;
-                            return status(id, &e);
-                        }
+                        let e = match writer.take() {
+                            Some(wr) => (*wr).cancel(e).await,
+                            None => e,
+                        };
+                        *failed = Some(e.clone());
                         status(id, &e)
                     }
                 }
             }
-            (Open::Read { download, .. }, Packet::Fstat(_)) => {
+            (Open::Read { download, .. }, HandleRequest::Fstat { id }) => {
                 let m = download.meta();
                 Packet::Attrs(Attrs {
                     id,
-                    attrs: attrs(EntryKind::File, m.size, m.last_modified),
+                    attrs: self.attrs(EntryKind::File, m.size, m.last_modified),
                 })
             }
-            (Open::Write { end, .. }, Packet::Fstat(_)) => Packet::Attrs(Attrs {
+            (Open::Write { writer, sent, .. }, HandleRequest::Fstat { id }) => {
+                let size = writer.as_ref().map_or(*sent, |w| w.size());
+                Packet::Attrs(Attrs {
+                    id,
+                    attrs: self.attrs(EntryKind::File, size, Some(SystemTime::now())),
+                })
+            }
+            (Open::Dir { .. }, HandleRequest::Fstat { id }) => Packet::Attrs(Attrs {
                 id,
-                attrs: attrs(EntryKind::File, *end, Some(SystemTime::now())),
+                attrs: self.attrs(EntryKind::Directory, 0, None),
             }),
-            (Open::Dir { .. }, Packet::Fstat(_)) => Packet::Attrs(Attrs {
-                id,
-                attrs: attrs(EntryKind::Directory, 0, None),
-            }),
-            (_, Packet::FSetStat(_)) => self.setstat(id),
-            (Open::Dir { entries, done }, Packet::ReadDir(_)) => {
+            (Open::Write { writer, .. }, HandleRequest::FSetStat { id, attrs }) => {
+                if self.refuse_setstat {
+                    return self.setstat_refused(id);
+                }
+                let Some(wr) = writer.as_mut() else {
+                    return ok(id);
+                };
+                if let Some(size) = attrs.size
+                    && size != wr.size()
+                {
+                    return code(
+                        id,
+                        StatusCode::OpUnsupported,
+                        "changing the size of a file being written is not supported",
+                    );
+                }
+                if let Some(t) = requested_mtime(&attrs) {
+                    wr.set_modified(t);
+                }
+                ok(id)
+            }
+            (Open::Read { path, .. }, HandleRequest::FSetStat { id, attrs }) => {
+                let path = path.clone();
+                self.setstat(id, &path, &attrs).await
+            }
+            (Open::Dir { .. }, HandleRequest::FSetStat { id, .. }) => ok(id),
+            (Open::Dir { entries, done }, HandleRequest::ReadDir { id }) => {
                 if *done {
                     return code(id, StatusCode::Eof, "end of directory");
                 }
@@ -317,8 +397,8 @@ impl Fs {
                 while files.len() < PAGE {
                     match entries.next().await {
                         Some(Ok(e)) => {
-                            files
-                                .push(File::new(e.name.clone(), attrs(e.kind, e.size, e.modified)));
+                            let a = self.attrs(e.kind, e.size, e.modified);
+                            files.push(File::new(e.name.clone(), a));
                         }
                         Some(Err(e)) => {
                             *done = true;
@@ -338,8 +418,8 @@ impl Fs {
                 }
                 Packet::Name(Name { id, files })
             }
-            _ => code(
-                id,
+            (_, r) => code(
+                request_id(&r),
                 StatusCode::Failure,
                 "that request does not apply to this handle",
             ),
@@ -369,12 +449,13 @@ impl Fs {
                 path,
                 writer,
                 started,
-                end,
+                sent,
                 failed,
+                ..
             } => {
                 let result = match (writer, failed) {
-                    (Some(w), None) => w.finish().await.map(|_| ()),
-                    (_, Some(why)) => Err(Error::new(ErrorKind::Other, why)),
+                    (Some(w), None) => (*w).finish().await.map(|_| ()),
+                    (_, Some(e)) => Err(e),
                     (None, None) => Err(Error::new(ErrorKind::Other, "the upload was given up")),
                 };
                 let outcome = if result.is_ok() {
@@ -386,7 +467,7 @@ impl Fs {
                 self.log(
                     "upload",
                     &path,
-                    end,
+                    sent,
                     started.elapsed(),
                     outcome,
                     error.as_deref(),
@@ -423,14 +504,14 @@ impl Fs {
                 path,
                 writer,
                 started,
-                end,
+                sent,
                 ..
             } => {
                 drop(writer);
                 self.log(
                     "upload",
                     &path,
-                    end,
+                    sent,
                     started.elapsed(),
                     Outcome::Aborted,
                     None,
@@ -446,7 +527,7 @@ impl Fs {
         direction: &'static str,
         path: &str,
         bytes: u64,
-        elapsed: std::time::Duration,
+        elapsed: Duration,
         outcome: Outcome,
         error: Option<&str>,
     ) {
@@ -461,15 +542,44 @@ impl Fs {
         });
     }
 
-    fn setstat(&self, id: u32) -> Packet {
+    fn setstat_refused(&self, id: u32) -> Packet {
+        code(
+            id,
+            StatusCode::OpUnsupported,
+            "changing attributes is not supported",
+        )
+    }
+
+    /// SETSTAT of a path: the modification time is kept where the backend
+    /// keeps one; other attributes are accepted and ignored.
+    async fn setstat(&self, id: u32, p: &str, attrs: &FileAttributes) -> Packet {
         if self.refuse_setstat {
+            return self.setstat_refused(id);
+        }
+        // As chmod: no such file, no change.
+        let entry = match self.sb.stat(p).await {
+            Ok(e) => e,
+            Err(e) => return status(id, &e),
+        };
+        if let Some(size) = attrs.size
+            && entry.kind == EntryKind::File
+            && entry.size != size
+        {
             return code(
                 id,
                 StatusCode::OpUnsupported,
-                "changing attributes is not supported",
+                "changing a file's size is not supported: write it again",
             );
         }
-        tracing::debug!(user = %self.user, "SETSTAT accepted and ignored");
+        if let Some(t) = requested_mtime(attrs) {
+            match self.sb.set_modified(p, t).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    tracing::debug!(user = %self.user, path = p, "the backend keeps no modification times: SETSTAT ignored");
+                }
+                Err(e) => return status(id, &e),
+            }
+        }
         ok(id)
     }
 
@@ -479,7 +589,10 @@ impl Fs {
         let r = match request {
             Packet::Stat(r) => self.stat(id, &r.path).await,
             Packet::Lstat(r) => self.stat(id, &r.path).await,
-            Packet::SetStat(r) => path(&r.path).map(|_| self.setstat(id)),
+            Packet::SetStat(r) => match path(&r.path) {
+                Ok(p) => Ok(self.setstat(id, &p, &r.attrs).await),
+                Err(e) => Err(e),
+            },
             Packet::MkDir(r) => match path(&r.path) {
                 Ok(p) => self.sb.mkdir(&p, false).await.map(|()| ok(id)),
                 Err(e) => Err(e),
@@ -515,7 +628,7 @@ impl Fs {
         let e = self.sb.stat(&path(raw)?).await?;
         Ok(Packet::Attrs(Attrs {
             id,
-            attrs: entry_attrs(&e),
+            attrs: self.entry_attrs(&e),
         }))
     }
 
@@ -524,11 +637,11 @@ impl Fs {
         let e = self.sb.stat(&p).await?;
         match (e.kind == EntryKind::Directory, dir) {
             (true, false) => Err(Error::new(
-                ErrorKind::InvalidInput,
+                ErrorKind::IsADirectory,
                 format!("{p} is a directory (remove it with rmdir)"),
             )),
             (false, true) => Err(Error::new(
-                ErrorKind::InvalidInput,
+                ErrorKind::NotADirectory,
                 format!("{p} is not a directory"),
             )),
             _ => self.sb.remove(&p, false).await.map(|()| ok(id)),
@@ -582,6 +695,17 @@ impl Fs {
                 &format!("{other} is not supported"),
             )),
         }
+    }
+}
+
+fn request_id(r: &HandleRequest) -> u32 {
+    match r {
+        HandleRequest::Read { id, .. }
+        | HandleRequest::Write { id, .. }
+        | HandleRequest::Fstat { id }
+        | HandleRequest::FSetStat { id, .. }
+        | HandleRequest::ReadDir { id }
+        | HandleRequest::Close { id, .. } => *id,
     }
 }
 

@@ -120,10 +120,43 @@ impl Metrics {
             m.waiting,
         );
         gauge(
+            "cache_per_user_bytes",
+            "The most one user may hold of the cache.",
+            m.per_account,
+        );
+        gauge(
+            "cache_allocated_bytes",
+            "Memory buffers of the cache, in use or kept spare.",
+            m.allocated,
+        );
+        gauge(
             "sessions",
             "SFTP sessions open.",
             self.sessions.load(Ordering::Relaxed),
         );
+        // The users holding most, so that an operator sees who holds what.
+        let _ = writeln!(
+            out,
+            "# HELP corral_cache_user_reserved_bytes Bytes of the cache a user holds (the 20 holding most).\n# TYPE corral_cache_user_reserved_bytes gauge"
+        );
+        for a in cache.accounts().into_iter().take(20) {
+            let name: String = a
+                .name
+                .chars()
+                .map(|c| {
+                    if c == '"' || c == '\\' || c.is_control() {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "corral_cache_user_reserved_bytes{{user=\"{name}\"}} {}",
+                a.reserved
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP corral_sessions_total Sessions opened.\n# TYPE corral_sessions_total counter\ncorral_sessions_total {}",

@@ -8,6 +8,8 @@
 //! | [`host_key`] | the host key, made on first start |
 //! | [`session`] | one SSH connection: logins, limits, the SFTP subsystem |
 //! | [`protocol`] | the SFTP loop of a channel: framing, concurrency, the end |
+//! | [`order`] | requests on one path served in the order they came |
+//! | [`request`] | a request for an open handle |
 //! | [`fs`] | SFTP requests as library calls |
 //! | [`metrics`] | counters, the transfer log, the Prometheus endpoint |
 //!
@@ -19,7 +21,9 @@
 mod fs;
 mod host_key;
 mod metrics;
+mod order;
 mod protocol;
+mod request;
 mod session;
 pub(crate) mod users;
 
@@ -43,7 +47,7 @@ use users::Users;
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub(crate) listen: SocketAddr,
-    pub(crate) host_key: PathBuf,
+    pub(crate) host_keys: Vec<PathBuf>,
     pub(crate) users: PathBuf,
     /// The mappings (a config file, or bare mappings); `None`: the embedded default.
     pub(crate) config: Option<PathBuf>,
@@ -57,6 +61,8 @@ pub(crate) struct Options {
     pub(crate) max_handles: u64,
     pub(crate) overwrite: Option<OverwriteMode>,
     pub(crate) refuse_setstat: bool,
+    /// Pending uploads older than this are aborted.
+    pub(crate) partial_retention: Duration,
 }
 
 /// What a reload replaces.
@@ -177,6 +183,9 @@ pub(crate) struct Server {
     pub(crate) failures: Failures,
     pub(crate) checks: PasswordChecks,
     connections: AtomicU64,
+    /// When the server started: the time shown for directories whose
+    /// backend keeps none.
+    pub(crate) started: std::time::SystemTime,
 }
 
 impl Server {
@@ -219,10 +228,38 @@ fn load(options: &Options) -> Result<(Users, ConfigFile), Error> {
     Ok((users, config))
 }
 
+/// The socket, and a second handle on it that only watches for the peer
+/// to close or reset it.
+fn split_probe(
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
+    let std = tcp.into_std()?;
+    let dup = std.try_clone()?;
+    Ok((
+        tokio::net::TcpStream::from_std(std)?,
+        tokio::net::TcpStream::from_std(dup)?,
+    ))
+}
+
+/// Returns once the peer has closed or reset the connection (never reads).
+async fn peer_gone(probe: &tokio::net::TcpStream) {
+    loop {
+        match probe
+            .ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR)
+            .await
+        {
+            Ok(r) if r.is_read_closed() || r.is_error() => return,
+            // Data waiting for russh: look again in a moment.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => return,
+        }
+    }
+}
+
 /// Runs the server until the process is stopped.
 pub(crate) async fn serve(options: Options) -> Result<(), Error> {
     let (users, config) = load(&options)?;
-    let key = host_key::load_or_create(&options.host_key)?;
+    let keys = host_key::load_all(&options.host_keys)?;
     let corral = Corral::new(config.mappings, options.cache.clone())?;
     let listener = TcpListener::bind(options.listen).await.map_err(|e| {
         Error::new(
@@ -235,7 +272,7 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),
         max_auth_attempts: 6,
-        keys: vec![key],
+        keys,
         // The idle clock is corral's (SFTP requests, not keepalives); this
         // only ends a connection that sends nothing at all.
         inactivity_timeout: Some(options.idle_timeout + Duration::from_secs(30)),
@@ -276,7 +313,26 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         failures: Failures::default(),
         checks: PasswordChecks::start(1),
         connections: AtomicU64::new(0),
+        started: std::time::SystemTime::now(),
     });
+    {
+        // Uploads a killed process left pending: aborted once they are
+        // older than the retention, at start and then regularly.
+        let server = Arc::clone(&server);
+        let retention = server.options.partial_retention;
+        tokio::spawn(async move {
+            let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+            loop {
+                let corral = server.live().corral.clone();
+                match corral.abort_stale_uploads(retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(aborted = n, "aborted stale multipart uploads"),
+                    Err(e) => tracing::warn!(error = %e, "cannot look for stale multipart uploads"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
     {
         let server = Arc::clone(&server);
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -287,7 +343,14 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
             }
         });
     }
-    tracing::info!(listen = %server.options.listen, users = server.live().users.len(), "serving SFTP");
+    let c = &server.options.cache;
+    tracing::info!(
+        listen = %server.options.listen,
+        users = server.live().users.len(),
+        cache = %corral::human_size(c.total),
+        per_user = %corral::human_size(c.per_account()),
+        "serving SFTP"
+    );
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -308,8 +371,30 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         let (server, config) = (Arc::clone(&server), Arc::clone(&config));
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
+            // A second handle on the socket, only to see the peer go: russh
+            // reads the socket in the same loop that hands data to the
+            // channels, and a channel that does not take more (its writes
+            // wait for the cache) stops it, so it would not see a killed
+            // client until then.
+            let (tcp, probe) = match split_probe(tcp) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot set the connection up");
+                    server.connections.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            };
             let activity = Arc::new(Activity::new());
-            let conn = Conn::new(Arc::clone(&server), Some(peer), Arc::clone(&activity));
+            // Told when the connection is gone: by the handler's end, or by
+            // the probe first (the handler's loop may be stuck behind a
+            // channel; stopping the channels unsticks it).
+            let gone = Arc::new(tokio::sync::watch::Sender::new(false));
+            let conn = Conn::new(
+                Arc::clone(&server),
+                Some(peer),
+                Arc::clone(&activity),
+                Arc::clone(&gone),
+            );
             match russh::server::run_stream(config, tcp, conn).await {
                 Ok(session) => {
                     let handle = session.handle();
@@ -319,22 +404,32 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
                             tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
                             if activity.idle() >= idle {
                                 tracing::info!(%peer, "idle timeout: closing the session");
-                                let _ = handle
-                                    .disconnect(
+                                let _ = tokio::time::timeout(
+                                    Duration::from_secs(2),
+                                    handle.disconnect(
                                         russh::Disconnect::ByApplication,
                                         "idle timeout".into(),
                                         String::new(),
-                                    )
-                                    .await;
+                                    ),
+                                )
+                                .await;
                                 break;
                             }
                         }
+                    };
+                    let watch_peer = async {
+                        peer_gone(&probe).await;
+                        tracing::debug!(%peer, "the client went away");
+                        gone.send_replace(true);
+                        // The handler's loop then ends as its channels do.
+                        std::future::pending::<()>().await;
                     };
                     tokio::select! {
                         r = session => if let Err(e) = r {
                             tracing::debug!(%peer, error = %e, "session ended with an error");
                         },
                         () = watchdog => {}
+                        () = watch_peer => {}
                     }
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),

@@ -53,7 +53,7 @@ pub(crate) struct Conn {
     opened: usize,
     /// Told when the connection is gone, so that its channels' loops stop
     /// sending to a client that will never read.
-    gone: tokio::sync::watch::Sender<bool>,
+    gone: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Conn {
@@ -61,6 +61,7 @@ impl Conn {
         server: Arc<Server>,
         peer: Option<SocketAddr>,
         activity: Arc<Activity>,
+        gone: Arc<tokio::sync::watch::Sender<bool>>,
     ) -> Self {
         Self {
             server,
@@ -69,7 +70,7 @@ impl Conn {
             user: None,
             channels: HashMap::new(),
             opened: 0,
-            gone: tokio::sync::watch::Sender::new(false),
+            gone,
         }
     }
 
@@ -195,6 +196,15 @@ impl russh::server::Handler for Conn {
             session.channel_failure(id)?;
             return Ok(());
         };
+        // A user's own File sandbox (from a `%u` template) is made on first login.
+        match live.corral.create_user_roots(&identity) {
+            Ok(made) => {
+                for dir in made {
+                    tracing::info!(user, dir, "made the user's File sandbox");
+                }
+            }
+            Err(e) => tracing::warn!(user, error = %e, "cannot make the user's File sandbox"),
+        }
         let sb = match live.corral.sandbox(&identity) {
             Ok(sb) => sb,
             Err(e) => {
@@ -211,6 +221,7 @@ impl russh::server::Handler for Conn {
             refuse_setstat: self.server.options.refuse_setstat,
             max_handles: self.server.options.max_handles,
             metrics: Arc::clone(&self.server.metrics),
+            epoch: self.server.started,
         });
         let activity = Arc::clone(&self.activity);
         let handle = session.handle();

@@ -92,6 +92,17 @@ impl Users {
     /// Reads and checks the users file at `path`.
     pub(crate) fn load(path: &Path) -> Result<Self, Error> {
         let origin = path.display().to_string();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o044 != 0
+            {
+                tracing::warn!(
+                    "users file {origin} is readable by other users (mode {:o}): its password hashes can be attacked offline; chmod 600 {origin}",
+                    meta.permissions().mode() & 0o777
+                );
+            }
+        }
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("users file {origin}: {e}"))
         })?;
