@@ -3,7 +3,9 @@
 # squid + openssl + curl (apt), moto (PyPI, in a venv), s3s-fs and Garage
 # (crates.io); and the SFTP clients the server is tested with: OpenSSH sftp
 # and scp, curl (libssh2), lftp and sshpass (apt), paramiko and rclone
-# (PyPI, in a venv).
+# (PyPI, in a venv); sshfs (FUSE 3), JSch (Debian's 0.1.55 jar, with a JDK
+# to build app/tests/integration/sftp/JschClient.java), PuTTY's psftp (apt); and
+# the WebDAV clients litmus and cadaver and the haproxy proxy (apt).
 # Idempotent and quick when everything is already present; meant for a fresh
 # Debian 12 machine, run as root (apt-get). Prints one "ok <tool> <path>" line
 # per tool. The Rust fixtures (tests/fixtures/src/servers.rs) look for the binaries at
@@ -23,6 +25,9 @@ MOTO_SERVER="${CORRAL_MOTO_SERVER:-$TOOLS/moto-venv/bin/moto_server}"
 GARAGE="${CORRAL_GARAGE:-$TOOLS/garage/bin/garage}"
 SQUID="${CORRAL_SQUID:-/usr/sbin/squid}"
 SQUID_BASIC_AUTH=/usr/lib/squid/basic_ncsa_auth
+JSCH_JAR=/usr/share/java/jsch.jar
+LITMUS=/usr/bin/litmus
+HAPROXY=/usr/sbin/haproxy
 
 die() { echo "install-test-deps: $*" >&2; exit 1; }
 
@@ -35,6 +40,14 @@ command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 command -v sftp >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || apt_missing+=(openssh-client)
 command -v sshpass >/dev/null 2>&1 || apt_missing+=(sshpass)
 command -v lftp >/dev/null 2>&1 || apt_missing+=(lftp)
+command -v sshfs >/dev/null 2>&1 || apt_missing+=(sshfs)
+command -v fusermount3 >/dev/null 2>&1 || apt_missing+=(fuse3)
+[[ -f "$JSCH_JAR" ]] || apt_missing+=(libjsch-java)
+command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 || apt_missing+=(default-jdk-headless)
+command -v psftp >/dev/null 2>&1 || apt_missing+=(putty-tools)
+[[ -x "$LITMUS" ]] || apt_missing+=(litmus)
+command -v cadaver >/dev/null 2>&1 || apt_missing+=(cadaver)
+[[ -x "$HAPROXY" ]] || apt_missing+=(haproxy)
 
 moto_installed() {
     [[ -x "$MOTO_SERVER" ]] || return 1
@@ -57,9 +70,39 @@ if ((${#apt_missing[@]})); then
     if [[ " ${apt_missing[*]} " == *" squid "* ]] && command -v systemctl >/dev/null 2>&1; then
         systemctl disable --now squid >/dev/null 2>&1 || true
     fi
+    # Likewise a system haproxy (the tests run their own). `systemctl disable`
+    # works without a running systemd too; `--now` then fails, hence `|| true`.
+    if [[ " ${apt_missing[*]} " == *" haproxy "* ]]; then
+        if command -v systemctl >/dev/null 2>&1; then
+            systemctl disable --now haproxy >/dev/null 2>&1 || true
+        fi
+        # Without systemd (and without a policy-rc.d that forbids it) the
+        # package starts haproxy from /etc/init.d: stop it, then kill any
+        # haproxy still listening on TCP.
+        if [[ ! -d /run/systemd/system && -x /etc/init.d/haproxy ]]; then
+            /etc/init.d/haproxy stop >/dev/null 2>&1 || true
+        fi
+        if command -v ss >/dev/null 2>&1; then
+            for pid in $(ss -ltnpH | grep -o '"haproxy",pid=[0-9]*' | cut -d= -f2 | sort -u); do
+                kill "$pid" 2>/dev/null || true
+            done
+        fi
+    fi
 fi
 [[ -x "$SQUID" ]] || die "squid not found at $SQUID"
 [[ -x "$SQUID_BASIC_AUTH" ]] || die "squid's basic auth helper not found at $SQUID_BASIC_AUTH"
+[[ -f "$JSCH_JAR" ]] || die "JSch not found at $JSCH_JAR"
+[[ -x "$LITMUS" ]] || die "litmus not found at $LITMUS"
+[[ -x "$HAPROXY" ]] || die "haproxy not found at $HAPROXY"
+# Cheap checks that the clients run (each prints its version).
+sshfs -V >/dev/null 2>&1 || die "sshfs -V failed"
+fusermount3 -V >/dev/null 2>&1 || die "fusermount3 -V failed"
+psftp -V >/dev/null 2>&1 || die "psftp -V failed"
+"$HAPROXY" -v >/dev/null 2>&1 || die "haproxy -v failed"
+# cadaver --version prints its version but exits 255.
+[[ "$(cadaver --version 2>&1 || true)" == "cadaver "* ]] || die "cadaver --version failed"
+# sshfs needs the FUSE device, which a container may not have: say so, not fail.
+[[ -c /dev/fuse ]] || echo "install-test-deps: warning: no /dev/fuse here: sshfs cannot mount" >&2
 
 # ---- moto (PyPI) in its own venv
 if ! moto_installed; then
@@ -127,3 +170,11 @@ echo "ok sftp $(command -v sftp)"
 echo "ok lftp $(command -v lftp)"
 echo "ok sshpass $(command -v sshpass)"
 echo "ok paramiko+rclone $CLIENTS"
+echo "ok sshfs $(command -v sshfs)"
+echo "ok fusermount3 $(command -v fusermount3)"
+echo "ok jsch $JSCH_JAR"
+echo "ok javac $(command -v javac)"
+echo "ok psftp $(command -v psftp)"
+echo "ok litmus $LITMUS"
+echo "ok cadaver $(command -v cadaver)"
+echo "ok haproxy $HAPROXY"

@@ -148,7 +148,7 @@ fn embedded_default_file_sandbox() {
         dir.path(),
         &["mkdir", "corral:/q/r"],
         3,
-        "does not exist (create it first, or ask for the parents to be created too) (on the command line: -p)",
+        "does not exist (on the command line: -p)",
     );
     fails(
         dir.path(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corral::Corral;
-use corral::cache::{CacheConfig, part_checksum, wait_for_background_aborts};
+use corral::cache::{CacheConfig, part_checksum};
 use corral_domain::port::PutMode;
 use corral_domain::{Identity, ObjectKey, ObjectStorage};
 use corral_fixtures::faults::FaultProxy;
@@ -158,7 +158,7 @@ async fn scenario(rate: f64, retries: u32, seed: u64) -> usize {
             .await;
     proxy.set_enabled(false);
     assert_eq!(
-        wait_for_background_aborts(Duration::from_secs(30)).await,
+        sb.cache().settle(Duration::from_secs(30)).await,
         0,
         "aborts still running"
     );
@@ -357,7 +357,7 @@ async fn a_dropped_upload_whose_abort_fails_tells_its_journal() {
     w.write(&common::pattern(6 * MIB, 3)).await.expect("write");
     proxy.force("AbortMultipartUpload", "500 InternalError", 1_000);
     drop(w);
-    assert_eq!(wait_for_background_aborts(Duration::from_secs(30)).await, 0);
+    assert_eq!(sb.cache().settle(Duration::from_secs(30)).await, 0);
     assert!(told.load(Ordering::SeqCst), "the journal was not told");
     let pending = pending(&setup.bucket).await;
     assert_eq!(pending.len(), 1, "{pending:?}");

@@ -113,10 +113,7 @@ async fn dropped_futures_leave_nothing_behind() {
             .is_err(),
         "still running"
     );
-    assert_eq!(
-        corral::cache::wait_for_background_aborts(Duration::from_secs(5)).await,
-        0
-    );
+    assert_eq!(corral.cache().settle(Duration::from_secs(5)).await, 0);
     assert_eq!(
         storage.open_uploads.load(Ordering::SeqCst),
         0,
@@ -147,10 +144,7 @@ async fn dropped_futures_leave_nothing_behind() {
             .await
             .is_err()
     );
-    assert_eq!(
-        corral::cache::wait_for_background_aborts(Duration::from_secs(5)).await,
-        0
-    );
+    assert_eq!(corral.cache().settle(Duration::from_secs(5)).await, 0);
     assert_eq!(storage.open_uploads.load(Ordering::SeqCst), 0);
     assert_eq!(corral.cache().metrics().reserved, 0);
 

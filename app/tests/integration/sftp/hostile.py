@@ -41,23 +41,45 @@ if scenario == "traversal":
     names = set(s.listdir("/"))
     if secret in names:
         fail(f"the other user's file {secret} is listed: {names}")
+    # Every spelling that would name the other user's file from outside:
+    # `..` at the root stays at the root (as a chrooted OpenSSH server has
+    # it), so each lands inside this user's sandbox, where nothing is.
+    other = args[1]
     escapes = [
-        "..", "/..", "../..", "/../" + args[1] + "/" + secret, "../" + args[1] + "/" + secret,
-        "..\\" + args[1] + "\\" + secret, "\\..\\" + args[1] + "\\" + secret, "/a/../../x",
-        "a/b/../../../x", "./../x", "/shared/../../x", "//..//x",
+        "/../" + other + "/" + secret, "../" + other + "/" + secret,
+        "../../" + other + "/" + secret, "/a/../../" + other + "/" + secret,
+        "..\\" + other + "\\" + secret, "\\..\\" + other + "\\" + secret,
+        "./../" + other + "/" + secret, "/shared/../../" + other + "/" + secret,
+        "//..//" + other + "//" + secret,
     ]
     for p in escapes:
         refused(f"stat {p!r}", lambda: s.stat(p))
         refused(f"open {p!r} for reading", lambda: s.open(p, "r").read())
-        refused(f"open {p!r} for writing", lambda: s.open(p, "w").close())
-        refused(f"mkdir {p!r}", lambda: s.mkdir(p + "/new"))
         refused(f"remove {p!r}", lambda: s.remove(p))
         refused(f"rmdir {p!r}", lambda: s.rmdir(p))
         refused(f"listdir {p!r}", lambda: s.listdir(p))
         refused(f"rename from {p!r}", lambda: s.rename(p, "/moved"))
-        refused(f"rename to {p!r}", lambda: s.rename("/own.txt", p))
         refused(f"setstat {p!r}", lambda: s.chmod(p, 0o644))
-        refused(f"realpath {p!r}", lambda: s.normalize(p))
+    # `..` above the root resolves to the root, every way it is spelled.
+    root = sorted(s.listdir("/"))
+    for p, want in [("..", "/"), ("/..", "/"), ("../..", "/"), ("/../..", "/"),
+                    ("//..//", "/"), ("./..", "/"), ("/a/../..", "/"),
+                    ("/../x", "/x"), ("a/b/../../../x", "/x")]:
+        got = s.normalize(p)
+        if got != want:
+            fail(f"realpath {p!r} is {got!r}, not {want!r}")
+    for p in ["..", "/..", "../.."]:
+        if sorted(s.listdir(p)) != root:
+            fail(f"listdir {p!r} is not the root's")
+        refused(f"open {p!r} for writing", lambda: s.open(p, "w").close())
+        refused(f"remove {p!r}", lambda: s.remove(p))
+        refused(f"rmdir {p!r}", lambda: s.rmdir(p))
+    # Writes through `..` land inside.
+    with s.open("/../../inside.txt", "w") as f:
+        f.write(b"in")
+    if s.open("/inside.txt").read() != b"in":
+        fail("a write to /../../inside.txt is not /inside.txt")
+    s.remove("/inside.txt")
     # `..` that stays inside is fine, and trailing slashes name the same file.
     if s.normalize("/shared/..") != "/":
         fail("realpath /shared/.. is not /")

@@ -113,14 +113,18 @@ fn a_killed_client_leaves_nothing_behind() {
         let pgid = client.id() as i32;
         assert_eq!(kill_group(-pgid), 0, "kill");
         let _ = client.wait();
+        let key = format!("corral_transfers_total{{direction=\"{what}\",result=\"aborted\"}}");
+        // The transfer is logged as its handle is given up, just after the
+        // session's end.
+        wait_for(
+            &format!("the {what} to be logged aborted"),
+            Duration::from_secs(10),
+            || server.metrics().contains_key(&key),
+        );
         let m = server.settled();
         assert_eq!(m["corral_cache_reserved_bytes"], 0.0, "{what}: {m:?}");
         assert_eq!(m["corral_cache_in_use_bytes"], 0.0, "{what}: {m:?}");
-        assert_eq!(
-            m[&format!("corral_transfers_total{{direction=\"{what}\",result=\"aborted\"}}")],
-            1.0,
-            "{what}: {m:?}"
-        );
+        assert_eq!(m.get(&key), Some(&1.0), "{what}: {m:?}\n{}", server.log());
     }
     rt.block_on(async {
         // The abort is sent when the server sees the session end; give it a moment.
@@ -139,6 +143,170 @@ fn a_killed_client_leaves_nothing_behind() {
         !dir.path().join("down.bin").exists()
             || std::fs::read(dir.path().join("down.bin")).expect("read") != data
     );
+}
+
+#[test]
+fn a_killed_server_leaves_nothing_pending_once_restarted() {
+    let s3 = S3Server::garage();
+    s3.create_bucket("load");
+    let raw = crate::common::raw_backend(&mappings(&s3, ""), "x");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut server = Server::start(
+        &mappings(&s3, "users/%u"),
+        &["alice"],
+        &["--max-cloud-cache-upload-size", "16MiB"],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("up.bin"), pattern(48 * MIB, 5)).expect("write");
+    // 40 Mbit/s: the upload takes about ten seconds; its first part (8 MiB)
+    // is sent after about two.
+    let mut client = spawn_sftp(&server, "alice", "put up.bin /up.bin\n", dir.path(), 40_000);
+    wait_for(
+        "a multipart upload on the server",
+        Duration::from_secs(30),
+        || rt.block_on(pending(&raw)) > 0,
+    );
+    server.kill();
+    let _ = kill_group(-(client.id() as i32));
+    let _ = client.wait();
+    assert_eq!(
+        rt.block_on(pending(&raw)),
+        1,
+        "the killed server's upload is pending"
+    );
+    // Restarted: uploads pending for longer than the retention are aborted.
+    let server = Server::start(
+        &mappings(&s3, "users/%u"),
+        &["alice"],
+        &["--partial-retention", "2s"],
+    );
+    wait_for(
+        "the pending upload to be aborted",
+        Duration::from_secs(20),
+        || rt.block_on(pending(&raw)) == 0,
+    );
+    assert!(
+        server.log().contains("aborted a stale multipart upload"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_truncated_cache_file_fails_only_the_transfers_staged_in_it() {
+    let s3 = S3Server::garage();
+    s3.create_bucket("load");
+    let raw = crate::common::raw_backend(&mappings(&s3, ""), "x");
+    let corral =
+        Corral::from_json(&mappings(&s3, "users/%u"), CacheConfig::default()).expect("corral");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let cache_file = cache_dir.path().join("cache.bin");
+    let shown = cache_file.display().to_string();
+    let users = ["u1", "u2", "u3"];
+    let server = Server::start(
+        &mappings(&s3, "users/%u"),
+        &users,
+        &[
+            "--cloud-cache-file",
+            &shown,
+            "--max-cloud-cache-size",
+            "128MiB",
+            "--max-cloud-cache-upload-size",
+            "16MiB",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data: Vec<Vec<u8>> = (0..3).map(|i| pattern(24 * MIB, 20 + i)).collect();
+    for (i, d) in data.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("up{i}.bin")), d).expect("local");
+    }
+    let down = corral.sandbox(&Identity::user("u3")).expect("sandbox");
+    rt.block_on(down.write("/down.bin", &data[2], None))
+        .expect("plant");
+    // Two uploads and a download at 40 Mbit/s: each takes about five seconds.
+    let mut clients = [
+        spawn_sftp(&server, "u1", "put up0.bin /up.bin\n", dir.path(), 40_000),
+        spawn_sftp(&server, "u2", "put up1.bin /up.bin\n", dir.path(), 40_000),
+        spawn_sftp(
+            &server,
+            "u3",
+            "get /down.bin down.bin\n",
+            dir.path(),
+            40_000,
+        ),
+    ];
+    wait_for(
+        "bytes staged in the cache file",
+        Duration::from_secs(20),
+        || server.metrics()["corral_cache_in_use_bytes"] > 0.0,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cache_file)
+        .expect("open the cache file")
+        .set_len(0)
+        .expect("truncate");
+    let ok: Vec<bool> = clients
+        .iter_mut()
+        .map(|c| c.wait().expect("wait").success())
+        .collect();
+    assert!(
+        ok.iter().any(|ok| !ok),
+        "no transfer noticed the truncation: {ok:?}"
+    );
+    assert!(
+        server.log().contains("the cache file was truncated"),
+        "{}",
+        server.log()
+    );
+    // What completed is exactly what was sent; what failed left nothing.
+    for (i, user) in users.iter().take(2).enumerate() {
+        let sb = corral.sandbox(&Identity::user(*user)).expect("sandbox");
+        match rt.block_on(sb.read("/up.bin")) {
+            Ok(got) => {
+                assert!(ok[i], "{user}: a failed upload left a file");
+                assert!(got[..] == data[i][..], "{user}: the stored bytes differ");
+            }
+            Err(e) => {
+                assert!(!ok[i], "{user}: the upload succeeded but nothing is there");
+                assert_eq!(e.kind(), corral::ErrorKind::NotFound, "{e}");
+            }
+        }
+    }
+    if ok[2] {
+        let got = std::fs::read(dir.path().join("down.bin")).expect("downloaded");
+        assert!(got == data[2], "a completed download differs");
+    }
+    // The server goes on, and so does its cache file.
+    let out = super::sftp_batch(
+        &server,
+        "u1",
+        64,
+        "put up0.bin /again.bin\nget /again.bin again.bin\n",
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(dir.path().join("again.bin")).expect("again") == data[0]);
+    server.settled();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while pending(&raw).await > 0 {
+            assert!(Instant::now() < deadline, "an upload is left pending");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 /// SIGKILL to a process group.

@@ -4,6 +4,8 @@
 //! run as processes (installed by `scripts/install-test-deps.sh`; a missing
 //! one fails its test).
 
+mod behaviour;
+mod clients;
 mod hostile;
 mod load;
 mod matrix;
@@ -127,6 +129,12 @@ impl Server {
 
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `kill -9` of the server.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The metrics endpoint's values, by series.
