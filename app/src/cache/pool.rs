@@ -612,6 +612,40 @@ impl PoolInner {
         (id, rx)
     }
 
+    /// A grant without queueing, when nobody waits (the common case).
+    fn grant_now(
+        self: &Arc<Self>,
+        state: &mut State,
+        account: u64,
+        name: &Arc<str>,
+        min: u64,
+        max: u64,
+    ) -> Option<Reservation> {
+        if !state.turn.is_empty() {
+            return None;
+        }
+        let held = state.accounts.get(&account).map_or(0, |a| a.held);
+        let share = self.per_account.saturating_sub(held);
+        if min > share {
+            return None;
+        }
+        let extent = self.alloc(state, min, max.min(share))?;
+        state
+            .accounts
+            .entry(account)
+            .or_insert_with(|| AccountState {
+                name: Arc::clone(name),
+                ..AccountState::default()
+            });
+        self.account_grant(state, account, &extent);
+        Some(Reservation {
+            pool: Arc::clone(self),
+            account,
+            extent,
+            armed: true,
+        })
+    }
+
     /// A grant now, if the turns allow one without waiting.
     fn try_reserve(
         self: &Arc<Self>,
@@ -625,6 +659,9 @@ impl PoolInner {
         }
         let max = max.max(min);
         let mut state = self.lock();
+        if let Some(r) = self.grant_now(&mut state, account, name, min, max) {
+            return Some(r);
+        }
         let (id, mut rx) = self.enqueue(&mut state, account, name, min, max);
         self.grant_waiters(&mut state);
         if let Ok(r) = rx.try_recv() {
@@ -668,6 +705,9 @@ impl PoolInner {
         let max = max.max(min);
         let (id, rx) = {
             let mut state = self.lock();
+            if let Some(r) = self.grant_now(&mut state, account, name, min, max) {
+                return Ok(r);
+            }
             let (id, mut rx) = self.enqueue(&mut state, account, name, min, max);
             self.grant_waiters(&mut state);
             if let Ok(r) = rx.try_recv() {
