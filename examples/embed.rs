@@ -54,7 +54,7 @@ async fn main() -> Result<(), corral::Error> {
         .write("/reports/q3.csv", b"region,total\nnorth,42\n", None)
         .await?;
     println!("alice wrote /reports/q3.csv ({})", decision.effective);
-    bob.mkdir("/inbox", false).await?;
+    bob.mkdir("/inbox", corral::MkdirOptions::default()).await?;
     bob.write("/inbox/hello.txt", b"hi bob", None).await?;
 
     // Listings are streams.
@@ -80,8 +80,23 @@ async fn main() -> Result<(), corral::Error> {
         .expect("read");
     println!("alice's report:\n{text}");
 
-    alice.remove("/reports", true).await?;
-    bob.remove("/inbox", true).await?;
+    alice
+        .remove(
+            "/reports",
+            corral::RemoveOptions {
+                recursive: true,
+                only: None,
+            },
+        )
+        .await?;
+    bob.remove(
+        "/inbox",
+        corral::RemoveOptions {
+            recursive: true,
+            only: None,
+        },
+    )
+    .await?;
     assert_eq!(corral.cache().metrics().reserved, 0);
     println!("done; cache metrics: {:?}", corral.cache().metrics());
     Ok(())

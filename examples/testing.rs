@@ -17,7 +17,12 @@ pub async fn archive(
     date: &str,
 ) -> Result<String, corral::Error> {
     let path = format!("/archive/{date}/{name}");
-    sandbox.mkdir(&format!("/archive/{date}"), true).await?;
+    sandbox
+        .mkdir(
+            &format!("/archive/{date}"),
+            corral::MkdirOptions { parents: true },
+        )
+        .await?;
     sandbox.write(&path, data, None).await?;
     Ok(path)
 }

@@ -122,7 +122,7 @@ pub(crate) fn from_object_store(
     classified
         .into_error()
         .with_operation(op)
-        .with_path(key.to_owned())
+        .with_key(key.to_owned())
         .with_source(err)
 }
 

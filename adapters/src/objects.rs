@@ -42,7 +42,7 @@ impl fmt::Debug for Objects {
 pub(crate) fn to_path(key: &ObjectKey) -> Result<Path> {
     let s = key.as_str();
     let invalid = |e: &dyn fmt::Display| {
-        Error::invalid_input(format!("not a valid object key: {e}")).with_path(s.to_owned())
+        Error::invalid_input(format!("not a valid object key: {e}")).with_key(s.to_owned())
     };
     if s.is_empty() || s.starts_with('/') {
         return Err(invalid(&"empty or starting with `/`"));
@@ -179,7 +179,7 @@ impl Objects {
                     return Err(
                         Error::new(ErrorKind::AlreadyExists, "the object already exists")
                             .with_operation(Operation::Put)
-                            .with_path(key.as_str().to_owned()),
+                            .with_key(key.as_str().to_owned()),
                     );
                 }
                 Err(e)
@@ -274,7 +274,7 @@ impl Objects {
                 "a multipart upload completes with parts 1..=N, each exactly once",
             )
             .with_operation(Operation::CompleteMultipart)
-            .with_path(key.as_str().to_owned()));
+            .with_key(key.as_str().to_owned()));
         }
         Ok(parts
             .into_iter()

@@ -46,9 +46,11 @@ mod sandbox;
 pub mod transfer;
 
 pub use sandbox::admin::{AbortWhich, MountCheck, MountInfo, PendingUploadInfo};
+pub use sandbox::read::FileReader;
 pub use sandbox::service::{Corral, CorralBuilder};
-pub use sandbox::write::{WriteOptions, Writer};
-pub use sandbox::{Copied, Entry, UserSandbox};
+pub use sandbox::tree::{RemoveOptions, RenameOptions, TreeCopyOptions};
+pub use sandbox::write::{MkdirOptions, WriteOptions, Writer};
+pub use sandbox::{Copied, Entry, SandboxPath, UserSandbox};
 
 /// The conformance suite, as [`UserSandbox::conformance`] runs it.
 pub use corral_conformance as conformance;

@@ -144,6 +144,7 @@ pub struct Error {
     temporary: bool,
     operation: Option<Operation>,
     path: Option<String>,
+    key: Option<String>,
     special: Option<SpecialKind>,
     setting: Option<&'static str>,
     message: String,
@@ -161,6 +162,7 @@ impl Error {
             temporary: kind.is_temporary_by_default(),
             operation: None,
             path: None,
+            key: None,
             special: None,
             setting: None,
             message: message.into(),
@@ -175,10 +177,19 @@ impl Error {
         self
     }
 
-    /// Records the virtual path or key concerned.
+    /// Records the user's path concerned (`/reports/q3.csv`).
     #[must_use]
     pub fn with_path(mut self, path: impl Into<String>) -> Self {
         self.path = Some(path.into());
+        self
+    }
+
+    /// Records the object key concerned: what a backend knows. The sandbox
+    /// layer that wraps every backend turns it into the user's path; a
+    /// user never sees it.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
         self
     }
 
@@ -231,9 +242,14 @@ impl Error {
         self.operation
     }
 
-    /// The virtual path or key concerned, when known.
+    /// The user's path concerned, when known.
     pub fn path(&self) -> Option<&str> {
         self.path.as_deref()
+    }
+
+    /// The object key concerned, when a backend said which.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// The message without context.
@@ -276,7 +292,7 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.operation, &self.path) {
+        match (self.operation, self.path.as_ref().or(self.key.as_ref())) {
             (Some(op), Some(path)) => write!(f, "{op} {path}: ")?,
             (Some(op), None) => write!(f, "{op}: ")?,
             (None, Some(path)) => write!(f, "{path}: ")?,

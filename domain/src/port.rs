@@ -296,6 +296,26 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
         }
     }
 
+    /// Moves an object within the backend unless something is at `to`
+    /// ([`crate::ErrorKind::AlreadyExists`]). Atomic where the backend can
+    /// refuse a rename over a name (File); by default `to` is looked up
+    /// first, so a writer racing in between may be replaced.
+    async fn rename_no_replace(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
+        match self.head(to).await {
+            Ok(_) => {
+                return Err(Error::new(
+                    crate::error::ErrorKind::AlreadyExists,
+                    "the target exists",
+                )
+                .with_operation(Operation::Copy)
+                .with_key(to.as_str()));
+            }
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.rename(from, to).await
+    }
+
     /// Starts a multipart upload.
     async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId>;
 

@@ -82,7 +82,7 @@ fn parent<'k>(
     let last = names.last.ok_or_else(|| {
         Error::invalid_input("the sandbox root is not a file")
             .with_operation(op)
-            .with_path(key.to_owned())
+            .with_key(key.to_owned())
     })?;
     Ok((open_dirs(root, &names.parents, create, op, key)?, last))
 }
@@ -147,10 +147,10 @@ fn check_file(kind: NodeKind, op: Operation, key: &str) -> Result<()> {
         NodeKind::File => Ok(()),
         NodeKind::Directory => Err(Error::not_found("it is a directory")
             .with_operation(op)
-            .with_path(key.to_owned())),
+            .with_key(key.to_owned())),
         NodeKind::Special(k) => Err(Error::special_file(k)
             .with_operation(op)
-            .with_path(key.to_owned())),
+            .with_key(key.to_owned())),
     }
 }
 
@@ -159,12 +159,12 @@ fn persist_error(e: std::io::Error, mode: PutMode, op: Operation, key: &str) -> 
         IoKind::AlreadyExists if mode == PutMode::Create => {
             Error::new(ErrorKind::AlreadyExists, "the object already exists")
                 .with_operation(op)
-                .with_path(key.to_owned())
+                .with_key(key.to_owned())
         }
         IoKind::IsADirectory | IoKind::DirectoryNotEmpty => {
             Error::new(ErrorKind::AlreadyExists, "a directory of that name exists")
                 .with_operation(op)
-                .with_path(key.to_owned())
+                .with_key(key.to_owned())
         }
         _ => io_error(e, op, key),
     }
@@ -257,6 +257,59 @@ impl FileBackend {
         Ok(made)
     }
 
+    /// Renames the entry `from` to `to` (a directory with all it holds),
+    /// over what is at `to` only with `replace`: refused atomically by the
+    /// kernel otherwise (`renameat2(RENAME_NOREPLACE)`).
+    async fn rename_entry(&self, from: &ObjectKey, to: &ObjectKey, replace: bool) -> Result<()> {
+        let (root, from, to) = (Arc::clone(&self.root), from.clone(), to.clone());
+        blocking(move || {
+            let op = Operation::Copy;
+            let (fk, tk) = (from.as_str(), to.as_str());
+            let (src_names, dst_names) = (Self::names(&from, op)?, Self::names(&to, op)?);
+            if src_names.dir != dst_names.dir {
+                return Err(Error::invalid_input(
+                    "a directory is renamed to a directory, a file to a file",
+                )
+                .with_operation(op)
+                .with_key(fk.to_owned()));
+            }
+            let (sdir, sname) = parent(&root, &src_names, false, op, fk)?;
+            let meta = sdir
+                .symlink_metadata(sname)
+                .map_err(|e| io_error(e, op, fk))?;
+            match (kind_of(&meta), src_names.dir) {
+                (NodeKind::File, false) | (NodeKind::Directory, true) => {}
+                (NodeKind::Special(k), _) => {
+                    return Err(Error::special_file(k)
+                        .with_operation(op)
+                        .with_key(fk.to_owned()));
+                }
+                _ => {
+                    return Err(Error::not_found("no such object")
+                        .with_operation(op)
+                        .with_key(fk.to_owned()));
+                }
+            }
+            let (ddir, dname) = parent(&root, &dst_names, true, op, tk)?;
+            // renameat moves the entry itself: a directory with whatever it
+            // holds, links included, all of it staying inside the sandbox.
+            if replace {
+                return sdir
+                    .rename(sname, &ddir, dname)
+                    .map_err(|e| persist_error(e, PutMode::Overwrite, op, tk));
+            }
+            rustix::fs::renameat_with(
+                &sdir,
+                sname,
+                &ddir,
+                dname,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(|e| persist_error(e.into(), PutMode::Create, op, tk))
+        })
+        .await
+    }
+
     fn names(key: &ObjectKey, op: Operation) -> Result<Names<'_>> {
         split(key).map_err(|e| e.with_operation(op))
     }
@@ -286,11 +339,11 @@ impl ObjectStorage for FileBackend {
                 }),
                 (NodeKind::Special(k), _) => Err(Error::special_file(k)
                     .with_operation(op)
-                    .with_path(key.as_str().to_owned())),
+                    .with_key(key.as_str().to_owned())),
                 // `d/` names a file, or `f` a directory: no such object.
                 _ => Err(Error::not_found("no such object")
                     .with_operation(op)
-                    .with_path(key.as_str().to_owned())),
+                    .with_key(key.as_str().to_owned())),
             }
         })
         .await
@@ -306,7 +359,7 @@ impl ObjectStorage for FileBackend {
             if names.dir {
                 return Err(Error::not_found("a directory has no content")
                     .with_operation(op)
-                    .with_path(k.to_owned()));
+                    .with_key(k.to_owned()));
             }
             let (dir, name) = parent(&root, &names, false, op, k)?;
             let (file, meta) = open_file(&dir, name, op, k)?;
@@ -405,7 +458,7 @@ impl ObjectStorage for FileBackend {
                             "the directory is not empty",
                         )
                         .with_operation(op)
-                        .with_path(k.to_owned())),
+                        .with_key(k.to_owned())),
                         Err(e) => Err(io_error(e, op, k)),
                     }
                 })();
@@ -464,7 +517,7 @@ impl ObjectStorage for FileBackend {
             if src_names.dir || dst_names.dir {
                 return Err(Error::invalid_input("only files are copied")
                     .with_operation(op)
-                    .with_path(fk.to_owned()));
+                    .with_key(fk.to_owned()));
             }
             let (sdir, sname) = parent(&root, &src_names, false, op, fk)?;
             let (mut src, _) = open_file(&sdir, sname, op, fk)?;
@@ -481,42 +534,11 @@ impl ObjectStorage for FileBackend {
     }
 
     async fn rename(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
-        let (root, from, to) = (Arc::clone(&self.root), from.clone(), to.clone());
-        blocking(move || {
-            let op = Operation::Copy;
-            let (fk, tk) = (from.as_str(), to.as_str());
-            let (src_names, dst_names) = (Self::names(&from, op)?, Self::names(&to, op)?);
-            if src_names.dir != dst_names.dir {
-                return Err(Error::invalid_input(
-                    "a directory is renamed to a directory, a file to a file",
-                )
-                .with_operation(op)
-                .with_path(fk.to_owned()));
-            }
-            let (sdir, sname) = parent(&root, &src_names, false, op, fk)?;
-            let meta = sdir
-                .symlink_metadata(sname)
-                .map_err(|e| io_error(e, op, fk))?;
-            match (kind_of(&meta), src_names.dir) {
-                (NodeKind::File, false) | (NodeKind::Directory, true) => {}
-                (NodeKind::Special(k), _) => {
-                    return Err(Error::special_file(k)
-                        .with_operation(op)
-                        .with_path(fk.to_owned()));
-                }
-                _ => {
-                    return Err(Error::not_found("no such object")
-                        .with_operation(op)
-                        .with_path(fk.to_owned()));
-                }
-            }
-            let (ddir, dname) = parent(&root, &dst_names, true, op, tk)?;
-            // renameat moves the entry itself: a directory with whatever it
-            // holds, links included, all of it staying inside the sandbox.
-            sdir.rename(sname, &ddir, dname)
-                .map_err(|e| persist_error(e, PutMode::Overwrite, op, tk))
-        })
-        .await
+        self.rename_entry(from, to, true).await
+    }
+
+    async fn rename_no_replace(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
+        self.rename_entry(from, to, false).await
     }
 
     async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId> {
@@ -532,7 +554,7 @@ impl ObjectStorage for FileBackend {
             if names.dir {
                 return Err(Error::invalid_input("a directory is not uploaded")
                     .with_operation(op)
-                    .with_path(k.to_owned()));
+                    .with_key(k.to_owned()));
             }
             let (dir, _) = parent(&root, &names, true, op, k)?;
             let file = stage::anonymous(&dir).map_err(|e| io_error(e, op, k))?;
@@ -604,7 +626,7 @@ impl ObjectStorage for FileBackend {
                     "the file was replaced while it was open for writing; write it again",
                 )
                 .with_operation(op)
-                .with_path(k.to_owned()));
+                .with_key(k.to_owned()));
             }
             if range.end > meta.size || range.start >= range.end {
                 return Err(Error::invalid_input(format!(
@@ -612,7 +634,7 @@ impl ObjectStorage for FileBackend {
                     meta.size
                 ))
                 .with_operation(op)
-                .with_path(k.to_owned()));
+                .with_key(k.to_owned()));
             }
             spool
                 .copy_part(number, &file, range)
@@ -659,12 +681,12 @@ impl ObjectStorage for FileBackend {
                 (NodeKind::Special(kind), _) => {
                     return Err(Error::special_file(kind)
                         .with_operation(op)
-                        .with_path(k.to_owned()));
+                        .with_key(k.to_owned()));
                 }
                 _ => {
                     return Err(Error::not_found("no such object")
                         .with_operation(op)
-                        .with_path(k.to_owned()));
+                        .with_key(k.to_owned()));
                 }
             }
             let _ = last;

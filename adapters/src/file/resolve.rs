@@ -47,7 +47,7 @@ pub(super) fn split(key: &ObjectKey) -> Result<Names<'_>> {
         .find(|n| n.is_empty() || **n == "." || **n == ".." || n.contains('\0'))
     {
         return Err(
-            Error::invalid_input(format!("{bad:?} is not a file name")).with_path(raw.to_owned())
+            Error::invalid_input(format!("{bad:?} is not a file name")).with_key(raw.to_owned())
         );
     }
     let last = names.pop();
@@ -96,7 +96,7 @@ pub(super) fn io_error(e: io::Error, op: Operation, key: &str) -> Error {
     };
     Error::new(kind, e.to_string())
         .with_operation(op)
-        .with_path(key.to_owned())
+        .with_key(key.to_owned())
 }
 
 /// Why `name` in `dir` could not be opened as what was asked: the entry
@@ -106,7 +106,7 @@ pub(super) fn why(dir: &Dir, name: &str, e: io::Error, op: Operation, key: &str)
         Ok(meta) => match kind_of(&meta) {
             NodeKind::Special(k) => Error::special_file(k)
                 .with_operation(op)
-                .with_path(key.to_owned()),
+                .with_key(key.to_owned()),
             // A file where a directory was needed: the path does not exist.
             // A file where a directory was needed: for a read the path does
             // not exist; a write cannot make it.
@@ -119,7 +119,7 @@ pub(super) fn why(dir: &Dir, name: &str, e: io::Error, op: Operation, key: &str)
                 };
                 Error::new(kind, format!("{name:?} is a file, not a directory"))
                     .with_operation(op)
-                    .with_path(key.to_owned())
+                    .with_key(key.to_owned())
             }
             NodeKind::Directory => io_error(e, op, key),
         },

@@ -136,7 +136,7 @@ impl Spool {
                 "a multipart upload completes with parts 1..=N, each exactly once",
             )
             .with_operation(op)
-            .with_path(self.key.as_str().to_owned()));
+            .with_key(self.key.as_str().to_owned()));
         }
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         given
@@ -153,7 +153,7 @@ impl Spool {
                 ))),
             })
             .collect::<Result<_>>()
-            .map_err(|e| e.with_operation(op).with_path(self.key.as_str().to_owned()))
+            .map_err(|e| e.with_operation(op).with_key(self.key.as_str().to_owned()))
     }
 
     /// Copies `parts` in order to `out` (blocking), checking each against
@@ -183,7 +183,7 @@ impl Spool {
                     format!("part {} changed in staging (its CRC-64 differs)", i + 1),
                 )
                 .with_operation(op)
-                .with_path(key.to_owned()));
+                .with_key(key.to_owned()));
             }
         }
         Ok(at)
@@ -211,7 +211,7 @@ impl Uploads {
                 "no such multipart upload {id} (completed or aborted already)"
             ))
             .with_operation(op)
-            .with_path(key.as_str().to_owned())),
+            .with_key(key.as_str().to_owned())),
         }
     }
 

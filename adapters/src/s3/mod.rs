@@ -158,7 +158,7 @@ impl ObjectStorage for S3Backend {
             return Err(Error::unsupported(
                 "S3 cannot change the time of an object over 5 GiB without copying it",
             )
-            .with_path(key.as_str().to_owned()));
+            .with_key(key.as_str().to_owned()));
         }
         let mut headers = vec![
             ("x-amz-copy-source", self.signed.copy_source(key)),
@@ -275,7 +275,7 @@ impl ObjectStorage for S3Backend {
                         ErrorKind::Conflict,
                         "the file was replaced while it was open for writing; write it again",
                     )
-                    .with_path(key.as_str().to_owned())
+                    .with_key(key.as_str().to_owned())
                 } else {
                     e
                 }

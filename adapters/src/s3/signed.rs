@@ -134,7 +134,7 @@ impl Signed {
             404 => {
                 return Err(Error::not_found("no such object")
                     .with_operation(Operation::Head)
-                    .with_path(key.as_str().to_owned()));
+                    .with_key(key.as_str().to_owned()));
             }
             status => {
                 tracing::debug!(status, key = %key, "HEAD not answered 200 or 404: asking object_store");
@@ -200,7 +200,7 @@ impl Signed {
             || self.send_with(&method, &url, headers, Bytes::new()),
         )
         .await
-        .map_err(|e| e.with_operation(op).with_path(key.as_str().to_owned()))
+        .map_err(|e| e.with_operation(op).with_key(key.as_str().to_owned()))
     }
 
     /// The path of `key` as `x-amz-copy-source` names it: `/bucket/key`,

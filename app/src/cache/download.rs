@@ -243,7 +243,7 @@ impl std::fmt::Debug for Download {
 fn invalid_response(key: &ObjectKey, message: String) -> Error {
     Error::new(ErrorKind::InvalidResponse, message)
         .with_operation(corral_domain::Operation::Get)
-        .with_path(key.as_str().to_owned())
+        .with_key(key.as_str().to_owned())
 }
 
 struct Fetch {
@@ -283,7 +283,7 @@ async fn fetch(f: Fetch) -> Result<Chunk, Error> {
             ErrorKind::Conflict,
             "the object was replaced during the download (its ETag changed); download it again",
         )
-        .with_path(key.as_str().to_owned()));
+        .with_key(key.as_str().to_owned()));
     }
     let mut at = 0usize;
     let mut body = r.body;
@@ -545,7 +545,7 @@ impl Download {
             ),
         )
         .with_operation(corral_domain::Operation::Get)
-        .with_path(self.key.as_str().to_owned()))
+        .with_key(self.key.as_str().to_owned()))
     }
 
     /// Up to `len` bytes at `offset`, without a copy in memory mode; fewer

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use corral::OverwriteMode;
-use corral::transfer::Location;
 
 const AFTER_HELP: &str = "\
 Paths: a sandbox path is written corral:/DIR/FILE (corral: then the path in
@@ -103,16 +102,12 @@ fn size(s: &str) -> Result<u64, String> {
 
 /// A path that must be in the sandbox: `corral:/PATH`.
 fn sandbox_path(s: &str) -> Result<String, String> {
-    match Location::parse(s) {
-        Location::Sandbox(p) => Ok(p),
-        Location::Local(_) => Err(format!(
+    match s.strip_prefix("corral:") {
+        Some(p) => Ok(p.to_owned()),
+        None => Err(format!(
             "{s:?} is not a sandbox path: write sandbox paths as corral:/PATH"
         )),
     }
-}
-
-fn location(s: &str) -> Result<Location, String> {
-    Ok(Location::parse(s))
 }
 
 #[derive(Args, Debug)]
@@ -205,8 +200,8 @@ pub(crate) enum Command {
         #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
         transfers: u16,
         /// Sources, then the destination.
-        #[arg(required = true, num_args = 2.., value_parser = location)]
-        paths: Vec<Location>,
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<String>,
     },
     /// Multipart uploads left pending in the user's S3 prefixes, by any tool.
     #[command(subcommand)]

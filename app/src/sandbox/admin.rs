@@ -186,7 +186,8 @@ impl UserSandbox {
                         .to_string();
                     self.write(&probe, b"corral check", None).await?;
                     let back = self.read(&probe).await;
-                    self.remove(&probe, false).await?;
+                    self.remove(&probe, super::tree::RemoveOptions::default())
+                        .await?;
                     if back?.as_ref() != b"corral check" {
                         return Err(Error::new(
                             ErrorKind::InvalidResponse,

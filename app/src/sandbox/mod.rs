@@ -20,10 +20,10 @@
 //! | [`scoped`] | the layer that maps every backend error to the user's path |
 
 pub(crate) mod admin;
-mod read;
+pub(crate) mod read;
 pub(crate) mod scoped;
 pub(crate) mod service;
-mod tree;
+pub(crate) mod tree;
 pub(crate) mod write;
 pub(crate) mod writing;
 
@@ -175,6 +175,45 @@ pub(crate) fn parse(path: &str) -> Result<VirtualPath, Error> {
     VirtualPath::parse(path).map_err(|e| Error::from(e).with_path(path.to_owned()))
 }
 
+/// A path in a user's sandbox, as the library's methods take it: a
+/// [`VirtualPath`] parsed at the edge (a server parses with its own
+/// [`corral_domain::Resolution`]), or, for convenience, a string parsed
+/// here with the strict rules.
+pub trait SandboxPath {
+    /// The parsed path, or an error naming the input.
+    fn to_virtual(self) -> Result<VirtualPath, Error>;
+}
+
+impl SandboxPath for &VirtualPath {
+    fn to_virtual(self) -> Result<VirtualPath, Error> {
+        Ok(self.clone())
+    }
+}
+
+impl SandboxPath for VirtualPath {
+    fn to_virtual(self) -> Result<VirtualPath, Error> {
+        Ok(self)
+    }
+}
+
+impl SandboxPath for &str {
+    fn to_virtual(self) -> Result<VirtualPath, Error> {
+        parse(self)
+    }
+}
+
+impl SandboxPath for &String {
+    fn to_virtual(self) -> Result<VirtualPath, Error> {
+        parse(self)
+    }
+}
+
+impl SandboxPath for String {
+    fn to_virtual(self) -> Result<VirtualPath, Error> {
+        parse(&self)
+    }
+}
+
 /// One user's sandbox. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct UserSandbox {
@@ -182,6 +221,16 @@ pub struct UserSandbox {
     slots: Arc<Vec<Slot>>,
     cache: TransferCache,
     writing: Arc<writing::Writing>,
+}
+
+/// Where a file is stored, for the journal of uploads in flight.
+pub(crate) struct FileKey {
+    /// Its object key.
+    pub(crate) key: String,
+    /// The mount point it is under.
+    pub(crate) mount: String,
+    /// Whether another process can resume an upload to it.
+    pub(crate) resumable: bool,
 }
 
 /// What a recursive walk found below a directory.
@@ -313,14 +362,13 @@ impl UserSandbox {
     /// Where a file is stored: its key, the mount point it is under, and
     /// whether an upload to it can be resumed by another process (for the
     /// journal of uploads in flight).
-    pub(crate) fn file_key(&self, path: &str) -> Result<(String, String, bool), Error> {
-        let vp = parse(path)?;
-        let t = self.mount(&vp, "cannot write")?;
-        Ok((
-            t.key()?.into_string(),
-            t.mount.point.to_string(),
-            t.caps().resume,
-        ))
+    pub(crate) fn file_key(&self, vp: &VirtualPath) -> Result<FileKey, Error> {
+        let t = self.mount(vp, "cannot write")?;
+        Ok(FileKey {
+            key: t.key()?.into_string(),
+            mount: t.mount.point.to_string(),
+            resumable: t.caps().resume,
+        })
     }
 
     /// The listing rule for directory `t`, with the mounts below `dir`.

@@ -10,13 +10,13 @@ use corral_domain::{Error, ErrorKind, ObjectStorage, VirtualPath};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{Entry, Place, UserSandbox, parse};
+use super::{Entry, Place, SandboxPath, UserSandbox};
 use crate::cache::Download;
 
 impl UserSandbox {
     /// File or directory at `path`; a directory wins over a file of the same name.
-    pub async fn stat(&self, path: &str) -> Result<Entry, Error> {
-        let vp = parse(path)?;
+    pub async fn stat(&self, path: impl SandboxPath) -> Result<Entry, Error> {
+        let vp = path.to_virtual()?;
         self.stat_path(&vp).await
     }
 
@@ -63,16 +63,38 @@ impl UserSandbox {
     }
 
     /// The entries of directory `path`, streamed as the backend pages in
-    /// (mount points first, then the backend's entries in key order).
-    pub fn list(&self, path: &str) -> BoxStream<'static, Result<DirEntry, Error>> {
-        match self.list_inner(path) {
+    /// (mount points first, then the backend's entries in key order). Not a
+    /// check that `path` is a directory: [`Self::read_dir`] is.
+    pub fn list(&self, path: impl SandboxPath) -> BoxStream<'static, Result<DirEntry, Error>> {
+        match path.to_virtual().and_then(|vp| self.list_inner(&vp)) {
             Ok(s) => s,
             Err(e) => Box::pin(futures::stream::once(async { Err(e) })),
         }
     }
 
-    fn list_inner(&self, path: &str) -> Result<BoxStream<'static, Result<DirEntry, Error>>, Error> {
-        let vp = parse(path)?;
+    /// The entries of directory `path` ([`Self::list`]), once it is known to
+    /// be one: [`ErrorKind::NotADirectory`] for a file, not found if nothing
+    /// is there. What SFTP OPENDIR and a WebDAV PROPFIND need, in one call.
+    pub async fn read_dir(
+        &self,
+        path: impl SandboxPath,
+    ) -> Result<BoxStream<'static, Result<DirEntry, Error>>, Error> {
+        let vp = path.to_virtual()?;
+        let e = self.stat_path(&vp).await?;
+        if e.kind != EntryKind::Directory {
+            return Err(
+                Error::new(ErrorKind::NotADirectory, format!("{vp} is not a directory"))
+                    .with_path(vp.to_string()),
+            );
+        }
+        self.list_inner(&vp)
+    }
+
+    fn list_inner(
+        &self,
+        vp: &VirtualPath,
+    ) -> Result<BoxStream<'static, Result<DirEntry, Error>>, Error> {
+        let vp = vp.clone();
         let t = match self.place(&vp)? {
             Place::Virtual(p) => {
                 let mounts: Vec<Result<DirEntry, Error>> = self
@@ -147,8 +169,9 @@ impl UserSandbox {
     }
 
     /// Reads a whole file (for small files; large ones go through [`Self::open`]).
-    pub async fn read(&self, path: &str) -> Result<Bytes, Error> {
-        let mut d = self.open(path).await?;
+    pub async fn read(&self, path: impl SandboxPath) -> Result<Bytes, Error> {
+        let vp = path.to_virtual()?;
+        let mut d = self.open_checked(&vp, false).await?;
         let mut out = Vec::with_capacity(d.size() as usize);
         while let Some(chunk) = d.next_chunk().await? {
             out.extend_from_slice(&chunk);
@@ -157,7 +180,12 @@ impl UserSandbox {
     }
 
     /// Up to `len` bytes of a file from `offset` (fewer at the end of the file).
-    pub async fn read_range(&self, path: &str, offset: u64, len: usize) -> Result<Bytes, Error> {
+    pub async fn read_range(
+        &self,
+        path: impl SandboxPath,
+        offset: u64,
+        len: usize,
+    ) -> Result<Bytes, Error> {
         let mut d = self.open(path).await?;
         Ok(d.read_full(offset, len).await?.into())
     }
@@ -165,9 +193,10 @@ impl UserSandbox {
     /// A file as an [`tokio::io::AsyncRead`], read ahead through the cache.
     pub async fn reader(
         &self,
-        path: &str,
+        path: impl SandboxPath,
     ) -> Result<impl tokio::io::AsyncRead + Send + Unpin + 'static, Error> {
-        let d = self.open(path).await?;
+        let vp = path.to_virtual()?;
+        let d = self.open_checked(&vp, false).await?;
         let chunks = futures::stream::try_unfold(d, |mut d| async move {
             Ok::<_, Error>(d.next_chunk().await?.map(|c| (c, d)))
         })
@@ -183,11 +212,12 @@ impl UserSandbox {
     /// they are written.
     pub async fn download_to_file(
         &self,
-        path: &str,
+        path: impl SandboxPath,
         local: &std::path::Path,
         progress: impl FnMut(u64) + Send,
     ) -> Result<u64, Error> {
-        self.download_to_file_checked(path, local, progress, false)
+        let vp = path.to_virtual()?;
+        self.download_to_file_checked(&vp, local, progress, false)
             .await
     }
 
@@ -196,7 +226,7 @@ impl UserSandbox {
     /// the per-file lookup is saved.
     pub(crate) async fn download_to_file_checked(
         &self,
-        path: &str,
+        path: &VirtualPath,
         local: &std::path::Path,
         mut progress: impl FnMut(u64) + Send,
         listed_file: bool,
@@ -260,12 +290,13 @@ impl UserSandbox {
     }
 
     /// Opens a file for reading through the cache's read-ahead.
-    pub async fn open(&self, path: &str) -> Result<Download, Error> {
-        self.open_checked(path, false).await
+    pub async fn open(&self, path: impl SandboxPath) -> Result<FileReader, Error> {
+        let vp = path.to_virtual()?;
+        Ok(FileReader(self.open_checked(&vp, false).await?))
     }
 
-    async fn open_checked(&self, path: &str, listed_file: bool) -> Result<Download, Error> {
-        let vp = parse(path)?;
+    async fn open_checked(&self, vp: &VirtualPath, listed_file: bool) -> Result<Download, Error> {
+        let vp = vp.clone();
         let t = self.mount(&vp, "cannot read")?;
         if t.is_mount_root() || (!listed_file && Self::dir_exists(&t).await?) {
             return Err(
@@ -291,6 +322,46 @@ impl UserSandbox {
         };
         d.set_path(vp.to_string());
         Ok(d)
+    }
+}
+
+/// A file open for reading ([`UserSandbox::open`]): a read-ahead through
+/// the transfer cache. Its errors name the user's path; it never shows
+/// where the file is stored.
+#[derive(Debug)]
+pub struct FileReader(Download);
+
+impl FileReader {
+    /// The file's size when it was opened.
+    pub fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    /// Its modification time, if the backend keeps one.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        self.0.meta().last_modified
+    }
+
+    /// Its entity tag, if the backend gives one.
+    pub fn etag(&self) -> Option<&str> {
+        self.0.meta().etag.as_deref()
+    }
+
+    /// Up to `len` bytes at `offset`, without a copy in memory mode; fewer
+    /// at the end of a piece or of the file, empty at or past the end.
+    pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Bytes, Error> {
+        self.0.read_at(offset, len).await
+    }
+
+    /// Exactly `len` bytes at `offset` (fewer only at the end of the file).
+    pub async fn read_full(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+        self.0.read_full(offset, len).await
+    }
+
+    /// The next bytes in order, or `None` at the end: reading the whole
+    /// file this way checks its checksum where the backend vouches for one.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        self.0.next_chunk().await
     }
 }
 

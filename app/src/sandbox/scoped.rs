@@ -60,8 +60,7 @@ impl Scoped {
 
     /// `e`, naming the user's path where it named a key.
     pub(crate) fn user_error(&self, e: Error) -> Error {
-        // User paths start with `/`; keys never do.
-        let Some(key) = e.path().filter(|p| !p.starts_with('/')).map(str::to_owned) else {
+        let Some(key) = e.key().filter(|_| e.path().is_none()).map(str::to_owned) else {
             return e;
         };
         let shown = self.user_path(&key).to_string();
@@ -138,8 +137,8 @@ impl ObjectStorage for Scoped {
         Ok(failed
             .into_iter()
             .map(|(k, e)| {
-                let e = if e.path().is_none() {
-                    e.with_path(k.as_str().to_owned())
+                let e = if e.path().is_none() && e.key().is_none() {
+                    e.with_key(k.as_str().to_owned())
                 } else {
                     e
                 };
@@ -171,6 +170,13 @@ impl ObjectStorage for Scoped {
     async fn rename(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
         self.inner
             .rename(from, to)
+            .await
+            .map_err(|e| self.user_error(e))
+    }
+
+    async fn rename_no_replace(&self, from: &ObjectKey, to: &ObjectKey) -> Result<()> {
+        self.inner
+            .rename_no_replace(from, to)
             .await
             .map_err(|e| self.user_error(e))
     }
@@ -258,10 +264,10 @@ mod tests {
             &self.0
         }
         async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta> {
-            Err(Error::not_found(format!("no such key {key}")).with_path(key.as_str()))
+            Err(Error::not_found(format!("no such key {key}")).with_key(key.as_str()))
         }
         async fn get(&self, key: &ObjectKey, _: Option<ByteRange>) -> Result<GetResult> {
-            Err(Error::not_found("no").with_path(key.as_str()))
+            Err(Error::not_found("no").with_key(key.as_str()))
         }
         async fn put(&self, _: &ObjectKey, _: Bytes, _: PutMode) -> Result<PutResult> {
             Ok(PutResult::default())

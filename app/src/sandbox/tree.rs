@@ -9,7 +9,40 @@ use corral_domain::port::PutMode;
 use corral_domain::tree::{Step, delete_order, plan_copy};
 use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage, VirtualPath};
 
-use super::{At, Copied, UserSandbox, parse};
+use super::{At, Copied, SandboxPath, UserSandbox};
+
+/// How [`UserSandbox::remove`] removes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoveOptions {
+    /// A directory goes with everything in it; without this, a directory
+    /// that holds anything is [`ErrorKind::DirectoryNotEmpty`].
+    pub recursive: bool,
+    /// Only this kind: a directory where a file is expected is
+    /// [`ErrorKind::IsADirectory`] (SFTP REMOVE), a file where a directory
+    /// is expected [`ErrorKind::NotADirectory`] (SFTP RMDIR, WebDAV DELETE of
+    /// a collection). `None`: either.
+    pub only: Option<EntryKind>,
+}
+
+/// How [`UserSandbox::rename`] treats an existing target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenameOptions {
+    /// Replace a file at the target (POSIX `rename`, SFTP
+    /// `posix-rename@openssh.com`, WebDAV `Overwrite: T`). Without it, an
+    /// existing target is [`ErrorKind::AlreadyExists`] (SFTP v3 RENAME,
+    /// WebDAV `Overwrite: F`): atomically where the backend can refuse a
+    /// rename over a name (File: `renameat2(RENAME_NOREPLACE)`); elsewhere
+    /// the target is looked up first.
+    pub replace: bool,
+}
+
+/// How [`UserSandbox::copy`] copies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeCopyOptions {
+    /// A directory is copied with everything in it; without this, copying
+    /// a directory is refused.
+    pub recursive: bool,
+}
 
 /// Deletes `keys`; what is already gone counts as deleted.
 async fn delete(t: &At<'_>, keys: Vec<ObjectKey>) -> Result<(), Error> {
@@ -25,10 +58,14 @@ async fn delete(t: &At<'_>, keys: Vec<ObjectKey>) -> Result<(), Error> {
 
 impl UserSandbox {
     /// Removes a file, an empty directory, or (with `recursive`) a directory
-    /// and everything visible below it. A link or special file (File
-    /// sandboxes) is removed as an entry, never what it points to.
-    pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), Error> {
-        let vp = parse(path)?;
+    /// and everything visible below it, as `options` say. A link or special
+    /// file (File sandboxes) is removed as an entry, never what it points to.
+    pub async fn remove(
+        &self,
+        path: impl SandboxPath,
+        options: RemoveOptions,
+    ) -> Result<(), Error> {
+        let vp = path.to_virtual()?;
         let t = self.mount(&vp, "cannot remove")?;
         if t.is_mount_root() {
             return Err(Error::new(
@@ -50,6 +87,22 @@ impl UserSandbox {
             Err(e) if e.special().is_some() => false,
             Err(e) => return Err(e),
         };
+        match (is_dir, options.only) {
+            (true, Some(EntryKind::File)) => {
+                return Err(
+                    Error::new(ErrorKind::IsADirectory, format!("{vp} is a directory"))
+                        .with_path(vp.to_string()),
+                );
+            }
+            (false, Some(EntryKind::Directory)) => {
+                return Err(Error::new(
+                    ErrorKind::NotADirectory,
+                    format!("{vp} is not a directory"),
+                )
+                .with_path(vp.to_string()));
+            }
+            _ => {}
+        }
         if is_dir {
             let below = Self::below(&t).await?;
             let own_marker = t.root().dir_marker_for(&t.inner)?;
@@ -60,12 +113,10 @@ impl UserSandbox {
                 .chain(below.special)
                 .filter(|k| Some(k) != own_marker.as_ref())
                 .collect();
-            if !keys.is_empty() && !recursive {
+            if !keys.is_empty() && !options.recursive {
                 return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "directory {vp} is not empty (a recursive remove takes it and everything in it)"
-                    ),
+                    ErrorKind::DirectoryNotEmpty,
+                    format!("directory {vp} is not empty"),
                 )
                 .with_path(vp.to_string())
                 .with_setting("recursive"));
@@ -85,25 +136,41 @@ impl UserSandbox {
 
     /// Copies a file, or (with `recursive`) a directory, to `to`. Server-side
     /// within one backend; through the cache between backends.
-    pub async fn copy(&self, from: &str, to: &str, recursive: bool) -> Result<Copied, Error> {
-        self.transfer(from, to, recursive, false).await
+    pub async fn copy(
+        &self,
+        from: impl SandboxPath,
+        to: impl SandboxPath,
+        options: TreeCopyOptions,
+    ) -> Result<Copied, Error> {
+        let (src, dst) = (from.to_virtual()?, to.to_virtual()?);
+        self.transfer(&src, &dst, options.recursive, None).await
     }
 
-    /// Moves a file or a directory. Where the backend renames atomically
-    /// (File), so does the move, directory and all; elsewhere a directory
-    /// moves entry by entry, so a failure half-way leaves some entries moved.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<Copied, Error> {
-        self.transfer(from, to, true, true).await
+    /// Moves a file or a directory, replacing a file at the target or not
+    /// as `options` say. Where the backend renames atomically (File), so
+    /// does the move, directory and all; elsewhere a directory moves entry
+    /// by entry, so a failure half-way leaves some entries moved.
+    pub async fn rename(
+        &self,
+        from: impl SandboxPath,
+        to: impl SandboxPath,
+        options: RenameOptions,
+    ) -> Result<Copied, Error> {
+        let (src, dst) = (from.to_virtual()?, to.to_virtual()?);
+        self.transfer(&src, &dst, true, Some(options)).await
     }
 
+    /// A copy, or a move (`rename: Some`).
     async fn transfer(
         &self,
-        from: &str,
-        to: &str,
+        src: &VirtualPath,
+        dst: &VirtualPath,
         recursive: bool,
-        remove_source: bool,
+        rename: Option<RenameOptions>,
     ) -> Result<Copied, Error> {
-        let (src, dst) = (parse(from)?, parse(to)?);
+        let (src, dst) = (src.clone(), dst.clone());
+        let remove_source = rename.is_some();
+        let no_replace = rename.is_some_and(|r| !r.replace);
         if dst.starts_with(&src) {
             return Err(Error::invalid_input(format!(
                 "cannot move or copy {src} into itself ({dst})"
@@ -115,10 +182,17 @@ impl UserSandbox {
             self.mount(&dst, "cannot write")?,
         );
         if d.is_mount_root() || Self::dir_exists(&d).await? {
+            let kind = if no_replace {
+                ErrorKind::AlreadyExists
+            } else {
+                ErrorKind::IsADirectory
+            };
             return Err(
-                Error::new(ErrorKind::AlreadyExists, format!("{dst} is a directory"))
-                    .with_path(dst.to_string()),
+                Error::new(kind, format!("{dst} is a directory")).with_path(dst.to_string())
             );
+        }
+        if no_replace && self.writing.get(&d.mount.store, &d.key()?).is_some() {
+            return Err(already_exists(&dst));
         }
         let same_backend = s.mount.same_backend(d.mount);
         let steps = if entry.kind == EntryKind::File {
@@ -130,9 +204,11 @@ impl UserSandbox {
             }]
         } else {
             if !recursive {
-                return Err(Error::invalid_input(format!(
-                    "{src} is a directory (copy or move it recursively)"
-                ))
+                return Err(Error::new(
+                    ErrorKind::IsADirectory,
+                    format!("{src} is a directory (copy or move it recursively)"),
+                )
+                .with_path(src.to_string())
                 .with_setting("recursive"));
             }
             if s.is_mount_root() && remove_source {
@@ -184,12 +260,23 @@ impl UserSandbox {
             let server_side =
                 same_backend && (s.caps().atomic_rename || size <= MAX_COPY_OBJECT_SIZE);
             if server_side {
-                if remove_source {
+                if no_replace {
+                    s.storage()
+                        .rename_no_replace(&step.from, &step.to)
+                        .await
+                        .map_err(|e| match e.kind() {
+                            ErrorKind::AlreadyExists => already_exists(&dst),
+                            _ => e,
+                        })?;
+                } else if remove_source {
                     s.storage().rename(&step.from, &step.to).await?;
                 } else {
                     s.storage().copy(&step.from, &step.to).await?;
                 }
             } else {
+                if no_replace && d.storage().head(&step.to).await.is_ok() {
+                    return Err(already_exists(&dst));
+                }
                 self.stream_copy(&s, &step.from, &d, &step.to).await?;
                 if remove_source {
                     delete(&s, vec![step.from]).await?;
@@ -228,8 +315,12 @@ impl UserSandbox {
     }
 
     /// Whether `path` is a directory of the sandbox (or above its mounts).
-    pub async fn is_dir(&self, path: &str) -> Result<bool, Error> {
-        let vp: VirtualPath = parse(path)?;
+    pub async fn is_dir(&self, path: impl SandboxPath) -> Result<bool, Error> {
+        let vp = path.to_virtual()?;
         Ok(self.stat_path(&vp).await?.kind == EntryKind::Directory)
     }
+}
+
+fn already_exists(p: &VirtualPath) -> Error {
+    Error::new(ErrorKind::AlreadyExists, format!("{p} already exists")).with_path(p.to_string())
 }

@@ -13,8 +13,9 @@ use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage, OverwriteMode};
 use futures::StreamExt;
 
 use super::writing::WriteGuard;
-use super::{UserSandbox, parse};
+use super::{SandboxPath, UserSandbox};
 use crate::cache::{Base, Upload};
+use corral_domain::VirtualPath;
 
 /// How [`UserSandbox::create_with`] opens a file for writing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +36,15 @@ pub struct WriteOptions {
     /// Keep the bytes of an existing file that are not written (a file
     /// opened without truncation): the write goes in place, over it.
     pub keep_existing: bool,
+}
+
+/// How [`UserSandbox::mkdir`] makes a directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MkdirOptions {
+    /// Make the missing directories above it too, and succeed if it exists
+    /// (`mkdir -p`); without it, an existing path is
+    /// [`ErrorKind::AlreadyExists`] and a missing parent not found.
+    pub parents: bool,
 }
 
 /// A write in progress; see [`UserSandbox::create`].
@@ -146,9 +156,9 @@ impl Writer {
 
 impl UserSandbox {
     /// Writes a file from a stream of byte chunks (`size` if known).
-    pub async fn write_stream<S, E>(
+    pub async fn write_stream<P: SandboxPath, S, E>(
         &self,
-        path: &str,
+        path: P,
         size: Option<u64>,
         mode: Option<OverwriteMode>,
         stream: S,
@@ -175,9 +185,9 @@ impl UserSandbox {
     }
 
     /// Writes a file from an [`tokio::io::AsyncRead`] (`size` if known).
-    pub async fn write_from<R>(
+    pub async fn write_from<P: SandboxPath, R>(
         &self,
-        path: &str,
+        path: P,
         size: Option<u64>,
         mode: Option<OverwriteMode>,
         reader: R,
@@ -194,7 +204,7 @@ impl UserSandbox {
     /// size is checked against the sandbox's limit before any byte moves.
     pub async fn create(
         &self,
-        path: &str,
+        path: impl SandboxPath,
         size: Option<u64>,
         mode: Option<OverwriteMode>,
     ) -> Result<Writer, Error> {
@@ -203,14 +213,20 @@ impl UserSandbox {
             overwrite: mode,
             ..WriteOptions::default()
         };
-        self.create_checked(path, options, false).await
+        self.create_checked(&path.to_virtual()?, options, false)
+            .await
     }
 
     /// Starts writing `path` as `options` say. The file shows to `stat` and
     /// listings of this process from now on, with the size written so far;
     /// its content replaces the old one only when [`Writer::finish`] completes.
-    pub async fn create_with(&self, path: &str, options: WriteOptions) -> Result<Writer, Error> {
-        self.create_checked(path, options, false).await
+    pub async fn create_with(
+        &self,
+        path: impl SandboxPath,
+        options: WriteOptions,
+    ) -> Result<Writer, Error> {
+        self.create_checked(&path.to_virtual()?, options, false)
+            .await
     }
 
     /// [`Self::create_with`]; `listed_not_dir`: the caller listed the parent
@@ -218,11 +234,11 @@ impl UserSandbox {
     /// name, so the per-file lookup is saved.
     pub(crate) async fn create_checked(
         &self,
-        path: &str,
+        vp: &VirtualPath,
         options: WriteOptions,
         listed_not_dir: bool,
     ) -> Result<Writer, Error> {
-        let vp = parse(path)?;
+        let vp = vp.clone();
         let t = self.mount(&vp, "cannot write")?;
         if t.is_mount_root() || (!listed_not_dir && Self::dir_exists(&t).await?) {
             return Err(
@@ -352,13 +368,13 @@ impl UserSandbox {
     /// declares [`Capabilities::resume`].
     pub(crate) async fn resume(
         &self,
-        path: &str,
+        vp: &VirtualPath,
         size: u64,
         part_size: u64,
         upload: UploadId,
         parts: Vec<CompletedPart>,
     ) -> Result<Writer, Error> {
-        let vp = parse(path)?;
+        let vp = vp.clone();
         let t = self.mount(&vp, "cannot write")?;
         if !t.caps().resume {
             return Err(Error::unsupported(format!(
@@ -389,8 +405,12 @@ impl UserSandbox {
     /// [`ErrorKind::Unsupported`] where it does not (Memory). S3 keeps it in
     /// the object's `mtime` metadata, as rclone does, by copying the object
     /// onto itself; a directory that is only a prefix keeps none.
-    pub async fn set_modified(&self, path: &str, modified: SystemTime) -> Result<(), Error> {
-        let vp = parse(path)?;
+    pub async fn set_modified(
+        &self,
+        path: impl SandboxPath,
+        modified: SystemTime,
+    ) -> Result<(), Error> {
+        let vp = path.to_virtual()?;
         let t = self.mount(&vp, "cannot change")?;
         if !t.caps().set_modified {
             return Err(Error::unsupported(format!(
@@ -424,7 +444,7 @@ impl UserSandbox {
     /// Writes a whole file from memory.
     pub async fn write(
         &self,
-        path: &str,
+        path: impl SandboxPath,
         data: &[u8],
         mode: Option<OverwriteMode>,
     ) -> Result<OverwriteDecision, Error> {
@@ -436,8 +456,9 @@ impl UserSandbox {
     }
 
     /// Creates a directory (and, with `parents`, the missing ones above it).
-    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), Error> {
-        let vp = parse(path)?;
+    pub async fn mkdir(&self, path: impl SandboxPath, options: MkdirOptions) -> Result<(), Error> {
+        let parents = options.parents;
+        let vp = path.to_virtual()?;
         let t = self.mount(&vp, "cannot create a directory in")?;
         if t.is_mount_root() || Self::dir_exists(&t).await? {
             if parents {
@@ -493,6 +514,6 @@ impl UserSandbox {
     }
 }
 
-fn already_exists(vp: &corral_domain::VirtualPath) -> Error {
+fn already_exists(vp: &VirtualPath) -> Error {
     Error::new(ErrorKind::AlreadyExists, format!("{vp} already exists")).with_path(vp.to_string())
 }

@@ -22,19 +22,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use corral::cache::Download;
 use corral::{
-    DirEntry, Entry, EntryKind, Error, ErrorKind, OverwriteMode, Resolution, UserSandbox,
-    VirtualPath, WriteOptions, Writer,
+    DirEntry, Entry, EntryKind, Error, ErrorKind, FileReader, MkdirOptions, OverwriteMode,
+    RemoveOptions, RenameOptions, Resolution, UserSandbox, VirtualPath, WriteOptions, Writer,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use russh_sftp::protocol::{
-    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
-    StatusCode, Version,
+    Attrs, Data, ExtendedReply, File, FileAttributes, Name, OpenFlags, Packet, StatusCode, Version,
 };
 
 use super::metrics::{Metrics, Outcome, Transfer};
+use super::reply::{code, ok, status};
 use super::request::HandleRequest;
 
 /// The most data one READ returns, and one WRITE may carry (what
@@ -62,7 +61,7 @@ pub(crate) struct Fs {
 pub(crate) enum Open {
     Read {
         path: String,
-        download: Box<Download>,
+        download: Box<FileReader>,
         started: Instant,
         bytes: u64,
     },
@@ -92,91 +91,10 @@ impl Open {
     }
 }
 
-/// What a client is told of an error: the library's message where it is
-/// about the client's request; a plain sentence where the cause is the
-/// server's (its storage, its settings, its cache), whose detail goes to
-/// the operator's log. Never a setting, a flag or an OS error number.
-pub(crate) fn client_message(e: &Error) -> String {
-    let path = e.path().filter(|p| p.starts_with('/'));
-    let at = |s: &str| match path {
-        Some(p) => format!("{p}: {s}"),
-        None => s.to_owned(),
-    };
-    match e.kind() {
-        ErrorKind::Cancelled => at("the server is busy: try again in a moment"),
-        ErrorKind::Unavailable | ErrorKind::Unauthenticated | ErrorKind::InvalidResponse => {
-            at("the server's storage did not answer as it should: try again later")
-        }
-        ErrorKind::Other => at("the request failed on the server"),
-        _ if e
-            .setting()
-            .is_some_and(|s| s != "parents" && s != "recursive") =>
-        {
-            at("the server's transfer settings do not allow this")
-        }
-        _ => strip_os_error(&e.to_string()),
-    }
-}
-
-/// `s` without the ` (os error N)` the system's messages end with.
-fn strip_os_error(s: &str) -> String {
-    match s.rfind(" (os error ") {
-        Some(i) if s.ends_with(')') => s[..i].to_owned(),
-        _ => s.to_owned(),
-    }
-}
-
-/// The status an error answers with; the operator's log gets the detail.
-pub(crate) fn status(id: u32, e: &Error) -> Packet {
-    let code = match e.kind() {
-        ErrorKind::NotFound => StatusCode::NoSuchFile,
-        ErrorKind::PermissionDenied | ErrorKind::EscapesSandbox => StatusCode::PermissionDenied,
-        ErrorKind::Unsupported => StatusCode::OpUnsupported,
-        _ => StatusCode::Failure,
-    };
-    match e.kind() {
-        ErrorKind::Cancelled
-        | ErrorKind::Unavailable
-        | ErrorKind::Unauthenticated
-        | ErrorKind::InvalidResponse
-        | ErrorKind::Other => tracing::warn!(id, error = %e, "request failed on the server's side"),
-        _ => tracing::debug!(id, error = %e, "request failed"),
-    }
-    Packet::Status(Status {
-        id,
-        status_code: code,
-        error_message: client_message(e),
-        language_tag: "en-US".to_owned(),
-    })
-}
-
-fn ok(id: u32) -> Packet {
-    code(id, StatusCode::Ok, "")
-}
-
-pub(crate) fn code(id: u32, status_code: StatusCode, message: &str) -> Packet {
-    Packet::Status(Status {
-        id,
-        status_code,
-        error_message: if message.is_empty() {
-            status_code.to_string()
-        } else {
-            message.to_owned()
-        },
-        language_tag: "en-US".to_owned(),
-    })
-}
-
-/// An answer's bytes on the wire.
-pub(crate) fn encode(p: Packet) -> Result<Bytes, String> {
-    Bytes::try_from(p).map_err(|e| e.to_string())
-}
-
 /// A client's path, parsed once: the domain's rules, `..` at the root
 /// staying at the root.
-pub(crate) fn path(raw: &str) -> Result<String, Error> {
+pub(crate) fn path(raw: &str) -> Result<VirtualPath, Error> {
     VirtualPath::parse_with(raw, Resolution::Chroot)
-        .map(|p| p.to_string())
         .map_err(|e| Error::from(e).with_path(raw.to_owned()))
 }
 
@@ -236,7 +154,7 @@ impl Fs {
         if !write {
             let download = Box::new(self.sb.open(&p).await?);
             return Ok(Open::Read {
-                path: p,
+                path: p.to_string(),
                 download,
                 started: Instant::now(),
                 bytes: 0,
@@ -258,7 +176,7 @@ impl Fs {
             writer.set_modified(t);
         }
         Ok(Open::Write {
-            path: p,
+            path: p.to_string(),
             writer: Some(Box::new(writer)),
             append,
             started: Instant::now(),
@@ -267,18 +185,11 @@ impl Fs {
         })
     }
 
-    /// OPENDIR.
+    /// OPENDIR: the library's listing of a directory (not a directory is
+    /// its error).
     pub(crate) async fn opendir(&self, raw: &str) -> Result<Open, Error> {
-        let p = path(raw)?;
-        let e = self.sb.stat(&p).await?;
-        if e.kind != EntryKind::Directory {
-            return Err(
-                Error::new(ErrorKind::NotADirectory, format!("{p} is not a directory"))
-                    .with_path(p),
-            );
-        }
         Ok(Open::Dir {
-            entries: self.sb.list(&p),
+            entries: self.sb.read_dir(&path(raw)?).await?,
             done: false,
         })
     }
@@ -345,13 +256,10 @@ impl Fs {
                     }
                 }
             }
-            (Open::Read { download, .. }, HandleRequest::Fstat { id }) => {
-                let m = download.meta();
-                Packet::Attrs(Attrs {
-                    id,
-                    attrs: self.attrs(EntryKind::File, m.size, m.last_modified),
-                })
-            }
+            (Open::Read { download, .. }, HandleRequest::Fstat { id }) => Packet::Attrs(Attrs {
+                id,
+                attrs: self.attrs(EntryKind::File, download.size(), download.modified()),
+            }),
             (Open::Write { writer, sent, .. }, HandleRequest::Fstat { id }) => {
                 let size = writer.as_ref().map_or(*sent, |w| w.size());
                 Packet::Attrs(Attrs {
@@ -385,8 +293,10 @@ impl Fs {
                 ok(id)
             }
             (Open::Read { path, .. }, HandleRequest::FSetStat { id, attrs }) => {
-                let path = path.clone();
-                self.setstat(id, &path, &attrs).await
+                match self::path(path) {
+                    Ok(p) => self.setstat(id, &p, &attrs).await,
+                    Err(e) => status(id, &e),
+                }
             }
             (Open::Dir { .. }, HandleRequest::FSetStat { id, .. }) => ok(id),
             (Open::Dir { entries, done }, HandleRequest::ReadDir { id }) => {
@@ -552,7 +462,7 @@ impl Fs {
 
     /// SETSTAT of a path: the modification time is kept where the backend
     /// keeps one; other attributes are accepted and ignored.
-    async fn setstat(&self, id: u32, p: &str, attrs: &FileAttributes) -> Packet {
+    async fn setstat(&self, id: u32, p: &VirtualPath, attrs: &FileAttributes) -> Packet {
         if self.refuse_setstat {
             return self.setstat_refused(id);
         }
@@ -575,7 +485,7 @@ impl Fs {
             match self.sb.set_modified(p, t).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Unsupported => {
-                    tracing::debug!(user = %self.user, path = p, "the backend keeps no modification times: SETSTAT ignored");
+                    tracing::debug!(user = %self.user, path = %p, "the backend keeps no modification times: SETSTAT ignored");
                 }
                 Err(e) => return status(id, &e),
             }
@@ -594,7 +504,11 @@ impl Fs {
                 Err(e) => Err(e),
             },
             Packet::MkDir(r) => match path(&r.path) {
-                Ok(p) => self.sb.mkdir(&p, false).await.map(|()| ok(id)),
+                Ok(p) => self
+                    .sb
+                    .mkdir(&p, MkdirOptions::default())
+                    .await
+                    .map(|()| ok(id)),
                 Err(e) => Err(e),
             },
             Packet::RmDir(r) => self.remove(id, &r.path, true).await,
@@ -609,7 +523,7 @@ impl Fs {
                 path(raw).map(|p| {
                     Packet::Name(Name {
                         id,
-                        files: vec![File::dummy(p)],
+                        files: vec![File::dummy(p.to_string())],
                     })
                 })
             }
@@ -632,39 +546,28 @@ impl Fs {
         }))
     }
 
+    /// REMOVE (a file) and RMDIR (an empty directory): the library tells
+    /// which is which, in the same call.
     async fn remove(&self, id: u32, raw: &str, dir: bool) -> Result<Packet, Error> {
-        let p = path(raw)?;
-        let e = self.sb.stat(&p).await?;
-        match (e.kind == EntryKind::Directory, dir) {
-            (true, false) => Err(Error::new(
-                ErrorKind::IsADirectory,
-                format!("{p} is a directory (remove it with rmdir)"),
-            )),
-            (false, true) => Err(Error::new(
-                ErrorKind::NotADirectory,
-                format!("{p} is not a directory"),
-            )),
-            _ => self.sb.remove(&p, false).await.map(|()| ok(id)),
-        }
+        let only = if dir {
+            EntryKind::Directory
+        } else {
+            EntryKind::File
+        };
+        let options = RemoveOptions {
+            recursive: false,
+            only: Some(only),
+        };
+        self.sb.remove(&path(raw)?, options).await.map(|()| ok(id))
     }
 
     /// RENAME refuses an existing target (SFTP v3); `posix-rename@openssh.com` replaces it.
     async fn rename(&self, id: u32, from: &str, to: &str, replace: bool) -> Result<Packet, Error> {
         let (from, to) = (path(from)?, path(to)?);
-        if !replace {
-            match self.sb.stat(&to).await {
-                Ok(_) => {
-                    return Err(Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!("{to} already exists"),
-                    )
-                    .with_path(to));
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.sb.rename(&from, &to).await.map(|_| ok(id))
+        self.sb
+            .rename(&from, &to, RenameOptions { replace })
+            .await
+            .map(|_| ok(id))
     }
 
     async fn extended(&self, id: u32, request: &str, data: Vec<u8>) -> Result<Packet, Error> {
@@ -707,9 +610,4 @@ fn request_id(r: &HandleRequest) -> u32 {
         | HandleRequest::ReadDir { id }
         | HandleRequest::Close { id, .. } => *id,
     }
-}
-
-/// A handle's reply to OPEN and OPENDIR.
-pub(crate) fn handle(id: u32, handle: String) -> Packet {
-    Packet::Handle(Handle { id, handle })
 }

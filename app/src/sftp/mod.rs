@@ -11,6 +11,7 @@
 //! | [`order`] | requests on one path served in the order they came |
 //! | [`request`] | a request for an open handle |
 //! | [`fs`] | SFTP requests as library calls |
+//! | [`reply`] | answers, and the status of each error kind |
 //! | [`metrics`] | counters, the transfer log, the Prometheus endpoint |
 //!
 //! One [`Corral`] (and so one transfer cache) serves every session. SIGHUP
@@ -23,6 +24,7 @@ mod host_key;
 mod metrics;
 mod order;
 mod protocol;
+mod reply;
 mod request;
 mod session;
 pub(crate) mod users;

@@ -60,8 +60,9 @@ use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::fs::{Fs, MAX_DATA, MAX_PACKET, Open, code, handle, status};
+use super::fs::{Fs, MAX_DATA, MAX_PACKET, Open};
 use super::order::Order;
+use super::reply::{code, handle, status};
 use super::request::HandleRequest;
 
 /// Path requests served at once per channel.
@@ -79,7 +80,7 @@ pub(crate) type Answer = (Packet, Option<OwnedSemaphorePermit>);
 
 /// The paths a path request names, as the order keys them.
 fn paths_of(p: &Packet) -> Vec<String> {
-    let norm = |raw: &str| super::fs::path(raw).unwrap_or_else(|_| raw.to_owned());
+    let norm = |raw: &str| super::fs::path(raw).map_or_else(|_| raw.to_owned(), |p| p.to_string());
     match p {
         Packet::Open(o) => vec![norm(&o.filename)],
         Packet::OpenDir(o) => vec![norm(&o.path)],
@@ -324,7 +325,7 @@ where
     let writing = tokio::spawn(async move {
         let sending = async {
             while let Some((p, share)) = answers.recv().await {
-                let bytes = match super::fs::encode(p) {
+                let bytes = match super::reply::encode(p) {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot encode an SFTP answer");

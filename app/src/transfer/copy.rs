@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use corral_domain::Error;
 use corral_domain::listing::{DirEntry, EntryKind};
+use corral_domain::{Error, ErrorKind, VirtualPath};
 use futures::{StreamExt, TryStreamExt};
 
 use super::upload::{Resumable, local_err, sweep_stale, upload_file};
@@ -14,26 +14,42 @@ use super::verify::verify_copy;
 use super::{CopyOptions, CopySummary, Location, Progress};
 use crate::journal::Journal;
 use crate::sandbox::UserSandbox;
+use crate::sandbox::write::MkdirOptions;
 
-/// One file to move, and where, with its size, and whether its sandbox side
-/// was seen in a listing of its directory (a file, or no directory of that
-/// name), which saves a lookup per file.
+/// Whether the sandbox side of a job was seen in a listing of its
+/// directory (a file, or no directory of that name), which saves a lookup
+/// per file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    Yes,
+    No,
+}
+
+/// One file to move, and where, with its size.
 enum Job {
-    Upload(PathBuf, String, u64, bool),
-    Download(String, PathBuf, u64, bool),
+    Upload {
+        local: PathBuf,
+        target: VirtualPath,
+        size: u64,
+        listed: Listed,
+    },
+    Download {
+        source: VirtualPath,
+        local: PathBuf,
+        size: u64,
+        listed: Listed,
+    },
 }
 
 impl Job {
     fn size(&self) -> u64 {
         match self {
-            Self::Upload(_, _, n, _) | Self::Download(_, _, n, _) => *n,
+            Self::Upload { size, .. } | Self::Download { size, .. } => *size,
         }
     }
 }
 
-fn join_sandbox(dir: &str, name: &str) -> String {
-    format!("{}/{name}", dir.trim_end_matches('/'))
-}
+const PARENTS: MkdirOptions = MkdirOptions { parents: true };
 
 /// The files below local directory `dir`, to upload below `target`, whose
 /// directories are made as they are found, then listed once each (not one
@@ -42,11 +58,11 @@ fn join_sandbox(dir: &str, name: &str) -> String {
 async fn walk_local(
     sb: &UserSandbox,
     dir: &Path,
-    target: &str,
+    target: &VirtualPath,
     jobs: &mut Vec<Job>,
 ) -> Result<(), Error> {
-    sb.mkdir(target, true).await?;
-    let mut stack = vec![(dir.to_path_buf(), target.to_owned())];
+    sb.mkdir(target, PARENTS).await?;
+    let mut stack = vec![(dir.to_path_buf(), target.clone())];
     while let Some((d, t)) = stack.pop() {
         let dirs: std::collections::HashSet<String> = sb
             .list(&t)
@@ -64,15 +80,24 @@ async fn walk_local(
                 continue;
             };
             let path = entry.path();
-            let child = join_sandbox(&t, &name);
+            let child = t.join(&name).map_err(Error::from)?;
             let meta =
                 std::fs::symlink_metadata(&path).map_err(|e| local_err(&path, "cannot read", e))?;
             if meta.is_dir() {
-                sb.mkdir(&child, true).await?;
+                sb.mkdir(&child, PARENTS).await?;
                 stack.push((path, child));
             } else if meta.is_file() {
-                let listed = !dirs.contains(&name);
-                jobs.push(Job::Upload(path, child, meta.len(), listed));
+                let listed = if dirs.contains(&name) {
+                    Listed::No
+                } else {
+                    Listed::Yes
+                };
+                jobs.push(Job::Upload {
+                    local: path,
+                    target: child,
+                    size: meta.len(),
+                    listed,
+                });
             } else {
                 tracing::warn!(path = %path.display(), "skipping a link or special file");
             }
@@ -85,20 +110,25 @@ async fn walk_local(
 /// whose directories are made as they are found.
 async fn walk_sandbox(
     sb: &UserSandbox,
-    dir: &str,
+    dir: &VirtualPath,
     target: &Path,
     jobs: &mut Vec<Job>,
 ) -> Result<(), Error> {
-    let mut stack = vec![(dir.to_owned(), target.to_path_buf())];
+    let mut stack = vec![(dir.clone(), target.to_path_buf())];
     while let Some((d, t)) = stack.pop() {
         std::fs::create_dir_all(&t).map_err(|e| local_err(&t, "cannot create directory", e))?;
         let entries: Vec<DirEntry> = sb.list(&d).try_collect().await?;
         for e in entries {
-            let child = join_sandbox(&d, &e.name);
+            let child = d.join(&e.name).map_err(Error::from)?;
             if e.is_dir() {
                 stack.push((child, t.join(&e.name)));
             } else {
-                jobs.push(Job::Download(child, t.join(&e.name), e.size, true));
+                jobs.push(Job::Download {
+                    source: child,
+                    local: t.join(&e.name),
+                    size: e.size,
+                    listed: Listed::Yes,
+                });
             }
         }
     }
@@ -129,27 +159,30 @@ impl UserSandbox {
             sweep_stale(self, &jr.journal, options.stale_after, jr.resume, progress).await;
         }
         let dst_is_dir = match dst {
-            Location::Sandbox(p) => p.ends_with('/') || self.is_dir(p).await.unwrap_or(false),
+            Location::Sandbox { path, into } => *into || self.is_dir(path).await.unwrap_or(false),
             Location::Local(p) => p.to_string_lossy().ends_with('/') || p.is_dir(),
         };
         if sources.len() > 1 && !dst_is_dir {
-            let shown = match dst {
-                Location::Local(p) => p.display().to_string(),
-                Location::Sandbox(p) => format!("corral:{p}"),
-            };
             return Err(Error::invalid_input(format!(
-                "copying several sources needs a directory as destination; {shown} is not one"
+                "copying several sources needs a directory as destination; {} is not one",
+                dst.shown()
             )));
         }
         let mut jobs = Vec::new();
         let mut within = CopySummary::default();
         let directory = |src: &Location| {
-            let shown = match src {
-                Location::Local(p) => p.display().to_string(),
-                Location::Sandbox(p) => format!("corral:{p}"),
-            };
-            Error::invalid_input(format!("{shown} is a directory (copy it recursively)"))
-                .with_setting("recursive")
+            Error::new(
+                ErrorKind::IsADirectory,
+                format!("{} is a directory (copy it recursively)", src.shown()),
+            )
+            .with_setting("recursive")
+        };
+        let into = |d: &VirtualPath, name: &str| -> Result<VirtualPath, Error> {
+            if dst_is_dir {
+                Ok(d.join(name)?)
+            } else {
+                Ok(d.clone())
+            }
         };
         for src in sources {
             let name = src.base_name();
@@ -159,22 +192,22 @@ impl UserSandbox {
                         "one side of a copy must be a sandbox path (corral:/PATH)",
                     ));
                 }
-                (Location::Sandbox(s), Location::Sandbox(d)) => {
-                    let target = if dst_is_dir {
-                        join_sandbox(d, &name)
-                    } else {
-                        d.clone()
-                    };
-                    let copied = self.copy(s, &target, options.recursive).await?;
+                (Location::Sandbox { path: s, .. }, Location::Sandbox { path: d, .. }) => {
+                    let target = into(d, &name)?;
+                    let copied = self
+                        .copy(
+                            s,
+                            &target,
+                            crate::sandbox::tree::TreeCopyOptions {
+                                recursive: options.recursive,
+                            },
+                        )
+                        .await?;
                     within.files += copied.files;
                     within.bytes += copied.bytes;
                 }
-                (Location::Local(local), Location::Sandbox(d)) => {
-                    let target = if dst_is_dir {
-                        join_sandbox(d, &name)
-                    } else {
-                        d.clone()
-                    };
+                (Location::Local(local), Location::Sandbox { path: d, .. }) => {
+                    let target = into(d, &name)?;
                     let meta =
                         std::fs::metadata(local).map_err(|e| local_err(local, "cannot read", e))?;
                     if meta.is_dir() {
@@ -183,10 +216,15 @@ impl UserSandbox {
                         }
                         walk_local(self, local, &target, &mut jobs).await?;
                     } else {
-                        jobs.push(Job::Upload(local.clone(), target, meta.len(), false));
+                        jobs.push(Job::Upload {
+                            local: local.clone(),
+                            target,
+                            size: meta.len(),
+                            listed: Listed::No,
+                        });
                     }
                 }
-                (Location::Sandbox(s), Location::Local(d)) => {
+                (Location::Sandbox { path: s, .. }, Location::Local(d)) => {
                     let target = if dst_is_dir { d.join(&name) } else { d.clone() };
                     let entry = self.stat(s).await?;
                     if entry.kind == EntryKind::Directory {
@@ -195,7 +233,12 @@ impl UserSandbox {
                         }
                         walk_sandbox(self, s, &target, &mut jobs).await?;
                     } else {
-                        jobs.push(Job::Download(s.clone(), target, entry.size, false));
+                        jobs.push(Job::Download {
+                            source: s.clone(),
+                            local: target,
+                            size: entry.size,
+                            listed: Listed::No,
+                        });
                     }
                 }
             }
@@ -220,18 +263,24 @@ impl UserSandbox {
             .map(|job| {
                 let (notices, sent, admit) = (&notices, &sent, &admit);
                 async move {
-                    let upload = matches!(job, Job::Upload(..));
+                    let upload = matches!(job, Job::Upload { .. });
                     let mut held = self.cache().most_held(job.size(), upload);
                     if options.verify {
                         // The check reads the file back through the cache.
                         held = held.max(self.cache().most_held(job.size(), !upload));
                     }
                     let need = kib(held).min(room);
-                    let _admitted = admit.acquire_many(need).await.map_err(|_| {
-                        Error::new(corral_domain::ErrorKind::Other, "the copy was cancelled")
-                    })?;
+                    let _admitted = admit
+                        .acquire_many(need)
+                        .await
+                        .map_err(|_| Error::new(ErrorKind::Other, "the copy was cancelled"))?;
                     let n = match job {
-                        Job::Upload(local, target, _, listed) => {
+                        Job::Upload {
+                            local,
+                            target,
+                            listed,
+                            ..
+                        } => {
                             let up = upload_file(
                                 self,
                                 &local,
@@ -239,7 +288,7 @@ impl UserSandbox {
                                 options.overwrite,
                                 journal,
                                 progress,
-                                listed,
+                                listed == Listed::Yes,
                             )
                             .await?;
                             if options.verify {
@@ -251,13 +300,18 @@ impl UserSandbox {
                             sent.fetch_add(up.sent, Ordering::Relaxed);
                             up.size
                         }
-                        Job::Download(src, local, _, listed) => {
+                        Job::Download {
+                            source: src,
+                            local,
+                            listed,
+                            ..
+                        } => {
                             let n = self
                                 .download_to_file_checked(
                                     &src,
                                     &local,
                                     |n| progress.advance(n),
-                                    listed,
+                                    listed == Listed::Yes,
                                 )
                                 .await?;
                             if options.verify {

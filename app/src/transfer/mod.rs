@@ -26,39 +26,65 @@ mod verify;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use corral_domain::OverwriteMode;
+use corral_domain::{Error, OverwriteMode, VirtualPath};
+
+use crate::sandbox::SandboxPath;
 
 /// One side of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// A local path.
     Local(PathBuf),
-    /// A path in the user's sandbox (`/` is its root).
-    Sandbox(String),
+    /// A path in the user's sandbox, parsed.
+    Sandbox {
+        /// The path.
+        path: VirtualPath,
+        /// Written with a trailing `/`: a directory to copy into.
+        into: bool,
+    },
 }
 
 impl Location {
-    /// `corral:/PATH` is a sandbox path (`corral:` alone its root); anything
-    /// else a local path.
-    pub fn parse(s: &str) -> Self {
+    /// `corral:/PATH` is a sandbox path (`corral:` alone its root), parsed
+    /// here, once; anything else a local path.
+    pub fn parse(s: &str) -> Result<Self, Error> {
         match s.strip_prefix("corral:") {
-            Some("") => Self::Sandbox("/".to_owned()),
-            Some(p) => Self::Sandbox(p.to_owned()),
-            None => Self::Local(PathBuf::from(s)),
+            Some(p) => Ok(Self::Sandbox {
+                path: p.to_virtual()?,
+                into: p.ends_with('/') || p.is_empty(),
+            }),
+            None => Ok(Self::Local(PathBuf::from(s))),
         }
+    }
+
+    /// A path in the sandbox (`/reports` or a [`VirtualPath`]).
+    pub fn sandbox(path: impl SandboxPath) -> Result<Self, Error> {
+        Ok(Self::Sandbox {
+            path: path.to_virtual()?,
+            into: false,
+        })
     }
 
     /// The last name of the path.
     pub(crate) fn base_name(&self) -> String {
-        let s = match self {
-            Self::Local(p) => p.to_string_lossy().into_owned(),
-            Self::Sandbox(p) => p.clone(),
-        };
-        s.trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned()
+        match self {
+            Self::Local(p) => p
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            Self::Sandbox { path, .. } => path.file_name().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// As the user wrote it, for messages.
+    pub(crate) fn shown(&self) -> String {
+        match self {
+            Self::Local(p) => p.display().to_string(),
+            Self::Sandbox { path, .. } => format!("corral:{path}"),
+        }
     }
 }
 

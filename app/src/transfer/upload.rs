@@ -8,14 +8,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use corral_domain::port::UploadId;
-use corral_domain::{Error, ErrorKind, OverwriteMode};
+use corral_domain::{Error, ErrorKind, OverwriteMode, VirtualPath};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::Progress;
 use crate::cache::part_checksum;
 use crate::journal::{EntryGuard, Journal, JournalEntry, SourceId};
-use crate::sandbox::UserSandbox;
 use crate::sandbox::write::Writer;
+use crate::sandbox::{FileKey, SandboxPath, UserSandbox};
 
 /// An error about a local file.
 pub(super) fn local_err(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -77,8 +77,13 @@ pub(super) async fn sweep_stale(
         if entry.upload_id.is_empty() || alive || !stale {
             continue;
         }
-        match sb.file_key(&entry.path) {
-            Ok((key, _, _)) if key == entry.key => {
+        match entry
+            .path
+            .as_str()
+            .to_virtual()
+            .and_then(|p| sb.file_key(&p))
+        {
+            Ok(f) if f.key == entry.key => {
                 if !abort_entry(sb, &entry, progress).await {
                     continue; // kept for the next run
                 }
@@ -146,12 +151,12 @@ async fn journaled_writer(
     jr: &Resumable,
     local: &Path,
     source: &SourceId,
-    target: &str,
+    target: &VirtualPath,
     mode: Option<OverwriteMode>,
     progress: &dyn Progress,
     listed_not_dir: bool,
 ) -> Result<(Writer, Option<String>, EntryGuard), Error> {
-    let (key, mount, _) = sb.file_key(target)?;
+    let FileKey { key, mount, .. } = sb.file_key(target)?;
     let size = source.size;
     let path = jr.journal.path_for(&mount, &key, &source.path);
     let mut resumed = None;
@@ -214,7 +219,7 @@ async fn journaled_writer(
             let entry = JournalEntry {
                 version: 1,
                 mount,
-                path: target.to_owned(),
+                path: target.to_string(),
                 key,
                 upload_id: String::new(),
                 part_size: w.part_size(),
@@ -234,7 +239,7 @@ async fn journaled_writer(
 pub(super) async fn upload_file(
     sb: &UserSandbox,
     local: &Path,
-    target: &str,
+    target: &VirtualPath,
     mode: Option<OverwriteMode>,
     journal: Option<&Resumable>,
     progress: &dyn Progress,
@@ -242,7 +247,7 @@ pub(super) async fn upload_file(
 ) -> Result<Uploaded, Error> {
     let source = SourceId::of(local).map_err(|e| local_err(local, "cannot read", e))?;
     let size = source.size;
-    let (_, _, resumable) = sb.file_key(target)?;
+    let resumable = sb.file_key(target)?.resumable;
     // The guard outlives the writer, whose journal it removes when done.
     let (mut writer, notice, guard) = match journal.filter(|_| resumable) {
         None => {

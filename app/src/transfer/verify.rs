@@ -3,13 +3,17 @@
 
 use std::path::Path;
 
-use corral_domain::{Error, ErrorKind};
+use corral_domain::{Error, ErrorKind, VirtualPath};
 
 use super::upload::local_err;
 use crate::sandbox::UserSandbox;
 
 /// The CRC-64 of a local file and of a sandbox file must agree.
-pub(super) async fn verify_copy(sb: &UserSandbox, local: &Path, remote: &str) -> Result<(), Error> {
+pub(super) async fn verify_copy(
+    sb: &UserSandbox,
+    local: &Path,
+    remote: &VirtualPath,
+) -> Result<(), Error> {
     let path = local.to_path_buf();
     let local_crc = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
         let mut f = std::fs::File::open(&path)?;

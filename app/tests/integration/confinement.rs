@@ -244,14 +244,20 @@ async fn library_battery(w: &World, sb: &UserSandbox, p: &str) -> u64 {
     op!(sb.read(p));
     op!(async { sb.list(p).try_collect::<Vec<_>>().await });
     op!(sb.write(&format!("{p}/child.txt"), b"child", None));
-    op!(sb.mkdir(&format!("{p}/a/b"), true));
-    op!(sb.copy(p, "/copied", true));
+    op!(sb.mkdir(&format!("{p}/a/b"), corral::MkdirOptions { parents: true }));
+    op!(sb.copy(p, "/copied", corral::TreeCopyOptions { recursive: true }));
     op!(sb.download_to_file(p, &dl, |_| {}));
     op!(sb.write(p, b"overwritten by alice", None));
-    op!(sb.copy("/own.txt", p, false));
-    op!(sb.rename(p, "/renamed"));
-    op!(sb.remove(p, false));
-    op!(sb.remove(p, true));
+    op!(sb.copy("/own.txt", p, corral::TreeCopyOptions { recursive: false }));
+    op!(sb.rename(p, "/renamed", corral::RenameOptions { replace: true }));
+    op!(sb.remove(p, corral::RemoveOptions::default()));
+    op!(sb.remove(
+        p,
+        corral::RemoveOptions {
+            recursive: true,
+            only: None
+        }
+    ));
     op!(async { sb.list("/").try_collect::<Vec<_>>().await });
     w.clean(&format!("library on {p}"), &log);
     13
@@ -431,7 +437,10 @@ async fn attacks_change_nothing_outside() {
         assert!(e.to_string().contains(p), "{p}: {e}");
     }
     // rm of a link removes the link and nothing else.
-    w.sandbox().remove("/f", false).await.expect("rm link");
+    w.sandbox()
+        .remove("/f", corral::RemoveOptions::default())
+        .await
+        .expect("rm link");
     assert!(std::fs::symlink_metadata(w.alice.join("f")).is_err());
     assert_eq!(w.outside_now(), before);
     println!("confinement: {attacks_run} attacks, {operations} operations, 0 effects outside");
@@ -538,15 +547,45 @@ async fn a_link_swapped_while_operations_run_leads_nowhere() {
         log += &format!("{:?}", sb.write("/flip/up.txt", b"up", None).await);
         log += &format!("{:?}", sb.read("/flip/x.txt").await);
         log += &format!("{:?}", sb.list("/flip").try_collect::<Vec<_>>().await);
-        log += &format!("{:?}", sb.rename("/flip/x.txt", "/flip/x2.txt").await);
-        log += &format!("{:?}", sb.rename("/flip/sub", "/flip/sub2").await);
+        log += &format!(
+            "{:?}",
+            sb.rename(
+                "/flip/x.txt",
+                "/flip/x2.txt",
+                corral::RenameOptions { replace: true }
+            )
+            .await
+        );
+        log += &format!(
+            "{:?}",
+            sb.rename(
+                "/flip/sub",
+                "/flip/sub2",
+                corral::RenameOptions { replace: true }
+            )
+            .await
+        );
         log += &format!(
             "{:?}",
             sb.download_to_file("/flip/sub/y.txt", &w.work.path().join("y"), |_| {})
                 .await
         );
-        log += &format!("{:?}", sb.remove("/flip/sub2", true).await);
-        log += &format!("{:?}", sb.mkdir("/flip/new/dir", true).await);
+        log += &format!(
+            "{:?}",
+            sb.remove(
+                "/flip/sub2",
+                corral::RemoveOptions {
+                    recursive: true,
+                    only: None
+                }
+            )
+            .await
+        );
+        log += &format!(
+            "{:?}",
+            sb.mkdir("/flip/new/dir", corral::MkdirOptions { parents: true })
+                .await
+        );
         w.clean("library through a swapped link", &log);
         if rounds.is_multiple_of(4) {
             let w2 = &w;
@@ -733,11 +772,37 @@ mod model {
                         }
                         format!("{r:?}")
                     }
-                    Op::Remove(p, r) => format!("{:?}", sb.remove(&path(p), *r).await),
-                    Op::Mkdir(p) => format!("{:?}", sb.mkdir(&path(p), true).await),
-                    Op::Rename(a, b) => format!("{:?}", sb.rename(&path(a), &path(b)).await),
-                    Op::Copy(a, b) => format!("{:?}", sb.copy(&path(a), &path(b), true).await),
-                    Op::List(p) => format!("{:?}", sb.list(&path(p)).try_collect::<Vec<_>>().await),
+                    Op::Remove(p, r) => format!(
+                        "{:?}",
+                        sb.remove(
+                            &path(p),
+                            corral::RemoveOptions {
+                                recursive: *r,
+                                only: None
+                            }
+                        )
+                        .await
+                    ),
+                    Op::Mkdir(p) => format!(
+                        "{:?}",
+                        sb.mkdir(&path(p), corral::MkdirOptions { parents: true })
+                            .await
+                    ),
+                    Op::Rename(a, b) => format!(
+                        "{:?}",
+                        sb.rename(&path(a), &path(b), corral::RenameOptions { replace: true })
+                            .await
+                    ),
+                    Op::Copy(a, b) => format!(
+                        "{:?}",
+                        sb.copy(
+                            &path(a),
+                            &path(b),
+                            corral::TreeCopyOptions { recursive: true }
+                        )
+                        .await
+                    ),
+                    Op::List(p) => format!("{:?}", sb.list(path(p)).try_collect::<Vec<_>>().await),
                 }
             })
             .await

@@ -462,10 +462,18 @@ async fn errors_name_the_users_path_not_the_bucket_key() {
         "{e}"
     );
     for e in [
-        sb.mkdir("/d", false).await.unwrap_err(),
-        sb.remove("/f", false).await.unwrap_err(),
-        sb.copy("/f", "/h", false).await.unwrap_err(),
-        sb.rename("/f", "/h").await.unwrap_err(),
+        sb.mkdir("/d", corral::MkdirOptions::default())
+            .await
+            .unwrap_err(),
+        sb.remove("/f", corral::RemoveOptions::default())
+            .await
+            .unwrap_err(),
+        sb.copy("/f", "/h", corral::TreeCopyOptions { recursive: false })
+            .await
+            .unwrap_err(),
+        sb.rename("/f", "/h", corral::RenameOptions { replace: true })
+            .await
+            .unwrap_err(),
     ] {
         let text = e.to_string();
         assert!(text.contains(" /") && !text.contains("users/"), "{text}");

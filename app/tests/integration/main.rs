@@ -13,5 +13,6 @@ mod hostile;
 mod integrity;
 mod listing;
 mod resume;
+mod rules;
 mod sandbox;
 mod sftp;

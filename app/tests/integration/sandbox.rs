@@ -35,7 +35,16 @@ async fn mounts_directories_and_planted_objects() {
     );
     assert_eq!(names(&sb, "/").await, ["a/"]);
     assert_eq!(names(&sb, "/a").await, ["b/"]);
-    let e = sb.remove("/a", true).await.unwrap_err();
+    let e = sb
+        .remove(
+            "/a",
+            corral::RemoveOptions {
+                recursive: true,
+                only: None,
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
 
     // Files land in the right mount, under the user's prefix.
@@ -64,13 +73,17 @@ async fn mounts_directories_and_planted_objects() {
     );
 
     // mkdir: an empty directory exists through its marker and can be removed.
-    sb.mkdir("/empty", false).await.expect("mkdir");
+    sb.mkdir("/empty", corral::MkdirOptions::default())
+        .await
+        .expect("mkdir");
     assert_eq!(
         sb.stat("/empty").await.expect("stat").kind,
         EntryKind::Directory
     );
     assert!(names(&sb, "/empty").await.is_empty());
-    sb.remove("/empty", false).await.expect("rmdir");
+    sb.remove("/empty", corral::RemoveOptions::default())
+        .await
+        .expect("rmdir");
     assert_eq!(
         sb.stat("/empty").await.unwrap_err().kind(),
         ErrorKind::NotFound
@@ -249,7 +262,7 @@ async fn a_tree_larger_than_the_cache_copies_without_waiting_on_it() {
     let up = sb
         .copy_paths(
             &[Location::Local(src.clone())],
-            &Location::Sandbox("/tree".into()),
+            &Location::sandbox("/tree").expect("path"),
             &options,
             &NoProgress,
         )
@@ -259,7 +272,7 @@ async fn a_tree_larger_than_the_cache_copies_without_waiting_on_it() {
     let back = dir.path().join("back");
     let down = sb
         .copy_paths(
-            &[Location::Sandbox("/tree".into())],
+            &[Location::sandbox("/tree").expect("path")],
             &Location::Local(back.clone()),
             &options,
             &NoProgress,

@@ -91,7 +91,10 @@ pub(crate) async fn run(
     options: &CopyOptions,
     json: bool,
 ) -> Outcome {
-    let dst = paths.pop().unwrap_or(Location::Sandbox("/".to_owned()));
+    let dst = match paths.pop() {
+        Some(d) => d,
+        None => Location::sandbox("/")?,
+    };
     let summary = {
         let bar = Bar::new();
         sb.copy_paths(&paths, &dst, options, &bar).await?

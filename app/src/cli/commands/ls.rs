@@ -8,7 +8,7 @@ use crate::cli::output::{EntryRow, Out, Outcome, time_text};
 pub(crate) async fn run(
     sb: &UserSandbox,
     out: &mut Out,
-    path: &str,
+    path: &corral::VirtualPath,
     long: bool,
     json: bool,
 ) -> Outcome {

@@ -1,6 +1,6 @@
 //! `corral mv`, `corral rm` and `corral mkdir`: one library call each.
 
-use corral::UserSandbox;
+use corral::{MkdirOptions, RemoveOptions, RenameOptions, UserSandbox, VirtualPath};
 use serde::Serialize;
 
 use crate::cli::output::{Out, Outcome};
@@ -16,11 +16,12 @@ struct Moved<'a> {
 pub(crate) async fn mv(
     sb: &UserSandbox,
     out: &mut Out,
-    from: &str,
-    to: &str,
+    from: &VirtualPath,
+    to: &VirtualPath,
     json: bool,
 ) -> Outcome {
-    let moved = sb.rename(from, to).await?;
+    // `mv` replaces a file at the target, as POSIX mv does.
+    let moved = sb.rename(from, to, RenameOptions { replace: true }).await?;
     if json {
         let (from, to) = (format!("corral:{from}"), format!("corral:{to}"));
         out.json(&Moved {
@@ -33,16 +34,20 @@ pub(crate) async fn mv(
     Ok(())
 }
 
-pub(crate) async fn rm(sb: &UserSandbox, paths: &[String], recursive: bool) -> Outcome {
+pub(crate) async fn rm(sb: &UserSandbox, paths: &[VirtualPath], recursive: bool) -> Outcome {
     for p in paths {
-        sb.remove(p, recursive).await?;
+        let options = RemoveOptions {
+            recursive,
+            only: None,
+        };
+        sb.remove(p, options).await?;
     }
     Ok(())
 }
 
-pub(crate) async fn mkdir(sb: &UserSandbox, paths: &[String], parents: bool) -> Outcome {
+pub(crate) async fn mkdir(sb: &UserSandbox, paths: &[VirtualPath], parents: bool) -> Outcome {
     for p in paths {
-        sb.mkdir(p, parents).await?;
+        sb.mkdir(p, MkdirOptions { parents }).await?;
     }
     Ok(())
 }

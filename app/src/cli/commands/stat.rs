@@ -4,7 +4,12 @@ use corral::{EntryKind, UserSandbox, human_size};
 
 use crate::cli::output::{EntryRow, Out, Outcome, time_text};
 
-pub(crate) async fn run(sb: &UserSandbox, out: &mut Out, path: &str, json: bool) -> Outcome {
+pub(crate) async fn run(
+    sb: &UserSandbox,
+    out: &mut Out,
+    path: &corral::VirtualPath,
+    json: bool,
+) -> Outcome {
     let e = sb.stat(path).await?;
     let shown = e.path.to_string();
     if json {
