@@ -9,6 +9,7 @@
 //! is shown without credentials.
 
 use corral_domain::{Error, ErrorKind, Operation};
+use object_store::client::{HttpError, HttpErrorKind};
 
 /// What an error message may say about the connection.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +78,90 @@ fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind
         cur = e.source();
     }
     None
+}
+
+/// The kind object_store's HTTP client gave a transport failure, if the
+/// chain holds one (it does not for an answer with an error status).
+fn http_kind(err: &(dyn std::error::Error + 'static)) -> Option<HttpErrorKind> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            return Some(http.kind());
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// A transport failure told by its typed kind (the texts above only refine
+/// a connect failure: a proxy's refusal, a certificate).
+fn by_transport(
+    err: &(dyn std::error::Error + 'static),
+    text: &str,
+    ctx: &Context,
+) -> Option<(ErrorKind, String)> {
+    let endpoint = ctx.endpoint.as_deref().unwrap_or("the S3 endpoint");
+    let via = via_proxy(ctx);
+    Some(match http_kind(err)? {
+        HttpErrorKind::Connect => match io_kind(err) {
+            Some(std::io::ErrorKind::ConnectionRefused) => refused(endpoint, &via),
+            _ if is_dns(&text.to_ascii_lowercase()) => dns_failure(endpoint),
+            _ => (
+                ErrorKind::Unavailable,
+                format!("cannot connect to {endpoint}{via}{}", cause_suffix(text)),
+            ),
+        },
+        HttpErrorKind::Timeout => (
+            ErrorKind::Unavailable,
+            format!("request to {endpoint} timed out{}", cause_suffix(text)),
+        ),
+        HttpErrorKind::Interrupted | HttpErrorKind::Request => (
+            ErrorKind::Unavailable,
+            format!(
+                "connection to {endpoint} was interrupted{}",
+                cause_suffix(text)
+            ),
+        ),
+        HttpErrorKind::Decode => (
+            ErrorKind::InvalidResponse,
+            format!(
+                "the server at {endpoint} sent an answer that cannot be read{}",
+                cause_suffix(text)
+            ),
+        ),
+        // Unknown, and kinds added later: the texts below decide.
+        _ => return None,
+    })
+}
+
+/// `" (via proxy …)"` when a proxy is configured.
+fn via_proxy(ctx: &Context) -> String {
+    ctx.proxy
+        .as_deref()
+        .map(|p| format!(" (via proxy {p})"))
+        .unwrap_or_default()
+}
+
+fn refused(endpoint: &str, via: &str) -> (ErrorKind, String) {
+    (
+        ErrorKind::Unavailable,
+        format!(
+            "cannot connect to {endpoint}{via}: connection refused; check `endpointOverride`, `scheme` and the proxy settings"
+        ),
+    )
+}
+
+fn is_dns(lower: &str) -> bool {
+    lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+}
+
+fn dns_failure(endpoint: &str) -> (ErrorKind, String) {
+    (
+        ErrorKind::Unavailable,
+        format!("cannot resolve the host of {endpoint}: check `endpointOverride` (or `proxyHost`)"),
+    )
 }
 
 /// The `<Code>` of an S3 error body, if the text holds one.
@@ -326,19 +411,12 @@ fn classify_inner(
             format!("TLS handshake with {endpoint} failed: is it an http endpoint? check `scheme`"),
         ));
     }
+    if let Some(hit) = by_transport(err, text, ctx) {
+        return Some(hit);
+    }
     match io_kind(err) {
         Some(std::io::ErrorKind::ConnectionRefused) => {
-            let via = ctx
-                .proxy
-                .as_deref()
-                .map(|p| format!(" (via proxy {p})"))
-                .unwrap_or_default();
-            return Some((
-                ErrorKind::Unavailable,
-                format!(
-                    "cannot connect to {endpoint}{via}: connection refused; check `endpointOverride`, `scheme` and the proxy settings"
-                ),
-            ));
+            return Some(refused(endpoint, &via_proxy(ctx)));
         }
         Some(std::io::ErrorKind::TimedOut) => {
             return Some((ErrorKind::Unavailable, format!("{endpoint} timed out")));
@@ -346,23 +424,10 @@ fn classify_inner(
         _ => {}
     }
     if lower.contains("connection refused") {
-        return Some((
-            ErrorKind::Unavailable,
-            format!(
-                "cannot connect to {endpoint}: connection refused; check `endpointOverride`, `scheme` and the proxy settings"
-            ),
-        ));
+        return Some(refused(endpoint, ""));
     }
-    if lower.contains("dns error")
-        || lower.contains("failed to lookup address")
-        || lower.contains("name or service not known")
-    {
-        return Some((
-            ErrorKind::Unavailable,
-            format!(
-                "cannot resolve the host of {endpoint}: check `endpointOverride` (or `proxyHost`)"
-            ),
-        ));
+    if is_dns(&lower) {
+        return Some(dns_failure(endpoint));
     }
     // object_store's summary of retries ("…, retry_timeout: 180s - <last
     // error>") names a timeout whatever the last error was.
@@ -572,6 +637,53 @@ mod tests {
                 .0,
             ErrorKind::Unavailable
         );
+    }
+
+    #[test]
+    fn transport_failures_are_told_by_their_kind_not_their_words() {
+        let wrap =
+            |kind, cause: &str| HttpError::new(kind, std::io::Error::other(cause.to_owned()));
+        for (kind, cause, want_kind, want) in [
+            (
+                HttpErrorKind::Timeout,
+                "deadline passed",
+                ErrorKind::Unavailable,
+                "request to http://127.0.0.1:9 timed out: deadline passed",
+            ),
+            (
+                HttpErrorKind::Interrupted,
+                "peer went away",
+                ErrorKind::Unavailable,
+                "connection to http://127.0.0.1:9 was interrupted: peer went away",
+            ),
+            (
+                HttpErrorKind::Decode,
+                "bad chunk",
+                ErrorKind::InvalidResponse,
+                "cannot be read: bad chunk",
+            ),
+            (
+                HttpErrorKind::Connect,
+                "no route",
+                ErrorKind::Unavailable,
+                "cannot connect to http://127.0.0.1:9 (via proxy http://127.0.0.1:3128): no route",
+            ),
+        ] {
+            let e = wrap(kind, cause);
+            let c = classify(&e, &chain_text(&e), &ctx()).expect(cause);
+            assert_eq!(c.kind, want_kind, "{cause}");
+            assert!(c.message.contains(want), "{}", c.message);
+        }
+        // A certificate refused while connecting keeps its advice.
+        let e = wrap(
+            HttpErrorKind::Connect,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        let c = classify(&e, &chain_text(&e), &ctx()).expect("tls");
+        assert!(c.message.contains("`caFile`"), "{}", c.message);
+        // Unknown: the words decide.
+        let e = wrap(HttpErrorKind::Unknown, "something else");
+        assert!(classify(&e, &chain_text(&e), &ctx()).is_none());
     }
 
     #[test]

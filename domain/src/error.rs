@@ -51,6 +51,32 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The kind of an operating system error (local files, the File
+    /// backend): the one table every caller uses.
+    pub fn from_io(kind: std::io::ErrorKind) -> Self {
+        use std::io::ErrorKind as Io;
+        match kind {
+            Io::NotFound => Self::NotFound,
+            Io::AlreadyExists => Self::AlreadyExists,
+            Io::IsADirectory => Self::IsADirectory,
+            Io::NotADirectory => Self::NotADirectory,
+            Io::DirectoryNotEmpty => Self::DirectoryNotEmpty,
+            Io::ResourceBusy | Io::ExecutableFileBusy => Self::Busy,
+            Io::PermissionDenied | Io::ReadOnlyFilesystem => Self::PermissionDenied,
+            Io::StorageFull | Io::QuotaExceeded | Io::FileTooLarge => Self::TooLarge,
+            Io::InvalidFilename | Io::InvalidInput => Self::InvalidInput,
+            Io::Unsupported => Self::Unsupported,
+            Io::TimedOut
+            | Io::ConnectionRefused
+            | Io::ConnectionReset
+            | Io::ConnectionAborted
+            | Io::BrokenPipe
+            | Io::NotConnected => Self::Unavailable,
+            Io::Interrupted => Self::Cancelled,
+            _ => Self::Other,
+        }
+    }
+
     /// A short lower-case name, stable for logs and JSON output.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -85,14 +85,12 @@ pub(super) fn kind_of(meta: &Metadata) -> NodeKind {
 /// call here is relative to a directory handle, so the kernel's messages
 /// hold none).
 pub(super) fn io_error(e: io::Error, op: Operation, key: &str) -> Error {
+    // The port speaks keys: a key below a file does not exist, and a key
+    // that is a directory cannot be written as an object.
     let kind = match e.kind() {
-        IoKind::NotFound | IoKind::NotADirectory => ErrorKind::NotFound,
-        IoKind::AlreadyExists | IoKind::IsADirectory => ErrorKind::AlreadyExists,
-        IoKind::PermissionDenied | IoKind::ReadOnlyFilesystem => ErrorKind::PermissionDenied,
-        IoKind::DirectoryNotEmpty => ErrorKind::Conflict,
-        IoKind::StorageFull | IoKind::QuotaExceeded | IoKind::FileTooLarge => ErrorKind::TooLarge,
-        IoKind::InvalidFilename => ErrorKind::InvalidInput,
-        _ => ErrorKind::Other,
+        IoKind::NotADirectory => ErrorKind::NotFound,
+        IoKind::IsADirectory => ErrorKind::AlreadyExists,
+        k => ErrorKind::from_io(k),
     };
     Error::new(kind, e.to_string())
         .with_operation(op)

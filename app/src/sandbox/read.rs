@@ -241,12 +241,10 @@ impl UserSandbox {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let local_err = |p: &std::path::Path, e: std::io::Error| {
-            let kind = match e.kind() {
-                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-                std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-                _ => ErrorKind::Other,
-            };
-            Error::new(kind, format!("cannot write {}: {e}", p.display()))
+            Error::new(
+                ErrorKind::from_io(e.kind()),
+                format!("cannot write {}: {e}", p.display()),
+            )
         };
         // Removed when dropped, unless persisted.
         let temp = tempfile::Builder::new()

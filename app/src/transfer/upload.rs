@@ -19,13 +19,10 @@ use crate::sandbox::{FileKey, SandboxPath, UserSandbox};
 
 /// An error about a local file.
 pub(super) fn local_err(path: &Path, what: &str, e: std::io::Error) -> Error {
-    let kind = match e.kind() {
-        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-        std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-        std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
-        _ => ErrorKind::Other,
-    };
-    Error::new(kind, format!("{what} {}: {e}", path.display()))
+    Error::new(
+        ErrorKind::from_io(e.kind()),
+        format!("{what} {}: {e}", path.display()),
+    )
 }
 
 /// The journal of a copy: where entries go, and whether to resume.
