@@ -14,6 +14,10 @@ echo "== layers (docs/ARCHITECTURE.md)"
 python3 scripts/check-layers.py
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# Each front-end's feature builds alone too.
+for features in '' cli serve; do
+    cargo clippy -q -p corral --no-default-features --features "$features" --all-targets -- -D warnings
+done
 echo "== building tests"
 cargo test --workspace --no-run
 
@@ -26,5 +30,11 @@ cargo test --workspace
 echo "== examples"
 cargo run -q -p corral --example custom_backend
 cargo run -q -p corral --example embed
+# An embedder's build has none of the front-ends' crates.
+if cargo tree -p corral -e normal --no-default-features | grep -E '^[│├└ ]*(clap|russh|russh-sftp|argon2|indicatif) v'; then
+    echo "the library without its default features pulls a front-end's crate" >&2
+    exit 1
+fi
+cargo run -q -p corral-embedder
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q

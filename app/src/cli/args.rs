@@ -245,13 +245,16 @@ pub(crate) enum Command {
         write: bool,
     },
     /// Serve users their sandboxes over a network protocol.
+    #[cfg(feature = "sftp")]
     #[command(subcommand)]
     Serve(ServeCommand),
     /// Print an argon2id hash of a password (read from standard input) for
     /// the users file of `corral serve sftp`.
+    #[cfg(feature = "serve")]
     Passwd,
 }
 
+#[cfg(feature = "sftp")]
 #[derive(Subcommand, Debug)]
 pub(crate) enum ServeCommand {
     /// An SFTP server: each login lands in its sandbox; all sessions share
@@ -260,6 +263,7 @@ pub(crate) enum ServeCommand {
 }
 
 /// What to do with SETSTAT requests.
+#[cfg(feature = "sftp")]
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SetStat {
     /// Accept them and change nothing (clients such as WinSCP fail otherwise).
@@ -268,6 +272,7 @@ pub(crate) enum SetStat {
     Refuse,
 }
 
+#[cfg(feature = "sftp")]
 #[derive(Args, Debug)]
 pub(crate) struct SftpArgs {
     /// Where to listen.

@@ -16,7 +16,11 @@ use corral::cache::{CacheConfig, TransferCache};
 use corral::config::{ConfigFile, DEFAULT_SANDBOX_DIR};
 use corral::{Corral, Error, ErrorKind, Identity};
 
-use args::{Cli, Command, Global, ServeCommand};
+#[cfg(feature = "serve")]
+use args::Command;
+#[cfg(feature = "sftp")]
+use args::ServeCommand;
+use args::{Cli, Global};
 use output::Failure;
 
 /// The command's transfer cache, once opened: its background aborts are
@@ -55,6 +59,7 @@ pub(crate) fn main() -> ExitCode {
     // A server logs at info by default (where it listens, its host keys,
     // one line per transfer); the command warnings only.
     let filter = match &cli.command {
+        #[cfg(feature = "sftp")]
         Command::Serve(ServeCommand::Sftp(a)) => match &a.log_level {
             Some(level) => tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
                 eprintln!("corral: --log-level {level:?}: {e}; using info");
@@ -109,8 +114,48 @@ pub(crate) fn main() -> ExitCode {
     }
 }
 
+/// `corral serve sftp`: the server's options from the command line and the
+/// config file, then the server until the process is stopped.
+#[cfg(feature = "sftp")]
+async fn serve_sftp(g: &Global, a: &args::SftpArgs) -> output::Outcome {
+    let file = match &g.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,
+    };
+    let cache = cache_config(g, &file)?;
+    // One user never holds the whole cache of a server.
+    let per_user = cache
+        .per_user
+        .unwrap_or_else(|| cache.server_default_per_user());
+    let options = crate::sftp::Options {
+        core: crate::serve::CoreOptions {
+            users: a.users.clone(),
+            config: g.config.clone(),
+            cache: CacheConfig {
+                wait: a.cache_wait,
+                per_user: Some(per_user),
+                ..cache
+            },
+            metrics: a.metrics,
+            max_sessions_per_user: a.max_sessions_per_user,
+            partial_retention: a.partial_retention,
+        },
+        listen: a.listen,
+        host_keys: a.host_key.clone(),
+        idle_timeout: a.idle_timeout,
+        keepalive: a.keepalive,
+        max_sessions: a.max_sessions,
+        max_channels: a.max_channels,
+        max_handles: a.max_handles,
+        overwrite: a.overwrite,
+        refuse_setstat: a.setstat == args::SetStat::Refuse,
+    };
+    Ok(crate::sftp::serve(options).await?)
+}
+
 /// `corral passwd`: a hash of the password read from standard input
 /// (without echo on a terminal).
+#[cfg(feature = "serve")]
 #[allow(clippy::print_stdout, clippy::print_stderr)] // The hash is the output; the prompt goes to stderr.
 fn passwd() -> output::Outcome {
     use std::io::BufRead;
@@ -149,7 +194,7 @@ fn passwd() -> output::Outcome {
     if password.is_empty() {
         return Err(Error::invalid_input("an empty password is refused").into());
     }
-    let hash = crate::sftp::users::hash_password(password)?;
+    let hash = crate::serve::users::hash_password(password)?;
     let mut out = output::Out::new();
     out.line(&hash)
 }
@@ -192,43 +237,10 @@ fn cache_config(g: &Global, config: &ConfigFile) -> Result<CacheConfig, Error> {
 async fn run(cli: Cli) -> output::Outcome {
     let g = &cli.global;
     match &cli.command {
+        #[cfg(feature = "serve")]
         Command::Passwd => return passwd(),
-        Command::Serve(ServeCommand::Sftp(a)) => {
-            let cache = match &g.config {
-                Some(path) => cache_config(g, &ConfigFile::load(path)?)?,
-                None => cache_config(
-                    g,
-                    &ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,
-                )?,
-            };
-            let options = crate::sftp::Options {
-                listen: a.listen,
-                host_keys: a.host_key.clone(),
-                users: a.users.clone(),
-                config: g.config.clone(),
-                cache: CacheConfig {
-                    wait: a.cache_wait,
-                    // One user never holds the whole cache of a server.
-                    per_user: Some(
-                        cache
-                            .per_user
-                            .unwrap_or_else(|| cache.server_default_per_user()),
-                    ),
-                    ..cache
-                },
-                metrics: a.metrics,
-                idle_timeout: a.idle_timeout,
-                keepalive: a.keepalive,
-                max_sessions: a.max_sessions,
-                max_sessions_per_user: a.max_sessions_per_user,
-                max_channels: a.max_channels,
-                max_handles: a.max_handles,
-                overwrite: a.overwrite,
-                refuse_setstat: a.setstat == args::SetStat::Refuse,
-                partial_retention: a.partial_retention,
-            };
-            return Ok(crate::sftp::serve(options).await?);
-        }
+        #[cfg(feature = "sftp")]
+        Command::Serve(ServeCommand::Sftp(a)) => return serve_sftp(g, a).await,
         _ => {}
     }
     let config = match &g.config {

@@ -32,9 +32,9 @@ use russh_sftp::protocol::{
     Attrs, Data, ExtendedReply, File, FileAttributes, Name, OpenFlags, Packet, StatusCode, Version,
 };
 
-use super::metrics::{Metrics, Outcome, Transfer};
 use super::reply::{code, ok, status};
 use super::request::HandleRequest;
+use crate::serve::metrics::{Metrics, Outcome, Transfer};
 
 /// The most data one READ returns, and one WRITE may carry (what
 /// `limits@openssh.com` says).

@@ -1,234 +1,42 @@
 //! `corral serve sftp`: an SFTP server that lands each user in their
 //! sandbox. A driving adapter: every rule and operation is the `corral`
-//! library's; this folder holds SSH and SFTP.
+//! library's, and users, logins, sessions, metrics and reload are the
+//! serving core's ([`crate::serve`]); this folder holds SSH and SFTP.
 //!
 //! | module | what |
 //! |---|---|
-//! | [`users`] | the users file: password hashes, authorized keys, `%d`/`%f` values |
-//! | [`host_key`] | the host key, made on first start |
-//! | [`session`] | one SSH connection: logins, limits, the SFTP subsystem |
+//! | [`host_key`] | the host keys, made on first start |
+//! | [`session`] | one SSH connection: logins, channels, the SFTP subsystem |
+//! | [`shared`] | what every connection shares: the options, the core, activity |
 //! | [`protocol`] | the SFTP loop of a channel: framing, concurrency, the end |
 //! | [`order`] | requests on one path served in the order they came |
 //! | [`request`] | a request for an open handle |
-//! | [`fs`] | SFTP requests as library calls |
+//! | [`fs`] | SFTP requests as library calls, one handler per request |
 //! | [`reply`] | answers, and the status of each error kind |
-//! | [`metrics`] | counters, the transfer log, the Prometheus endpoint |
 //!
-//! One [`Corral`] (and so one transfer cache) serves every session. SIGHUP
-//! reloads the users file and the mappings: sessions go on, new logins see
-//! the new ones; a configuration that does not load is refused and the one
-//! in force stays.
+//! One [`corral::Corral`] (and so one transfer cache) serves every session.
 
 mod fs;
 mod host_key;
-mod metrics;
 mod order;
 mod protocol;
 mod reply;
 mod request;
 mod session;
-pub(crate) mod users;
+mod shared;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use corral::cache::CacheConfig;
-use corral::config::ConfigFile;
-use corral::{Corral, Error, ErrorKind, OverwriteMode};
+use corral::{Error, ErrorKind};
 use russh::MethodKind;
 use tokio::net::TcpListener;
 
-use session::{Conn, Failures};
-use users::Users;
-
-/// How the server runs (the command's flags).
-#[derive(Debug, Clone)]
-pub(crate) struct Options {
-    pub(crate) listen: SocketAddr,
-    pub(crate) host_keys: Vec<PathBuf>,
-    pub(crate) users: PathBuf,
-    /// The mappings (a config file, or bare mappings); `None`: the embedded default.
-    pub(crate) config: Option<PathBuf>,
-    pub(crate) cache: CacheConfig,
-    pub(crate) metrics: Option<SocketAddr>,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) keepalive: Duration,
-    pub(crate) max_sessions: usize,
-    pub(crate) max_sessions_per_user: usize,
-    pub(crate) max_channels: usize,
-    pub(crate) max_handles: u64,
-    pub(crate) overwrite: Option<OverwriteMode>,
-    pub(crate) refuse_setstat: bool,
-    /// Pending uploads older than this are aborted.
-    pub(crate) partial_retention: Duration,
-}
-
-/// What a reload replaces.
-pub(crate) struct Live {
-    pub(crate) users: Arc<Users>,
-    pub(crate) corral: Corral,
-}
-
-/// Sessions by user, against the limits.
-#[derive(Debug, Default)]
-pub(crate) struct Sessions {
-    by_user: Mutex<HashMap<String, usize>>,
-    per_user: usize,
-}
-
-impl Sessions {
-    /// Counts a session of `user` if the limit allows.
-    fn enter(&self, user: &str) -> bool {
-        let mut m = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(user.to_owned()).or_default();
-        if *n >= self.per_user {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn leave(&self, user: &str) {
-        let mut m = self.by_user.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(user);
-            }
-        }
-    }
-}
-
-/// When a connection last heard from its client.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    started: Instant,
-    last: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-    pub(crate) fn touch(&self) {
-        self.last
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-    fn idle(&self) -> Duration {
-        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
-    }
-}
-
-/// The threads that check passwords. An argon2 check holds 19 MiB while it
-/// runs: checks run on one thread, in its reused memory, so that a crowd of
-/// logins costs 19 MiB once, never 19 MiB per login. A check takes tens of
-/// milliseconds: logins wait their turn.
-pub(crate) struct PasswordChecks {
-    jobs: Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
-}
-
-impl PasswordChecks {
-    fn start(threads: usize) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads {
-            let rx = Arc::clone(&rx);
-            let spawned = std::thread::Builder::new()
-                .name(format!("corral-passwords-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "cannot start a password-checking thread");
-            }
-        }
-        Self {
-            jobs: Mutex::new(tx),
-        }
-    }
-
-    /// Whether `password` is `user`'s, checked on one of the threads.
-    pub(crate) async fn check(&self, users: Arc<Users>, user: String, password: String) -> bool {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
-            let _ = tx.send(users.password_matches(&user, &password));
-        });
-        let sent = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job);
-        sent.is_ok() && rx.await.unwrap_or(false)
-    }
-}
-
-/// What every connection shares.
-pub(crate) struct Server {
-    live: RwLock<Arc<Live>>,
-    pub(crate) options: Options,
-    pub(crate) metrics: Arc<metrics::Metrics>,
-    pub(crate) sessions: Sessions,
-    pub(crate) failures: Failures,
-    pub(crate) checks: PasswordChecks,
-    connections: AtomicU64,
-    /// When the server started: the time shown for directories whose
-    /// backend keeps none.
-    pub(crate) started: std::time::SystemTime,
-}
-
-impl Server {
-    pub(crate) fn live(&self) -> Arc<Live> {
-        Arc::clone(&self.live.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Reads the users file and the mappings again; keeps what is in force
-    /// if either does not load.
-    fn reload(&self) {
-        let current = self.live();
-        match load(&self.options) {
-            Ok((users, config)) => {
-                let n = users.len();
-                let next = Live {
-                    users: Arc::new(users),
-                    corral: current.corral.with_mappings(config.mappings),
-                };
-                *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-                tracing::info!(
-                    users = n,
-                    "reloaded the users and the mappings; new logins see them"
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused; the configuration in force stays");
-            }
-        }
-    }
-}
-
-fn load(options: &Options) -> Result<(Users, ConfigFile), Error> {
-    let users = Users::load(&options.users)?;
-    let config = match &options.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => {
-            ConfigFile::embedded_default(std::path::Path::new(corral::config::DEFAULT_SANDBOX_DIR))?
-        }
-    };
-    Ok((users, config))
-}
+use crate::serve::Core;
+use session::Conn;
+pub(crate) use shared::Options;
+use shared::{Activity, Server};
 
 /// The socket, and a second handle on it that only watches for the peer
 /// to close or reset it.
@@ -260,9 +68,8 @@ async fn peer_gone(probe: &tokio::net::TcpStream) {
 
 /// Runs the server until the process is stopped.
 pub(crate) async fn serve(options: Options) -> Result<(), Error> {
-    let (users, config) = load(&options)?;
     let keys = host_key::load_all(&options.host_keys)?;
-    let corral = Corral::new(config.mappings, options.cache.clone())?;
+    let core = Core::start(options.core.clone()).await?;
     let listener = TcpListener::bind(options.listen).await.map_err(|e| {
         Error::new(
             ErrorKind::Unavailable,
@@ -286,69 +93,15 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         channel_buffer_size: 8,
         ..Default::default()
     });
-    let metrics = Arc::new(metrics::Metrics::default());
-    if let Some(addr) = options.metrics {
-        let l = TcpListener::bind(addr).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("cannot listen on {addr} for metrics: {e}"),
-            )
-        })?;
-        tokio::spawn(metrics::serve(
-            l,
-            Arc::clone(&metrics),
-            corral.cache().clone(),
-        ));
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
-    }
     let server = Arc::new(Server {
-        live: RwLock::new(Arc::new(Live {
-            users: Arc::new(users),
-            corral,
-        })),
-        sessions: Sessions {
-            by_user: Mutex::default(),
-            per_user: options.max_sessions_per_user,
-        },
+        core,
         options,
-        metrics,
-        failures: Failures::default(),
-        checks: PasswordChecks::start(1),
         connections: AtomicU64::new(0),
-        started: std::time::SystemTime::now(),
     });
-    {
-        // Uploads a killed process left pending: aborted once they are
-        // older than the retention, at start and then regularly.
-        let server = Arc::clone(&server);
-        let retention = server.options.partial_retention;
-        tokio::spawn(async move {
-            let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
-            loop {
-                let corral = server.live().corral.clone();
-                match corral.abort_stale_uploads(retention).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(aborted = n, "aborted stale multipart uploads"),
-                    Err(e) => tracing::warn!(error = %e, "cannot look for stale multipart uploads"),
-                }
-                tokio::time::sleep(every).await;
-            }
-        });
-    }
-    {
-        let server = Arc::clone(&server);
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| Error::new(ErrorKind::Other, format!("cannot handle SIGHUP: {e}")))?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                server.reload();
-            }
-        });
-    }
-    let c = &server.options.cache;
+    let c = &server.options.core.cache;
     tracing::info!(
         listen = %server.options.listen,
-        users = server.live().users.len(),
+        users = server.core.live().users.len(),
         cache = %corral::human_size(c.total),
         per_user = %corral::human_size(c.per_account()),
         "serving SFTP"

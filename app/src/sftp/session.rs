@@ -7,48 +7,23 @@
 //! is refused without a check. Passwords and keys are never logged.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 
 use super::fs::Fs;
-use super::{Activity, Server};
-
-/// Failed logins an address may make in [`WINDOW`] before it is refused.
-const MAX_FAILURES: u32 = 10;
-const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Failed logins by address.
-#[derive(Debug, Default)]
-pub(crate) struct Failures(std::sync::Mutex<HashMap<IpAddr, (u32, std::time::Instant)>>);
-
-impl Failures {
-    fn blocked(&self, ip: Option<IpAddr>) -> bool {
-        let Some(ip) = ip else { return false };
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ip)
-            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < WINDOW)
-    }
-
-    fn failed(&self, ip: Option<IpAddr>) {
-        let Some(ip) = ip else { return };
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, (_, since)| since.elapsed() < WINDOW);
-        let e = map.entry(ip).or_insert((0, std::time::Instant::now()));
-        e.0 += 1;
-    }
-}
+use super::shared::{Activity, Server};
+use crate::serve::sessions::SessionSlot;
 
 /// One connection's handler.
 pub(crate) struct Conn {
     server: Arc<Server>,
     peer: Option<SocketAddr>,
     activity: Arc<Activity>,
-    /// The user, once logged in (and counted against the session limits).
-    user: Option<String>,
+    /// The user's session, once logged in (counted until dropped).
+    session: Option<SessionSlot>,
     channels: HashMap<ChannelId, Channel<Msg>>,
     opened: usize,
     /// Told when the connection is gone, so that its channels' loops stop
@@ -67,7 +42,7 @@ impl Conn {
             server,
             peer,
             activity,
-            user: None,
+            session: None,
             channels: HashMap::new(),
             opened: 0,
             gone,
@@ -76,39 +51,23 @@ impl Conn {
 
     /// Admits `user`'s session if the limits allow.
     fn admit(&mut self, user: &str) -> Auth {
-        if !self.server.sessions.enter(user) {
-            tracing::warn!(user, peer = ?self.peer, "login refused: too many sessions for this user");
-            return Auth::reject();
+        match self.server.core.open_session(user, self.peer) {
+            Some(slot) => {
+                self.session = Some(slot);
+                Auth::Accept
+            }
+            None => Auth::reject(),
         }
-        self.server.metrics.sessions.fetch_add(1, Ordering::Relaxed);
-        self.server
-            .metrics
-            .sessions_total
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(user, peer = ?self.peer, "logged in");
-        self.user = Some(user.to_owned());
-        Auth::Accept
     }
 
-    fn reject(&self, user: &str, method: &str) -> Auth {
-        self.server
-            .metrics
-            .logins_failed
-            .fetch_add(1, Ordering::Relaxed);
-        self.server.failures.failed(self.peer.map(|p| p.ip()));
-        tracing::info!(user, peer = ?self.peer, method, "login failed");
-        Auth::reject()
+    fn user(&self) -> Option<String> {
+        self.session.as_ref().map(|s| s.user().to_owned())
     }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         let _ = self.gone.send(true);
-        if let Some(user) = self.user.take() {
-            self.server.sessions.leave(&user);
-            self.server.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
-            tracing::info!(user, peer = ?self.peer, "session ended");
-        }
     }
 }
 
@@ -117,21 +76,15 @@ impl russh::server::Handler for Conn {
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         self.activity.touch();
-        if self.user.is_some() || self.server.failures.blocked(self.peer.map(|p| p.ip())) {
-            return Ok(self.reject(user, "password"));
+        if self.session.is_some() {
+            return Ok(Auth::reject());
         }
-        let users = Arc::clone(&self.server.live().users);
-        // argon2 takes tens of milliseconds and 19 MiB: on the server's few
-        // password threads, off the async ones.
-        let server = Arc::clone(&self.server);
-        let ok = server
-            .checks
-            .check(users, user.to_owned(), password.to_owned())
-            .await;
-        Ok(if ok {
+        let ip = self.peer.map(|p| p.ip());
+        let core = Arc::clone(&self.server.core);
+        Ok(if core.password_login(user, password, ip).await {
             self.admit(user)
         } else {
-            self.reject(user, "password")
+            Auth::reject()
         })
     }
 
@@ -141,7 +94,7 @@ impl russh::server::Handler for Conn {
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         // Only a known key is worth a signature; the login is decided below.
-        if self.server.live().users.key_matches(user, offer.public_key) {
+        if self.server.core.key_known(user, offer.public_key) {
             Ok(Auth::Accept)
         } else {
             Ok(Auth::reject())
@@ -154,13 +107,15 @@ impl russh::server::Handler for Conn {
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         self.activity.touch();
-        if self.user.is_none()
-            && !self.server.failures.blocked(self.peer.map(|p| p.ip()))
-            && self.server.live().users.key_matches(user, key.public_key)
+        if self.session.is_none()
+            && self
+                .server
+                .core
+                .key_login(user, key.public_key, self.peer.map(|p| p.ip()))
         {
             return Ok(self.admit(user));
         }
-        Ok(self.reject(user, "publickey"))
+        Ok(Auth::reject())
     }
 
     async fn channel_open_session(
@@ -169,7 +124,7 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.user.is_none() || self.opened >= self.server.options.max_channels {
+        if self.session.is_none() || self.opened >= self.server.options.max_channels {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
@@ -185,27 +140,12 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some(user), "sftp", Some(channel)) =
-            (self.user.clone(), name, self.channels.remove(&id))
+        let (Some(user), "sftp", Some(channel)) = (self.user(), name, self.channels.remove(&id))
         else {
             session.channel_failure(id)?;
             return Ok(());
         };
-        let live = self.server.live();
-        let Some(identity) = live.users.identity(&user) else {
-            session.channel_failure(id)?;
-            return Ok(());
-        };
-        // A user's own File sandbox (from a `%u` template) is made on first login.
-        match live.corral.create_user_roots(&identity) {
-            Ok(made) => {
-                for dir in made {
-                    tracing::info!(user, dir, "made the user's File sandbox");
-                }
-            }
-            Err(e) => tracing::warn!(user, error = %e, "cannot make the user's File sandbox"),
-        }
-        let sb = match live.corral.sandbox(&identity) {
+        let sb = match self.server.core.sandbox(&user) {
             Ok(sb) => sb,
             Err(e) => {
                 tracing::warn!(user, error = %e, "no sandbox for this user");
@@ -220,8 +160,8 @@ impl russh::server::Handler for Conn {
             overwrite: self.server.options.overwrite,
             refuse_setstat: self.server.options.refuse_setstat,
             max_handles: self.server.options.max_handles,
-            metrics: Arc::clone(&self.server.metrics),
-            epoch: self.server.started,
+            metrics: Arc::clone(&self.server.core.metrics),
+            epoch: self.server.core.started,
         });
         let activity = Arc::clone(&self.activity);
         let handle = session.handle();

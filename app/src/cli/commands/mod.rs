@@ -81,7 +81,10 @@ pub(crate) async fn run(sb: &UserSandbox, global: &Global, command: Command) -> 
         Command::Check { write } => check::run(sb, &mut out, write, json).await,
         Command::Conformance { mount } => conformance::run(sb, &mut out, mount, json).await,
         // Dispatched before a sandbox is opened.
-        Command::Serve(_) | Command::Passwd => Ok(()),
+        #[cfg(feature = "sftp")]
+        Command::Serve(_) => Ok(()),
+        #[cfg(feature = "serve")]
+        Command::Passwd => Ok(()),
     };
     r.and_then(|()| out.flush())
 }

@@ -1,4 +1,4 @@
-//! What the server counts, and the Prometheus text endpoint that shows it
+//! What a server counts, and the Prometheus text endpoint that shows it
 //! (`--metrics ADDR`, any path): the transfer cache's capacity, reserved
 //! bytes, bytes in use, high-water mark and waiting transfers; sessions; and
 //! transfers and bytes by direction and result. Also the one log line per
@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use corral::cache::TransferCache;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// How a transfer ended.
@@ -60,6 +59,11 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a failed login.
+    pub(crate) fn failed_login(&self) {
+        self.logins_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records a finished transfer and logs its line.
     pub(crate) fn transfer(&self, t: &Transfer<'_>) {
         tracing::info!(
@@ -131,7 +135,7 @@ impl Metrics {
         );
         gauge(
             "sessions",
-            "SFTP sessions open.",
+            "Sessions open.",
             self.sessions.load(Ordering::Relaxed),
         );
         // The users holding most, so that an operator sees who holds what.
@@ -194,41 +198,36 @@ impl Metrics {
     }
 }
 
-/// Answers every HTTP request on `listener` with the exposition.
+/// Answers every HTTP request on `listener` with the exposition (HTTP/1.1
+/// on hyper: keep-alive, pipelining and malformed requests are its to
+/// handle).
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: std::sync::Arc<Metrics>,
     cache: TransferCache,
 ) {
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
+        let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let body = metrics.render(&cache);
+        let (metrics, cache) = (std::sync::Arc::clone(&metrics), cache.clone());
         tokio::spawn(async move {
-            // The request itself does not matter: read its head, bounded.
-            let mut buf = [0u8; 4096];
-            let mut seen = Vec::new();
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 16 << 10 {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+            let service = hyper::service::service_fn(move |_request| {
+                let body = metrics.render(&cache);
+                async move {
+                    hyper::Response::builder()
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                 }
-            })
-            .await;
-            if read.is_err() {
-                return;
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(5))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "a metrics request failed");
             }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-            let _ = conn.shutdown().await;
         });
     }
 }

@@ -19,8 +19,8 @@ use std::path::Path;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher};
 use corral::{Error, ErrorKind, Identity};
-use russh::keys::PublicKey;
-use russh::keys::ssh_key::AuthorizedKeys;
+use ssh_key::AuthorizedKeys;
+pub(crate) use ssh_key::PublicKey;
 
 /// One user of the server.
 #[derive(Clone)]

@@ -1,0 +1,254 @@
+//! What every front-end that serves users shares (`corral serve sftp`,
+//! and the next ones): the users and the mappings in force, reloaded on
+//! SIGHUP; password checks with their pace and the per-address lockout;
+//! the sessions each user may hold; the transfer log and the metrics
+//! endpoint; and the server's chores (uploads left pending). A front-end
+//! keeps only its protocol: it asks [`Core`] who may log in, takes a
+//! [`SessionSlot`], and gets a user's sandbox from [`Live::corral`].
+//!
+//! | module | what |
+//! |---|---|
+//! | [`users`] | the users file: password hashes, authorized keys, `%d`/`%f` values |
+//! | [`auth`] | password checks on their own thread, and the lockout of addresses that fail |
+//! | [`sessions`] | sessions per user, against the limit, released when dropped |
+//! | [`metrics`] | counters, the transfer log, the Prometheus endpoint (on hyper) |
+
+pub(crate) mod auth;
+pub(crate) mod metrics;
+pub(crate) mod sessions;
+pub(crate) mod users;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use corral::cache::CacheConfig;
+use corral::config::ConfigFile;
+use corral::{Corral, Error, ErrorKind, Identity};
+
+use auth::{Failures, PasswordChecks};
+use metrics::Metrics;
+use sessions::{SessionSlot, Sessions};
+use users::Users;
+
+/// What every server takes, whatever its protocol.
+#[derive(Debug, Clone)]
+pub(crate) struct CoreOptions {
+    /// The users file.
+    pub(crate) users: PathBuf,
+    /// The mappings (a config file, or bare mappings); `None`: the embedded default.
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) cache: CacheConfig,
+    pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) max_sessions_per_user: usize,
+    /// Pending uploads older than this are aborted.
+    pub(crate) partial_retention: Duration,
+}
+
+/// What a reload replaces.
+pub(crate) struct Live {
+    pub(crate) users: Arc<Users>,
+    pub(crate) corral: Corral,
+}
+
+/// The serving core: one per process, shared by every connection.
+pub(crate) struct Core {
+    live: RwLock<Arc<Live>>,
+    pub(crate) options: CoreOptions,
+    pub(crate) metrics: Arc<Metrics>,
+    sessions: Sessions,
+    failures: Failures,
+    checks: PasswordChecks,
+    /// When the server started: the time shown for directories whose
+    /// backend keeps none.
+    pub(crate) started: SystemTime,
+}
+
+fn load(options: &CoreOptions) -> Result<(Users, ConfigFile), Error> {
+    let users = Users::load(&options.users)?;
+    let config = match &options.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => {
+            ConfigFile::embedded_default(std::path::Path::new(corral::config::DEFAULT_SANDBOX_DIR))?
+        }
+    };
+    Ok((users, config))
+}
+
+impl Core {
+    /// Loads the users and the mappings and opens the cache; starts the
+    /// metrics endpoint, the reload on SIGHUP and the sweep of uploads left
+    /// pending. Must run inside the runtime.
+    pub(crate) async fn start(options: CoreOptions) -> Result<Arc<Self>, Error> {
+        let (users, config) = load(&options)?;
+        let corral = Corral::new(config.mappings, options.cache.clone())?;
+        let metrics = Arc::new(Metrics::default());
+        if let Some(addr) = options.metrics {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("cannot listen on {addr} for metrics: {e}"),
+                )
+            })?;
+            tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+                corral.cache().clone(),
+            ));
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        }
+        let core = Arc::new(Self {
+            live: RwLock::new(Arc::new(Live {
+                users: Arc::new(users),
+                corral,
+            })),
+            sessions: Sessions::new(options.max_sessions_per_user),
+            options,
+            metrics,
+            failures: Failures::default(),
+            checks: PasswordChecks::start(1),
+            started: SystemTime::now(),
+        });
+        core.sweep_stale_uploads();
+        core.reload_on_hangup()?;
+        Ok(core)
+    }
+
+    /// The users and mappings in force.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reads the users file and the mappings again; keeps what is in force
+    /// if either does not load.
+    pub(crate) fn reload(&self) {
+        let current = self.live();
+        match load(&self.options) {
+            Ok((users, config)) => {
+                let n = users.len();
+                let next = Live {
+                    users: Arc::new(users),
+                    corral: current.corral.with_mappings(config.mappings),
+                };
+                *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+                tracing::info!(
+                    users = n,
+                    "reloaded the users and the mappings; new logins see them"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the configuration in force stays");
+            }
+        }
+    }
+
+    fn reload_on_hangup(self: &Arc<Self>) -> Result<(), Error> {
+        let core = Arc::clone(self);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Error::new(ErrorKind::Other, format!("cannot handle SIGHUP: {e}")))?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                core.reload();
+            }
+        });
+        Ok(())
+    }
+
+    /// Uploads a killed process left pending: aborted once they are older
+    /// than the retention, at start and then regularly.
+    fn sweep_stale_uploads(self: &Arc<Self>) {
+        let core = Arc::clone(self);
+        let retention = self.options.partial_retention;
+        tokio::spawn(async move {
+            let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+            loop {
+                let corral = core.live().corral.clone();
+                match corral.abort_stale_uploads(retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(aborted = n, "aborted stale multipart uploads"),
+                    Err(e) => tracing::warn!(error = %e, "cannot look for stale multipart uploads"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Whether `password` is `user`'s: refused without a check for an
+    /// address locked out, counted as a failure when wrong. Checks run on
+    /// the core's password thread.
+    pub(crate) async fn password_login(
+        &self,
+        user: &str,
+        password: &str,
+        from: Option<IpAddr>,
+    ) -> bool {
+        if self.failures.blocked(from) {
+            self.failed_login(user, "password", from);
+            return false;
+        }
+        let users = Arc::clone(&self.live().users);
+        let ok = self
+            .checks
+            .check(users, user.to_owned(), password.to_owned())
+            .await;
+        if !ok {
+            self.failed_login(user, "password", from);
+        }
+        ok
+    }
+
+    /// Whether `key` is one of `user`'s authorized keys (the signature is
+    /// the protocol's to check); counted as a failure when not.
+    pub(crate) fn key_login(
+        &self,
+        user: &str,
+        key: &users::PublicKey,
+        from: Option<IpAddr>,
+    ) -> bool {
+        let ok = !self.failures.blocked(from) && self.live().users.key_matches(user, key);
+        if !ok {
+            self.failed_login(user, "publickey", from);
+        }
+        ok
+    }
+
+    /// Whether `key` is worth a signature (no failure counted).
+    pub(crate) fn key_known(&self, user: &str, key: &users::PublicKey) -> bool {
+        self.live().users.key_matches(user, key)
+    }
+
+    fn failed_login(&self, user: &str, method: &str, from: Option<IpAddr>) {
+        self.metrics.failed_login();
+        self.failures.failed(from);
+        tracing::info!(user, peer = ?from, method, "login failed");
+    }
+
+    /// A session of `user`, if the limit allows; counted until dropped.
+    pub(crate) fn open_session(&self, user: &str, from: Option<SocketAddr>) -> Option<SessionSlot> {
+        let slot = self.sessions.enter(user, Arc::clone(&self.metrics), from);
+        if slot.is_none() {
+            tracing::warn!(user, peer = ?from, "login refused: too many sessions for this user");
+        }
+        slot
+    }
+
+    /// `user`'s identity and sandbox, their own File sandboxes made first
+    /// where a template names them.
+    pub(crate) fn sandbox(&self, user: &str) -> Result<corral::UserSandbox, Error> {
+        let live = self.live();
+        let identity: Identity = live
+            .users
+            .identity(user)
+            .ok_or_else(|| Error::not_found(format!("no user {user:?}")))?;
+        match live.corral.create_user_roots(&identity) {
+            Ok(made) => {
+                for dir in made {
+                    tracing::info!(user, dir, "made the user's File sandbox");
+                }
+            }
+            Err(e) => tracing::warn!(user, error = %e, "cannot make the user's File sandbox"),
+        }
+        live.corral.sandbox(&identity)
+    }
+}
