@@ -24,6 +24,8 @@ mod reply;
 mod request;
 mod session;
 mod shared;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
