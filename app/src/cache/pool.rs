@@ -863,6 +863,7 @@ mod tests {
             .expect("served at once");
         assert_eq!(r.len(), 16 * MIB);
         let e = other.reserve(17 * MIB, 17 * MIB).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
         assert_eq!(e.setting(), Some("maxCloudCachePerUser"), "{e}");
         let uses = p.accounts();
         assert_eq!(uses.len(), 2, "{uses:?}");
@@ -898,13 +899,53 @@ mod tests {
         assert_eq!(*order.lock().unwrap(), ["a1", "b1", "a2", "a3"]);
     }
 
+    /// The race of the module docs: a waiter is granted its room while its
+    /// future is not polled, then dropped (its session ended). The grant
+    /// sits in the waiter's channel and must come back to the pool through
+    /// the Reservation's own Drop, here to the next waiter.
     #[tokio::test]
     async fn a_dropped_waiter_returns_a_racing_grant() {
         let p = PoolInner::new(8 * MIB, 8 * MIB, true, Duration::from_secs(5));
         let acct = p.account("a");
         let held = acct.reserve(8 * MIB, 8 * MIB).await.unwrap();
-        // A waiter whose receiving end is gone when the grant is made: the
-        // grant must come back to the pool, not be lost.
+        let mut first = Box::pin(acct.reserve(8 * MIB, 8 * MIB));
+        assert!(futures::poll!(first.as_mut()).is_pending(), "queued");
+        let second = tokio::spawn({
+            let acct = Arc::clone(&acct);
+            async move { acct.reserve(8 * MIB, 8 * MIB).await.map(|r| r.len()) }
+        });
+        while p.metrics().waiting < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let m = p.metrics();
+        assert_eq!(
+            (m.reserved, m.holders, m.waiting),
+            (8 * MIB, 1, 1),
+            "granted to the first waiter, which has not seen it: {m:?}"
+        );
+        drop(first);
+        let got = tokio::time::timeout(Duration::from_secs(1), second)
+            .await
+            .expect("the racing grant came back to the next waiter")
+            .unwrap();
+        assert_eq!(got.unwrap(), 8 * MIB);
+        let m = p.metrics();
+        assert_eq!(
+            (m.reserved, m.holders, m.waiting, m.accounts),
+            (0, 0, 0, 0),
+            "{m:?}"
+        );
+    }
+
+    /// The other side of that race: the waiter's receiving end is gone
+    /// before the grant is made, so the send fails and the grant is taken
+    /// back under the lock.
+    #[tokio::test]
+    async fn a_grant_to_a_waiter_already_gone_is_taken_back() {
+        let p = PoolInner::new(8 * MIB, 8 * MIB, true, Duration::from_secs(5));
+        let acct = p.account("a");
+        let held = acct.reserve(8 * MIB, 8 * MIB).await.unwrap();
         let (id, rx) = {
             let mut state = p.lock();
             let name: Arc<str> = Arc::from("a");
