@@ -87,6 +87,15 @@ impl UserSandbox {
             Err(e) if e.special().is_some() => false,
             Err(e) => return Err(e),
         };
+        if !is_dir {
+            // Nothing there is "not found", whatever was asked to go.
+            match t.storage().head(&t.key()?).await {
+                Ok(_) => {}
+                // Removing a link removes the link itself.
+                Err(e) if e.special().is_some() => {}
+                Err(e) => return Err(e),
+            }
+        }
         match (is_dir, options.only) {
             (true, Some(EntryKind::File)) => {
                 return Err(
@@ -124,14 +133,7 @@ impl UserSandbox {
             keys.extend(own_marker);
             return delete(&t, delete_order(keys)).await;
         }
-        let key = t.key()?;
-        match t.storage().head(&key).await {
-            Ok(_) => {}
-            // Removing a link removes the link itself.
-            Err(e) if e.special().is_some() => {}
-            Err(e) => return Err(e),
-        }
-        delete(&t, vec![key]).await
+        delete(&t, vec![t.key()?]).await
     }
 
     /// Copies a file, or (with `recursive`) a directory, to `to`. Server-side

@@ -210,6 +210,11 @@ fn remove_tells_a_file_from_a_directory() {
             sb.remove("/d/e", dir_only).await.expect("rmdir");
             sb.remove("/d", dir_only).await.expect("rmdir");
             sb.remove("/f.txt", file_only).await.expect("rm");
+            // Nothing there: not found, whatever was asked to go.
+            for only in [file_only, dir_only] {
+                let e = sb.remove("/none", only).await.unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::NotFound, "{name}: {e}");
+            }
             for p in ["/d", "/f.txt"] {
                 assert_eq!(
                     sb.stat(p).await.unwrap_err().kind(),
