@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use corral::cache::CacheConfig;
 use corral::config::ConfigFile;
 use corral::{Corral, Error, ErrorKind, Identity};
+use tokio_util::sync::CancellationToken;
 
 use auth::{Failures, PasswordChecks};
 use metrics::Metrics;
@@ -63,6 +64,9 @@ pub(crate) struct Core {
     /// When the server started: the time shown for directories whose
     /// backend keeps none.
     pub(crate) started: SystemTime,
+    /// Cancelled on SIGTERM or SIGINT: front-ends stop taking connections
+    /// and end their sessions; then [`Core::finish`].
+    pub(crate) stop: CancellationToken,
 }
 
 fn load(options: &CoreOptions) -> Result<(Users, ConfigFile), Error> {
@@ -109,10 +113,54 @@ impl Core {
             failures: Failures::default(),
             checks: PasswordChecks::start(1),
             started: SystemTime::now(),
+            stop: CancellationToken::new(),
         });
         core.sweep_stale_uploads();
         core.reload_on_hangup()?;
+        core.stop_on_terminate()?;
         Ok(core)
+    }
+
+    fn stop_on_terminate(&self) -> Result<(), Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind| {
+            signal(kind)
+                .map_err(|e| Error::new(ErrorKind::Other, format!("cannot handle a signal: {e}")))
+        };
+        let (mut term, mut int) = (
+            listen(SignalKind::terminate())?,
+            listen(SignalKind::interrupt())?,
+        );
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("stopping: no new sessions; the sessions open end now");
+            stop.cancel();
+        });
+        Ok(())
+    }
+
+    /// After the front-end's sessions have ended: waits for the files they
+    /// were writing to be given up and their multipart uploads aborted
+    /// (bounded), so that a stopped server leaves nothing pending.
+    pub(crate) async fn finish(&self) {
+        let corral = self.live().corral.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while corral.writes_in_progress() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = corral.cache().settle(Duration::from_secs(20)).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "stopped with uploads still being aborted; the next start's sweep aborts them"
+            );
+        } else {
+            tracing::info!("stopped");
+        }
     }
 
     /// The users and mappings in force.
@@ -184,7 +232,7 @@ impl Core {
         from: Option<IpAddr>,
     ) -> bool {
         if self.failures.blocked(from) {
-            self.failed_login(user, "password", from);
+            self.locked_out(user, "password", from);
             return false;
         }
         let users = Arc::clone(&self.live().users);
@@ -206,7 +254,11 @@ impl Core {
         key: &users::PublicKey,
         from: Option<IpAddr>,
     ) -> bool {
-        let ok = !self.failures.blocked(from) && self.live().users.key_matches(user, key);
+        if self.failures.blocked(from) {
+            self.locked_out(user, "publickey", from);
+            return false;
+        }
+        let ok = self.live().users.key_matches(user, key);
         if !ok {
             self.failed_login(user, "publickey", from);
         }
@@ -216,6 +268,20 @@ impl Core {
     /// Whether `key` is worth a signature (no failure counted).
     pub(crate) fn key_known(&self, user: &str, key: &users::PublicKey) -> bool {
         self.live().users.key_matches(user, key)
+    }
+
+    /// A login refused without a check: the address failed too often
+    /// lately. Counted as failed; the window is not extended.
+    fn locked_out(&self, user: &str, method: &str, from: Option<IpAddr>) {
+        self.metrics.failed_login();
+        tracing::warn!(
+            user,
+            peer = ?from,
+            method,
+            "login refused: the address is locked out after {} failed logins in {} s",
+            auth::MAX_FAILURES,
+            auth::WINDOW.as_secs()
+        );
     }
 
     fn failed_login(&self, user: &str, method: &str, from: Option<IpAddr>) {

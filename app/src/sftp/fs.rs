@@ -150,22 +150,31 @@ impl Fs {
     ) -> Result<Open, Error> {
         let p = path(filename)?;
         let append = flags.contains(OpenFlags::APPEND);
-        let write = flags.contains(OpenFlags::WRITE) || append;
+        let create = flags.contains(OpenFlags::CREATE);
+        let exclusive = create && flags.contains(OpenFlags::EXCLUDE);
+        // CREAT without WRITE (paramiko's mode "x", a lock file) makes the
+        // file as open(2) does; an existing one is opened for reading.
+        let write = flags.contains(OpenFlags::WRITE) || append || exclusive;
         if !write {
-            let download = Box::new(self.sb.open(&p).await?);
-            return Ok(Open::Read {
-                path: p.to_string(),
-                download,
-                started: Instant::now(),
-                bytes: 0,
-            });
+            match self.sb.open(&p).await {
+                Ok(download) => {
+                    return Ok(Open::Read {
+                        path: p.to_string(),
+                        download: Box::new(download),
+                        started: Instant::now(),
+                        bytes: 0,
+                    });
+                }
+                Err(e) if create && e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         let truncate = flags.contains(OpenFlags::TRUNCATE);
         let options = WriteOptions {
             size: None,
             overwrite: self.overwrite,
-            if_not_exists: flags.contains(OpenFlags::CREATE) && flags.contains(OpenFlags::EXCLUDE),
-            must_exist: !flags.contains(OpenFlags::CREATE),
+            if_not_exists: exclusive,
+            must_exist: !create,
             keep_existing: !truncate,
         };
         let mut writer = self.sb.create_with(&p, options).await?;

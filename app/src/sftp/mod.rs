@@ -68,7 +68,8 @@ async fn peer_gone(probe: &tokio::net::TcpStream) {
     }
 }
 
-/// Runs the server until the process is stopped.
+/// Runs the server until SIGTERM or SIGINT, then stops cleanly: no new
+/// connection, the sessions ended, their unfinished uploads aborted.
 pub(crate) async fn serve(options: Options) -> Result<(), Error> {
     let keys = host_key::load_all(&options.host_keys)?;
     let core = Core::start(options.core.clone()).await?;
@@ -109,7 +110,11 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         "serving SFTP"
     );
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = server.core.stop.cancelled() => break,
+        };
+        let (tcp, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of descriptors, say: wait, never stop serving.
@@ -181,12 +186,28 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
                         // The handler's loop then ends as its channels do.
                         std::future::pending::<()>().await;
                     };
+                    let stopping = async {
+                        server.core.stop.cancelled().await;
+                        // The channels' loops stop and give their open
+                        // files up; then the connection closes.
+                        gone.send_replace(true);
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            handle.disconnect(
+                                russh::Disconnect::ByApplication,
+                                "the server is stopping".into(),
+                                String::new(),
+                            ),
+                        )
+                        .await;
+                    };
                     tokio::select! {
                         r = session => if let Err(e) = r {
                             tracing::debug!(%peer, error = %e, "session ended with an error");
                         },
                         () = watchdog => {}
                         () = watch_peer => {}
+                        () = stopping => {}
                     }
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
@@ -194,4 +215,12 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
             server.connections.fetch_sub(1, Ordering::SeqCst);
         });
     }
+    // Stopping: the connections end (each was told), then what they were
+    // writing is given up and aborted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.core.finish().await;
+    Ok(())
 }
