@@ -25,4 +25,6 @@
 
 mod suite;
 
-pub use suite::{Area, CaseReport, Outcome, Report, Target, case_names, run, run_cases};
+pub use suite::{
+    Area, CaseReport, KnownFailure, Outcome, Report, Target, case_names, run, run_cases,
+};

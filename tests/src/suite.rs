@@ -146,9 +146,30 @@ pub struct Target {
     pub base: String,
     /// The capabilities that select cases (the backend's unless overridden).
     pub capabilities: Capabilities,
-    /// Cases known to fail on this target, with why: reported as unsupported,
-    /// with the server's answer, instead of failed.
-    pub known_failures: Vec<(String, String)>,
+    /// Cases known to fail on this target, with why and how: reported as
+    /// unsupported, with the server's answer, instead of failed, when they
+    /// fail as declared.
+    pub known_failures: Vec<KnownFailure>,
+}
+
+/// A case declared to fail on a target (a server quirk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownFailure {
+    /// The case's name.
+    pub case: String,
+    /// Why it fails there, for the report.
+    pub reason: String,
+    /// What its failure says: fragments of the failure's text (the step
+    /// that failed, the server's answer or the error kind). A failure
+    /// that does not hold them all is another failure, and fails the run.
+    pub expected: Vec<String>,
+}
+
+impl KnownFailure {
+    /// Whether `failure` is the declared one.
+    fn matches(&self, failure: &str) -> bool {
+        self.expected.iter().all(|f| failure.contains(f.as_str()))
+    }
 }
 
 impl Target {
@@ -164,11 +185,17 @@ impl Target {
         }
     }
 
-    /// Declares that `case` fails on this target, and why (a server quirk).
+    /// Declares that `case` fails on this target, why (a server quirk),
+    /// and with what: `expected` are fragments of the failure's text (e.g.
+    /// the step and the server's error code); a failure without them all
+    /// is reported failed.
     #[must_use]
-    pub fn with_known_failure(mut self, case: &str, reason: &str) -> Self {
-        self.known_failures
-            .push((case.to_owned(), reason.to_owned()));
+    pub fn with_known_failure(mut self, case: &str, reason: &str, expected: &[&str]) -> Self {
+        self.known_failures.push(KnownFailure {
+            case: case.to_owned(),
+            reason: reason.to_owned(),
+            expected: expected.iter().map(|f| (*f).to_owned()).collect(),
+        });
         self
     }
 
@@ -305,12 +332,17 @@ pub async fn run_cases(target: &Target, names: &[&str]) -> Report {
                     caps: target.capabilities.clone(),
                     dir: format!("{run_dir}{}/", case.name),
                 };
-                let known = target.known_failures.iter().find(|(c, _)| c == case.name);
+                let known = target.known_failures.iter().find(|k| k.case == case.name);
                 match ((case.run)(ctx).await, known) {
                     (Ok(()), _) => Outcome::Pass,
-                    (Err(why), Some((_, reason))) => {
-                        Outcome::Unsupported(format!("{reason} (the server answered: {why})"))
+                    (Err(why), Some(k)) if k.matches(&why) => {
+                        Outcome::Unsupported(format!("{} (the server answered: {why})", k.reason))
                     }
+                    // Declared to fail, but not this way: a failure of its own.
+                    (Err(why), Some(k)) => Outcome::Fail(format!(
+                        "{why} (declared to fail with {:?} only: {})",
+                        k.expected, k.reason
+                    )),
                     (Err(why), None) => Outcome::Fail(why),
                 }
             }

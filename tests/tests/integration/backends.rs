@@ -6,7 +6,7 @@ use crate::common;
 use std::sync::Arc;
 
 use corral_adapters::{ObjectStoreBackend, file_backend, s3_backend};
-use corral_conformance::{Outcome, Report, Target, run};
+use corral_conformance::{Outcome, Report, Target, run, run_cases};
 use corral_domain::{Capabilities, ErrorKind, ObjectKey, ObjectStorage};
 use corral_fixtures::servers::S3Server;
 
@@ -66,14 +66,17 @@ async fn s3s_fs() {
         .with_known_failure(
             "longest_key",
             "s3s-fs stores objects as files and cannot store a 1,024-byte key",
+            &["put \"", "(InternalError)"],
         )
         .with_known_failure(
             "directory_marker",
             "s3s-fs stores a `d/` object as a directory: HEAD and listings do not show it",
+            &["head marker: ", "500 Internal Server Error"],
         )
         .with_known_failure(
             "directory_emulation",
             "s3s-fs stores objects as files: a file and a directory of one name cannot coexist",
+            &["put: put ", "/dup/inside: ", "(InternalError)"],
         );
     assert_passes(
         &run(&target).await,
@@ -84,6 +87,22 @@ async fn s3s_fs() {
             "directory_emulation",
         ],
     );
+    // A declared case that fails otherwise than declared is a failure.
+    let misdeclared = Target::new("s3s-fs", Arc::clone(&backend)).with_known_failure(
+        "longest_key",
+        "declared with another answer than the server gives",
+        &["(NoSuchKey)"],
+    );
+    let report = run_cases(&misdeclared, &["longest_key"]).await;
+    match report.outcome("longest_key") {
+        Some(Outcome::Fail(why)) => {
+            assert!(
+                why.contains("declared to fail with [\"(NoSuchKey)\"] only"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
     // Asked anyway, the server's refusal is explained.
     let mut all = Capabilities::s3();
     all.list_pending_uploads = true;
