@@ -107,6 +107,7 @@ impl Drop for Running {
 
 #[test]
 fn a_user_holding_64_handles_never_holds_up_another() {
+    let _alone = super::timing_group();
     let root = tempfile::tempdir().expect("tempdir");
     let src = root.path().join("greedy/src");
     std::fs::create_dir_all(&src).expect("mkdir");
@@ -204,6 +205,7 @@ fn settled_within(server: &Server, limit: Duration) {
 
 #[test]
 fn a_bulk_uploader_pipelining_2000_files_completes() {
+    let _alone = super::timing_group();
     let root = tempfile::tempdir().expect("tempdir");
     // A small cache, so that holding a part per open file would run out.
     let server = Server::start(
@@ -222,6 +224,7 @@ fn a_bulk_uploader_pipelining_2000_files_completes() {
 
 #[test]
 fn a_client_killed_mid_pipeline_releases_everything_at_once() {
+    let _alone = super::timing_group();
     let s3 = S3Server::garage();
     s3.create_bucket("pipe");
     let server = Server::start(

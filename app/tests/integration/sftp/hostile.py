@@ -1,5 +1,6 @@
 """Hostile SFTP clients, with paramiko. Arguments: port user password
 scenario [args]. Exits non-zero, saying why, when the server gives in."""
+import errno
 import socket
 import struct
 import sys
@@ -23,11 +24,17 @@ def fail(why):
     sys.exit(1)
 
 
-def refused(what, f):
-    """`f` must fail with an IOError, never succeed."""
+def refused(what, f, code=None, text=None):
+    """`f` must fail with an IOError carrying errno `code` (paramiko's
+    mapping of the SFTP status: ENOENT for NO_SUCH_FILE, EACCES for
+    PERMISSION_DENIED) and/or a message holding `text`."""
     try:
         got = f()
     except IOError as e:
+        if code is not None and e.errno != code:
+            fail(f"{what}: errno {e.errno} ({e}), expected {errno.errorcode[code]}")
+        if text is not None and text not in str(e):
+            fail(f"{what}: {e!r} does not say {text!r}")
         return e
     fail(f"{what} succeeded: {got!r}")
 
@@ -52,14 +59,16 @@ if scenario == "traversal":
         "./../" + other + "/" + secret, "/shared/../../" + other + "/" + secret,
         "//..//" + other + "//" + secret,
     ]
+    # Each lands inside this user's sandbox, where nothing is: not found.
     for p in escapes:
-        refused(f"stat {p!r}", lambda: s.stat(p))
-        refused(f"open {p!r} for reading", lambda: s.open(p, "r").read())
-        refused(f"remove {p!r}", lambda: s.remove(p))
-        refused(f"rmdir {p!r}", lambda: s.rmdir(p))
-        refused(f"listdir {p!r}", lambda: s.listdir(p))
-        refused(f"rename from {p!r}", lambda: s.rename(p, "/moved"))
-        refused(f"setstat {p!r}", lambda: s.chmod(p, 0o644))
+        nf = errno.ENOENT
+        refused(f"stat {p!r}", lambda: s.stat(p), nf)
+        refused(f"open {p!r} for reading", lambda: s.open(p, "r").read(), nf)
+        refused(f"remove {p!r}", lambda: s.remove(p), nf)
+        refused(f"rmdir {p!r}", lambda: s.rmdir(p), nf)
+        refused(f"listdir {p!r}", lambda: s.listdir(p), nf)
+        refused(f"rename from {p!r}", lambda: s.rename(p, "/moved"), nf)
+        refused(f"setstat {p!r}", lambda: s.chmod(p, 0o644), nf)
     # `..` above the root resolves to the root, every way it is spelled.
     root = sorted(s.listdir("/"))
     for p, want in [("..", "/"), ("/..", "/"), ("../..", "/"), ("/../..", "/"),
@@ -71,9 +80,10 @@ if scenario == "traversal":
     for p in ["..", "/..", "../.."]:
         if sorted(s.listdir(p)) != root:
             fail(f"listdir {p!r} is not the root's")
-        refused(f"open {p!r} for writing", lambda: s.open(p, "w").close())
-        refused(f"remove {p!r}", lambda: s.remove(p))
-        refused(f"rmdir {p!r}", lambda: s.rmdir(p))
+        refused(f"open {p!r} for writing", lambda: s.open(p, "w").close(),
+                text="is a directory")
+        refused(f"remove {p!r}", lambda: s.remove(p), errno.EACCES)
+        refused(f"rmdir {p!r}", lambda: s.rmdir(p), errno.EACCES)
     # Writes through `..` land inside.
     with s.open("/../../inside.txt", "w") as f:
         f.write(b"in")
@@ -85,8 +95,8 @@ if scenario == "traversal":
         fail("realpath /shared/.. is not /")
     if s.stat("/own.txt/").st_size != s.stat("/own.txt").st_size:
         fail("a trailing slash names another file")
-    refused("symlink", lambda: s.symlink("/own.txt", "/link"))
-    refused("readlink", lambda: s.readlink("/own.txt"))
+    refused("symlink", lambda: s.symlink("/own.txt", "/link"), text="links are not supported")
+    refused("readlink", lambda: s.readlink("/own.txt"), text="links are not supported")
     if "link" in s.listdir("/"):
         fail("a link was made")
     s.close()

@@ -1,12 +1,13 @@
 //! Client × operation × backend. Each client, as its own user, makes a
 //! directory, uploads a file of three multipart parts and a small one,
 //! lists, renames, downloads, removes, and makes and removes a directory
-//! (as far as the client can: scp only copies). Then, through the library
-//! and a raw client of the bucket: the bytes are the ones sent, every key
-//! lies under a user's prefix, and no multipart upload is pending; the
-//! cache's counters are back to 0. Backends: Memory (checked through the
-//! clients only: its store lives in the server's process), File, moto and
-//! Garage.
+//! (scp only copies: it has no rename or remove). Then a fresh OpenSSH
+//! session lists and downloads what the client left (on every backend,
+//! Memory included: its store lives in the server's process), and, through
+//! the library and a raw client of the bucket or directory: the bytes are
+//! the ones sent, the client's keys all lie under its own user's prefix
+//! (nothing outside it changed), and no multipart upload is pending; the
+//! cache's counters are back to 0. Backends: Memory, File, moto and Garage.
 
 use std::path::Path;
 use std::process::Command;
@@ -46,6 +47,33 @@ fn curl(server: &Server, user: &str) -> Command {
     c
 }
 
+/// What OpenSSH's `sftp -b` printed for one batch command: it echoes each
+/// command as `sftp> command`, and the command's output follows.
+fn batch_section(stdout: &str, command: &str) -> String {
+    let echo = format!("sftp> {command}");
+    let mut lines = stdout.lines().skip_while(|l| l.trim_end() != echo);
+    assert!(
+        lines.next().is_some(),
+        "no {echo:?} in the batch output:\n{stdout}"
+    );
+    lines
+        .take_while(|l| !l.starts_with("sftp> "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The names in a listing of one name per line (`ls -1`), without the
+/// directory OpenSSH puts before each.
+fn names(listing: &str) -> Vec<String> {
+    let mut v: Vec<String> = listing
+        .lines()
+        .map(|l| l.trim().rsplit('/').next().unwrap_or_default().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
 fn url(server: &Server, path: &str) -> String {
     format!("sftp://127.0.0.1:{}{path}", server.port)
 }
@@ -74,7 +102,7 @@ fn client(name: &str, server: &Server, dir: &Path) -> Done {
             );
             Done {
                 renamed: true,
-                listing: String::from_utf8_lossy(&out.stdout).into_owned(),
+                listing: batch_section(&String::from_utf8_lossy(&out.stdout), "ls -l d"),
             }
         }
         "scp" => {
@@ -94,9 +122,10 @@ fn client(name: &str, server: &Server, dir: &Path) -> Done {
             ok(openssh("scp", server, user)
                 .args(["-P", &port, &target("/d/big.bin"), &back_s])
                 .current_dir(dir));
-            let listing =
-                String::from_utf8_lossy(&sftp_batch(server, user, 1, "ls d\n", dir).stdout)
-                    .into_owned();
+            let listing = batch_section(
+                &String::from_utf8_lossy(&sftp_batch(server, user, 1, "ls d\n", dir).stdout),
+                "ls d",
+            );
             Done {
                 renamed: false,
                 listing,
@@ -177,14 +206,67 @@ fn client(name: &str, server: &Server, dir: &Path) -> Done {
     }
 }
 
-/// The raw bucket (or directory) and the library's view, where the test can
-/// reach them (not Memory: its store lives in the server's process).
-struct Check {
-    corral: Corral,
-    raw: Option<Arc<dyn ObjectStorage>>,
+/// What a fresh OpenSSH session sees after a client's case: /d holds what
+/// the client left, /e is gone, and /d/big.bin downloads whole.
+fn seen_again(server: &Server, user: &str, dir: &Path, big: &[u8], done: &Done) {
+    let again = dir.join(format!("again-{user}.bin"));
+    let out = sftp_batch(
+        server,
+        user,
+        1,
+        &format!("ls -1 /\nls -1 /d\nget /d/big.bin {}\n", again.display()),
+        dir,
+    );
+    assert!(
+        out.status.success(),
+        "{user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        names(&batch_section(&stdout, "ls -1 /")),
+        ["d"],
+        "{user}: the root after the case"
+    );
+    let want: &[&str] = if done.renamed {
+        &["big.bin"]
+    } else {
+        &["big.bin", "small.txt"]
+    };
+    assert_eq!(
+        names(&batch_section(&stdout, "ls -1 /d")),
+        want,
+        "{user}: /d after the case"
+    );
+    assert!(
+        std::fs::read(&again).expect("downloaded again") == big,
+        "{user}: the file read again differs"
+    );
 }
 
-async fn check(check: &Check, user: &str, big: &[u8], done: &Done) {
+/// The raw bucket (or directory) and the library's view.
+struct Check {
+    corral: Corral,
+    raw: Arc<dyn ObjectStorage>,
+    /// Where users' prefixes start in the raw view (`users/` on S3).
+    root: &'static str,
+}
+
+async fn raw_keys(check: &Check) -> Vec<String> {
+    let mut keys: Vec<String> = check
+        .raw
+        .list(&ObjectKey::from_raw(""), Default::default())
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("raw list")
+        .into_iter()
+        .map(|i| i.key().as_str().to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+async fn check(check: &Check, user: &str, big: &[u8], done: &Done, before: &[String]) {
     let sb = check
         .corral
         .sandbox(&Identity::user(user))
@@ -208,35 +290,41 @@ async fn check(check: &Check, user: &str, big: &[u8], done: &Done) {
     };
     assert_eq!(names, want, "{user}");
     if done.renamed {
-        assert!(sb.stat("/e").await.is_err(), "{user}: /e was not removed");
-    }
-    if let Some(raw) = &check.raw {
-        let keys: Vec<String> = raw
-            .list(&ObjectKey::from_raw(""), Default::default())
-            .try_collect::<Vec<_>>()
-            .await
-            .expect("raw list")
-            .into_iter()
-            .map(|i| i.key().as_str().to_owned())
-            .collect();
-        for k in &keys {
-            let owner = k.strip_prefix("users/").and_then(|r| r.split('/').next());
-            assert!(
-                owner.is_some_and(|o| CLIENTS.contains(&o)),
-                "a key outside every user's prefix: {k:?}"
-            );
-        }
-        assert!(
-            keys.contains(&format!("users/{user}/d/big.bin")),
-            "{user}: {keys:?}"
-        );
-        if raw.capabilities().list_pending_uploads {
-            let pending = raw
-                .list_pending_uploads(&ObjectKey::from_raw(""))
+        assert_eq!(
+            sb.stat("/e")
                 .await
-                .expect("pending");
-            assert!(pending.is_empty(), "{user}: pending uploads {pending:?}");
-        }
+                .map(|_| ())
+                .expect_err("/e is gone")
+                .kind(),
+            corral::ErrorKind::NotFound,
+            "{user}: /e was not removed"
+        );
+    }
+    // The client changed nothing outside its own user's prefix.
+    let mine = format!("{}{user}/", check.root);
+    let after = raw_keys(check).await;
+    let outside = |keys: &[String]| -> Vec<String> {
+        keys.iter()
+            .filter(|k| !k.starts_with(&mine))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        outside(&after),
+        outside(before),
+        "{user}: keys outside {mine} changed"
+    );
+    assert!(
+        after.contains(&format!("{mine}d/big.bin")),
+        "{user}: {after:?}"
+    );
+    if check.raw.capabilities().list_pending_uploads {
+        let pending = check
+            .raw
+            .list_pending_uploads(&ObjectKey::from_raw(""))
+            .await
+            .expect("pending");
+        assert!(pending.is_empty(), "{user}: pending uploads {pending:?}");
     }
 }
 
@@ -260,6 +348,10 @@ fn matrix(mappings: &str, check: Option<Check>) {
         .build()
         .expect("runtime");
     for name in CLIENTS {
+        let before = match &check {
+            Some(c) => rt.block_on(raw_keys(c)),
+            None => Vec::new(),
+        };
         let done = client(name, &server, dir.path());
         assert!(
             done.listing.contains("big.bin") && done.listing.contains("small.txt"),
@@ -268,15 +360,18 @@ fn matrix(mappings: &str, check: Option<Check>) {
         );
         let back = std::fs::read(dir.path().join(format!("back-{name}.bin"))).expect("downloaded");
         assert!(back == big, "{name}: the downloaded bytes differ");
+        seen_again(&server, name, dir.path(), &big, &done);
         if let Some(c) = &check {
-            rt.block_on(self::check(c, name, &big, &done));
+            rt.block_on(self::check(c, name, &big, &done, &before));
         }
         let m = server.settled();
         assert_eq!(m["corral_cache_in_use_bytes"], 0.0, "{name}: {m:?}");
     }
     let m = server.metrics();
-    assert!(
-        m["corral_transfers_total{direction=\"upload\",result=\"ok\"}"] >= 14.0,
+    // Two uploads by each client.
+    assert_eq!(
+        m["corral_transfers_total{direction=\"upload\",result=\"ok\"}"],
+        (2 * CLIENTS.len()) as f64,
         "{m:?}"
     );
     assert_eq!(
@@ -297,7 +392,8 @@ fn s3_check(s: &S3Server, bucket: &str) -> Check {
     Check {
         corral: Corral::from_json(&s3_mappings(s, bucket, "users/%u"), CacheConfig::default())
             .expect("corral"),
-        raw: Some(crate::common::raw_backend(&s3_mappings(s, bucket, ""), "x")),
+        raw: crate::common::raw_backend(&s3_mappings(s, bucket, ""), "x"),
+        root: "users/",
     }
 }
 
@@ -320,7 +416,19 @@ fn every_client_on_file() {
         serde_json::to_string(&format!("{}/%u", root.path().display())).expect("json")
     );
     let corral = Corral::from_json(&mappings, CacheConfig::default()).expect("corral");
-    matrix(&mappings, Some(Check { corral, raw: None }));
+    let whole = format!(
+        r#"{{"": {{"": {}}}}}"#,
+        serde_json::to_string(&root.path().display().to_string()).expect("json")
+    );
+    let raw = crate::common::raw_backend(&whole, "x");
+    matrix(
+        &mappings,
+        Some(Check {
+            corral,
+            raw,
+            root: "",
+        }),
+    );
 }
 
 #[test]

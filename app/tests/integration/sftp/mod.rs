@@ -9,6 +9,7 @@ mod clients;
 mod hostile;
 mod load;
 mod matrix;
+mod options;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -34,6 +35,14 @@ pub(crate) fn clients_venv() -> PathBuf {
     std::env::var_os("CORRAL_CLIENTS_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| tools().join("clients-venv"))
+}
+
+/// Tests that assert on durations or peak memory take turns: none of them
+/// runs beside another (the other tests still may). Hold the guard for the
+/// whole test.
+pub(crate) fn timing_group() -> std::sync::MutexGuard<'static, ()> {
+    static GROUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GROUP.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The password of a test user.
@@ -131,6 +140,24 @@ impl Server {
         self.child.id()
     }
 
+    /// SIGTERM to the server; its exit status, which must come within `limit`.
+    pub(crate) fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `kill -9` of the server.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
@@ -204,10 +231,12 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if std::env::var_os("CORRAL_TEST_SERVER_WRAPPER").is_some() {
-            // Let the wrapper see its program end and write its report.
-            if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            // Stop the server only (it exits cleanly on SIGTERM), so that
+            // the wrapper and its helpers see it end and write their report.
+            for pid in corral_processes() {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
             }
             let _ = self.child.wait();
             return;
@@ -215,6 +244,20 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The pids of every `corral` process (a profiling run, with a wrapper, runs
+/// one test at a time).
+fn corral_processes() -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "corral")
+        })
+        .collect()
 }
 
 /// Runs a client; a client that does not end in `limit` is killed and fails the test.
