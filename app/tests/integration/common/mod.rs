@@ -2,6 +2,8 @@
 //! open multipart uploads and slowing parts down.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod counted;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
