@@ -33,6 +33,7 @@ mod errors;
 mod file;
 mod objects;
 mod paginate;
+mod pending;
 pub mod retry;
 mod s3;
 mod store;
@@ -65,6 +66,8 @@ pub struct OpenSandbox {
 #[derive(Debug, Default)]
 pub struct Backends {
     memory: Arc<InMemory>,
+    memory_uploads: Arc<pending::Tracker>,
+    file_uploads: Arc<file::Uploads>,
     s3: Mutex<Vec<(S3Spec, Arc<S3Backend>)>>,
     custom: Mutex<Vec<(String, Arc<dyn ObjectStorage>)>>,
 }
@@ -79,11 +82,17 @@ impl Backends {
     pub fn open(&self, spec: &ResolvedSpec) -> Result<OpenSandbox> {
         match spec {
             ResolvedSpec::File { dir, .. } => Ok(OpenSandbox {
-                storage: Arc::new(file_backend(Path::new(dir))?),
+                storage: Arc::new(FileBackend::open_sharing(
+                    Path::new(dir),
+                    Arc::clone(&self.file_uploads),
+                )?),
                 root: SandboxRoot::BUCKET_ROOT,
             }),
             ResolvedSpec::Memory { root } => Ok(OpenSandbox {
-                storage: Arc::new(ObjectStoreBackend::memory(Arc::clone(&self.memory))),
+                storage: Arc::new(
+                    ObjectStoreBackend::memory(Arc::clone(&self.memory))
+                        .with_tracker(Arc::clone(&self.memory_uploads)),
+                ),
                 root: root.clone(),
             }),
             ResolvedSpec::S3 { spec, root } => Ok(OpenSandbox {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use corral_domain::port::{
-    ByteRange, CompletedPart, GetResult, ListItem, ListOptions, ListStream, ObjectMeta, PutMode,
-    PutResult, UploadId,
+    ByteRange, CompletedPart, GetResult, ListItem, ListOptions, ListStream, ObjectMeta,
+    PendingUpload, PutMode, PutResult, StoredPart, UploadId,
 };
 use corral_domain::{Capabilities, Error, ObjectKey, ObjectStorage, Operation, Result};
 use futures::TryStreamExt;
@@ -23,12 +23,16 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::errors::{Context, from_object_store};
 use crate::objects::{Objects, check_prefix, meta_from, to_path};
+use crate::pending::Tracker;
 
 /// The storage port over an `object_store` store. Build one with
 /// [`crate::Backends`], or directly with [`ObjectStoreBackend::memory`].
 pub struct ObjectStoreBackend {
     objects: Objects,
     caps: Capabilities,
+    /// Its multipart uploads, as this process made them (object_store
+    /// cannot list them).
+    pending: Arc<Tracker>,
 }
 
 impl fmt::Debug for ObjectStoreBackend {
@@ -65,7 +69,15 @@ impl ObjectStoreBackend {
                 },
             },
             caps: capabilities,
+            pending: Arc::default(),
         }
+    }
+
+    /// Shares the record of multipart uploads with the other backends on
+    /// the same store.
+    pub(crate) fn with_tracker(mut self, pending: Arc<Tracker>) -> Self {
+        self.pending = pending;
+        self
     }
 
     /// Overrides declared capabilities.
@@ -183,7 +195,9 @@ impl ObjectStorage for ObjectStoreBackend {
     }
 
     async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId> {
-        self.objects.create_multipart(key).await
+        let id = self.objects.create_multipart(key).await?;
+        self.pending.created(key, &id);
+        Ok(id)
     }
 
     async fn upload_part(
@@ -193,9 +207,20 @@ impl ObjectStorage for ObjectStoreBackend {
         number: u32,
         data: Bytes,
     ) -> Result<CompletedPart> {
-        self.objects
+        let size = data.len() as u64;
+        let part = self
+            .objects
             .upload_part(key, upload, number, owned(data))
-            .await
+            .await?;
+        self.pending.part(
+            upload,
+            StoredPart {
+                number,
+                etag: part.etag.clone(),
+                size,
+            },
+        );
+        Ok(part)
     }
 
     async fn complete_multipart(
@@ -205,10 +230,22 @@ impl ObjectStorage for ObjectStoreBackend {
         parts: Vec<CompletedPart>,
     ) -> Result<PutResult> {
         let ids = Objects::part_ids(key, parts)?;
-        self.objects.complete_multipart(key, upload, ids).await
+        let done = self.objects.complete_multipart(key, upload, ids).await?;
+        self.pending.ended(upload);
+        Ok(done)
     }
 
     async fn abort_multipart(&self, key: &ObjectKey, upload: &UploadId) -> Result<()> {
-        self.objects.abort_multipart(key, upload).await
+        self.objects.abort_multipart(key, upload).await?;
+        self.pending.ended(upload);
+        Ok(())
+    }
+
+    async fn list_pending_uploads(&self, prefix: &ObjectKey) -> Result<Vec<PendingUpload>> {
+        Ok(self.pending.list(prefix))
+    }
+
+    async fn list_parts(&self, key: &ObjectKey, upload: &UploadId) -> Result<Vec<StoredPart>> {
+        self.pending.parts(key, upload)
     }
 }

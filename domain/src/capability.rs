@@ -23,9 +23,11 @@ pub struct Capabilities {
     pub max_file_size: Option<u64>,
     /// Multipart uploads (create, upload part, complete, abort).
     pub multipart: bool,
-    /// Listing pending multipart uploads.
+    /// Listing pending multipart uploads and their parts (File and Memory:
+    /// the uploads of this process).
     pub list_pending_uploads: bool,
-    /// An interrupted upload can continue where it stopped.
+    /// An interrupted upload can continue where it stopped, in another
+    /// process (its state is the server's).
     pub resume: bool,
     /// Rename is atomic (otherwise copy then delete).
     pub atomic_rename: bool,
@@ -71,7 +73,7 @@ impl Capabilities {
             default_overwrite: OverwriteMode::InPlaceAlways,
             max_file_size: None,
             multipart: true,
-            list_pending_uploads: false,
+            list_pending_uploads: true,
             resume: false,
             atomic_rename: true,
             server_side_copy: true,
@@ -86,7 +88,7 @@ impl Capabilities {
     pub fn memory() -> Self {
         Self {
             name: "Memory",
-            list_pending_uploads: false,
+            list_pending_uploads: true,
             resume: false,
             part_copy: false,
             set_modified: false,
@@ -128,7 +130,7 @@ mod tests {
         );
         assert_eq!(Capabilities::file().honoured_modes().count(), 6);
         assert_eq!(Capabilities::s3().max_file_size, Some(1 << 40));
-        assert!(!Capabilities::memory().list_pending_uploads);
+        assert!(Capabilities::memory().list_pending_uploads && !Capabilities::memory().resume);
         assert_eq!(Capabilities::file().max_file_size, None);
     }
 }

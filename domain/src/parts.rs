@@ -251,6 +251,15 @@ impl StreamingPlan {
         self.part_size
     }
 
+    /// The plan of a stream that already started with `part_size` (an upload
+    /// kept after a dropped connection, continued).
+    pub fn with_part_size(part_size: u64) -> Result<Self, SizeError> {
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
+            return Err(SizeError::InvalidPartSize { size: 0, part_size });
+        }
+        Ok(Self { part_size })
+    }
+
     /// Fails when part `number` (1-based) would be past the 10,000-part limit.
     pub fn check_part(&self, number: u64) -> Result<(), SizeError> {
         if number > MAX_PARTS {
@@ -260,6 +269,26 @@ impl StreamingPlan {
         }
         Ok(())
     }
+}
+
+/// What of a stored upload can be continued: the run of parts 1, 2, … of
+/// one size (the first part's), given as `(number, size)` in any order.
+/// A part of another size, or a missing number, ends the run; what comes
+/// after it would be sent again. `None` when not even part 1 is usable.
+/// Returns the part size and how many parts the run holds.
+pub fn continuable(parts: &[(u32, u64)]) -> Option<(u64, u32)> {
+    let mut sorted = parts.to_vec();
+    sorted.sort_unstable();
+    let (first, size) = *sorted.first()?;
+    if first != 1 || !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&size) {
+        return None;
+    }
+    let run = sorted
+        .iter()
+        .enumerate()
+        .take_while(|(i, (n, s))| *n as usize == i + 1 && *s == size)
+        .count();
+    Some((size, run as u32))
 }
 
 #[cfg(test)]
@@ -365,5 +394,19 @@ mod tests {
         assert_eq!(human(1 << 40), "1 TiB");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(10), "10 bytes");
+    }
+
+    #[test]
+    fn the_run_of_equal_parts_from_one_is_what_continues() {
+        const P: u64 = 8 * MIB;
+        assert_eq!(continuable(&[(2, P), (1, P), (3, P)]), Some((P, 3)));
+        // A shorter part (the tail of a stream) ends the run.
+        assert_eq!(continuable(&[(1, P), (2, P), (3, MIB)]), Some((P, 2)));
+        // A gap ends it too.
+        assert_eq!(continuable(&[(1, P), (3, P)]), Some((P, 1)));
+        assert_eq!(continuable(&[(2, P)]), None);
+        assert_eq!(continuable(&[]), None);
+        // A first part below S3's minimum is no plan's.
+        assert_eq!(continuable(&[(1, MIB)]), None);
     }
 }

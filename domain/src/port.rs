@@ -215,6 +215,27 @@ pub struct CompletedPart {
     pub etag: String,
 }
 
+/// A part stored in a pending multipart upload, as the server lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPart {
+    /// 1-based part number.
+    pub number: u32,
+    /// Its entity tag, needed to complete the upload.
+    pub etag: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl StoredPart {
+    /// The part as [`ObjectStorage::complete_multipart`] takes it.
+    pub fn completed(&self) -> CompletedPart {
+        CompletedPart {
+            number: self.number,
+            etag: self.etag.clone(),
+        }
+    }
+}
+
 /// An upload that was created and neither completed nor aborted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingUpload {
@@ -382,6 +403,18 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
             self.capabilities().name
         ))
         .with_operation(Operation::ListMultipart))
+    }
+
+    /// The parts stored so far in a pending upload, in part order (where
+    /// [`Capabilities::list_pending_uploads`](crate::Capabilities) holds).
+    async fn list_parts(&self, key: &ObjectKey, upload: &UploadId) -> Result<Vec<StoredPart>> {
+        let _ = upload;
+        Err(Error::unsupported(format!(
+            "the {} backend cannot list the parts of an upload",
+            self.capabilities().name
+        ))
+        .with_operation(Operation::ListMultipart)
+        .with_key(key.as_str().to_owned()))
     }
 }
 

@@ -284,6 +284,12 @@ fn cases() -> Vec<Case> {
             |c| (!c.list_pending_uploads).then_some("cannot list pending multipart uploads"),
             list_pending_uploads
         ),
+        case!(
+            Area::Multipart,
+            "continue_upload",
+            |c| (!c.list_pending_uploads).then_some("cannot list pending multipart uploads"),
+            continue_upload
+        ),
         case!(Area::Sandbox, "confinement", always, confinement),
         case!(
             Area::Sandbox,
@@ -1156,6 +1162,70 @@ async fn list_pending_uploads(ctx: Ctx) -> CaseResult {
         uploads_text(&after)
     );
     Ok(())
+}
+
+/// What a resumed upload relies on: another process finds the upload,
+/// learns which parts are stored and how big, and completes it from that
+/// list alone, adding the part that was missing.
+async fn continue_upload(ctx: Ctx) -> CaseResult {
+    let key = ctx.key("continued.bin");
+    let dir = ObjectKey::from_raw(ctx.dir.clone());
+    let upload = ctx
+        .storage
+        .create_multipart(&key)
+        .await
+        .check("create multipart")?;
+    for n in 1..=2u32 {
+        ctx.storage
+            .upload_part(&key, &upload, n, pattern(PART, n as u8))
+            .await
+            .check("upload part")?;
+    }
+    let result = async {
+        let pending = ctx
+            .storage
+            .list_pending_uploads(&dir)
+            .await
+            .check("list pending")?;
+        let found = pending
+            .iter()
+            .find(|u| u.key == key)
+            .ok_or_else(|| format!("the upload is not listed: {}", uploads_text(&pending)))?;
+        let stored = ctx
+            .storage
+            .list_parts(&key, &found.upload_id)
+            .await
+            .check("list parts")?;
+        let seen: Vec<(u32, u64)> = stored.iter().map(|p| (p.number, p.size)).collect();
+        ensure!(
+            seen == vec![(1, PART as u64), (2, PART as u64)],
+            "the stored parts are listed as {seen:?}, not parts 1 and 2 of {PART} bytes"
+        );
+        let last = ctx
+            .storage
+            .upload_part(&key, &found.upload_id, 3, Bytes::from_static(b"tail"))
+            .await
+            .check("upload the missing part")?;
+        let mut parts: Vec<_> = stored.iter().map(|p| p.completed()).collect();
+        parts.push(last);
+        ctx.storage
+            .complete_multipart(&key, &found.upload_id, parts)
+            .await
+            .check("complete from the listed parts")?;
+        let meta = ctx.storage.head(&key).await.check("head")?;
+        ensure!(
+            meta.size == 2 * PART as u64 + 4,
+            "the continued object has {} bytes, not {}",
+            meta.size,
+            2 * PART + 4
+        );
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = ctx.storage.abort_multipart(&key, &upload).await;
+    }
+    result
 }
 
 async fn conditional_create(ctx: Ctx) -> CaseResult {

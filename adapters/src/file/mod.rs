@@ -33,8 +33,8 @@ use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use corral_domain::node::NodeKind;
 use corral_domain::port::{
-    ByteRange, CompletedPart, GetResult, ListOptions, ListStream, ObjectMeta, PutMode, PutResult,
-    UploadId,
+    ByteRange, CompletedPart, GetResult, ListOptions, ListStream, ObjectMeta, PendingUpload,
+    PutMode, PutResult, StoredPart, UploadId,
 };
 use corral_domain::{Capabilities, Error, ErrorKind, ObjectKey, ObjectStorage, Operation, Result};
 use futures::StreamExt;
@@ -42,7 +42,8 @@ use rustix::fs::AtFlags;
 
 use resolve::{Names, io_error, kind_of, open_dirs, split, why};
 use stage::Staged;
-use uploads::{Spool, Uploads};
+use uploads::Spool;
+pub(crate) use uploads::Uploads;
 
 /// How much of a file one read of a GET's body returns.
 const READ_CHUNK: u64 = 1 << 20;
@@ -53,6 +54,9 @@ const PAGE: usize = 1000;
 /// beneath a handle on the root, one name at a time, never through a link.
 pub struct FileBackend {
     root: Arc<Dir>,
+    /// The directory as configured: which uploads of the process are this
+    /// sandbox's.
+    scope: Arc<str>,
     caps: Capabilities,
     uploads: Arc<Uploads>,
 }
@@ -199,8 +203,19 @@ impl FileBackend {
             .map_err(|e| not_available(&format!("cannot be opened: {e}")))?;
         Ok(Self {
             root: Arc::new(root),
+            scope: Arc::from(dir.to_string_lossy().as_ref()),
             caps: Capabilities::file(),
             uploads: Arc::default(),
+        })
+    }
+
+    /// As [`Self::open`], sharing multipart uploads with the process's other
+    /// backends on the same directory (each session's), so that an upload
+    /// kept by one can be continued by another.
+    pub(crate) fn open_sharing(dir: &Path, uploads: Arc<Uploads>) -> Result<Self> {
+        Ok(Self {
+            uploads,
+            ..Self::open(dir)?
         })
     }
 
@@ -542,10 +557,11 @@ impl ObjectStorage for FileBackend {
     }
 
     async fn create_multipart(&self, key: &ObjectKey) -> Result<UploadId> {
-        let (root, key, uploads) = (
+        let (root, key, uploads, scope) = (
             Arc::clone(&self.root),
             key.clone(),
             Arc::clone(&self.uploads),
+            Arc::clone(&self.scope),
         );
         blocking(move || {
             let op = Operation::CreateMultipart;
@@ -562,7 +578,7 @@ impl ObjectStorage for FileBackend {
             rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())
                 .map_err(|e| io_error(e.into(), op, k))?;
             let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-            uploads.insert(id.clone(), Spool::new(key.clone(), file));
+            uploads.insert(id.clone(), Spool::new(scope, key.clone(), file));
             Ok(UploadId(id))
         })
         .await
@@ -582,7 +598,7 @@ impl ObjectStorage for FileBackend {
                     .with_operation(op),
             );
         }
-        let spool = self.uploads.get(key, upload, op)?;
+        let spool = self.uploads.get(&self.scope, key, upload, op)?;
         let k = key.as_str().to_owned();
         let part = blocking(move || {
             spool
@@ -612,7 +628,7 @@ impl ObjectStorage for FileBackend {
                     .with_operation(op),
             );
         }
-        let spool = self.uploads.get(key, upload, op)?;
+        let spool = self.uploads.get(&self.scope, key, upload, op)?;
         let (root, source) = (Arc::clone(&self.root), source.clone());
         let if_match = if_match.map(str::to_owned);
         let part = blocking(move || {
@@ -703,7 +719,7 @@ impl ObjectStorage for FileBackend {
         parts: Vec<CompletedPart>,
     ) -> Result<PutResult> {
         let op = Operation::CompleteMultipart;
-        let spool = self.uploads.get(key, upload, op)?;
+        let spool = self.uploads.get(&self.scope, key, upload, op)?;
         let plan = spool.plan(parts)?;
         let (root, k) = (Arc::clone(&self.root), key.clone());
         let s = Arc::clone(&spool);
@@ -721,12 +737,21 @@ impl ObjectStorage for FileBackend {
                 .map_err(|e| persist_error(e, PutMode::Overwrite, op, ks))
         })
         .await?;
-        self.uploads.remove(key, upload, op)?;
+        self.uploads.remove(&self.scope, key, upload, op)?;
         Ok(PutResult::default())
     }
 
     async fn abort_multipart(&self, key: &ObjectKey, upload: &UploadId) -> Result<()> {
-        self.uploads.remove(key, upload, Operation::AbortMultipart)
+        self.uploads
+            .remove(&self.scope, key, upload, Operation::AbortMultipart)
+    }
+
+    async fn list_pending_uploads(&self, prefix: &ObjectKey) -> Result<Vec<PendingUpload>> {
+        Ok(self.uploads.list(&self.scope, prefix))
+    }
+
+    async fn list_parts(&self, key: &ObjectKey, upload: &UploadId) -> Result<Vec<StoredPart>> {
+        self.uploads.parts(&self.scope, key, upload)
     }
 }
 

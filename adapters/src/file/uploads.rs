@@ -9,13 +9,16 @@
 //! records, copies them in order into a staging file while checking each
 //! CRC again, syncs it and gives it the target's name in one rename. The
 //! uploads live in this process only: a File upload cannot be resumed by
-//! another process ([`corral_domain::Capabilities::resume`] is false).
+//! another process ([`corral_domain::Capabilities::resume`] is false), but
+//! every backend of the process on the same directory (each session's) sees
+//! them: they are listed, their parts too, and continued.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-use corral_domain::port::{CompletedPart, UploadId};
+use corral_domain::port::{CompletedPart, PendingUpload, StoredPart, UploadId};
 use corral_domain::{Error, ErrorKind, ObjectKey, Operation, Result};
 
 /// One part in the spool.
@@ -35,8 +38,11 @@ impl Part {
 /// An upload in progress.
 #[derive(Debug)]
 pub(super) struct Spool {
+    /// The sandbox directory it belongs to.
+    scope: Arc<str>,
     pub(super) key: ObjectKey,
     pub(super) file: std::fs::File,
+    created: SystemTime,
     state: Mutex<SpoolState>,
 }
 
@@ -53,10 +59,12 @@ pub(super) fn crc64(data: &[u8]) -> u64 {
 }
 
 impl Spool {
-    pub(super) fn new(key: ObjectKey, file: std::fs::File) -> Self {
+    pub(super) fn new(scope: Arc<str>, key: ObjectKey, file: std::fs::File) -> Self {
         Self {
+            scope,
             key,
             file,
+            created: SystemTime::now(),
             state: Mutex::default(),
         }
     }
@@ -190,9 +198,10 @@ impl Spool {
     }
 }
 
-/// The uploads of one File backend, by id.
+/// The uploads of the File backends of a process, by id (each knows its
+/// directory).
 #[derive(Debug, Default)]
-pub(super) struct Uploads(Mutex<HashMap<String, Arc<Spool>>>);
+pub(crate) struct Uploads(Mutex<HashMap<String, Arc<Spool>>>);
 
 impl Uploads {
     pub(super) fn insert(&self, id: String, spool: Spool) {
@@ -202,11 +211,53 @@ impl Uploads {
             .insert(id, Arc::new(spool));
     }
 
-    /// The upload `id` of `key`.
-    pub(super) fn get(&self, key: &ObjectKey, id: &UploadId, op: Operation) -> Result<Arc<Spool>> {
+    /// The uploads of directory `scope` under `prefix`.
+    pub(super) fn list(&self, scope: &str, prefix: &ObjectKey) -> Vec<PendingUpload> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<PendingUpload> = map
+            .iter()
+            .filter(|(_, s)| &*s.scope == scope && s.key.as_str().starts_with(prefix.as_str()))
+            .map(|(id, s)| PendingUpload {
+                key: s.key.clone(),
+                upload_id: UploadId(id.clone()),
+                initiated: Some(s.created),
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.key, a.initiated).cmp(&(&b.key, b.initiated)));
+        v
+    }
+
+    /// The parts stored so far of upload `id`.
+    pub(super) fn parts(
+        &self,
+        scope: &str,
+        key: &ObjectKey,
+        id: &UploadId,
+    ) -> Result<Vec<StoredPart>> {
+        let spool = self.get(scope, key, id, Operation::ListMultipart)?;
+        let state = spool.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(state
+            .parts
+            .iter()
+            .map(|(n, p)| StoredPart {
+                number: *n,
+                etag: p.etag(),
+                size: p.len,
+            })
+            .collect())
+    }
+
+    /// The upload `id` of `key` in directory `scope`.
+    pub(super) fn get(
+        &self,
+        scope: &str,
+        key: &ObjectKey,
+        id: &UploadId,
+        op: Operation,
+    ) -> Result<Arc<Spool>> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&id.0) {
-            Some(s) if s.key == *key => Ok(Arc::clone(s)),
+            Some(s) if s.key == *key && &*s.scope == scope => Ok(Arc::clone(s)),
             _ => Err(Error::not_found(format!(
                 "no such multipart upload {id} (completed or aborted already)"
             ))
@@ -216,8 +267,14 @@ impl Uploads {
     }
 
     /// Forgets upload `id`; its spool is freed when the last user drops it.
-    pub(super) fn remove(&self, key: &ObjectKey, id: &UploadId, op: Operation) -> Result<()> {
-        self.get(key, id, op)?;
+    pub(super) fn remove(
+        &self,
+        scope: &str,
+        key: &ObjectKey,
+        id: &UploadId,
+        op: Operation,
+    ) -> Result<()> {
+        self.get(scope, key, id, op)?;
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())

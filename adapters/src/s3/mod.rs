@@ -32,7 +32,7 @@ use bytes::Bytes;
 use corral_domain::config::S3Spec;
 use corral_domain::port::{
     ByteRange, CompletedPart, GetResult, ListOptions, ListStream, ObjectMeta, PendingUpload,
-    PutMode, PutOptions, PutResult, UploadId,
+    PutMode, PutOptions, PutResult, StoredPart, UploadId,
 };
 use corral_domain::retry::Backoff;
 use corral_domain::{Capabilities, Error, ErrorKind, ObjectKey, ObjectStorage, Result};
@@ -346,5 +346,11 @@ impl ObjectStorage for S3Backend {
             .with_operation(corral_domain::Operation::ListMultipart));
         }
         uploads::list_multipart_uploads(&self.signed, prefix).await
+    }
+
+    async fn list_parts(&self, key: &ObjectKey, upload: &UploadId) -> Result<Vec<StoredPart>> {
+        uploads::list_parts(&self.signed, key, upload)
+            .await
+            .map_err(|e| e.with_key(key.as_str().to_owned()))
     }
 }

@@ -3,7 +3,7 @@
 //! `object_store` does not have.
 
 use bytes::Bytes;
-use corral_domain::port::{PendingUpload, UploadId};
+use corral_domain::port::{PendingUpload, StoredPart, UploadId};
 use corral_domain::retry::Backoff;
 use corral_domain::{Error, ErrorKind, ObjectKey, Operation, Result};
 use futures::TryStreamExt;
@@ -102,6 +102,90 @@ async fn multipart_page(
             "the upload listing is truncated but the server gave no markers".to_owned(),
         )),
         (false, _, _) => Ok((uploads, None)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListPartsResult {
+    #[serde(default)]
+    part: Vec<Part>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_part_number_marker: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Part {
+    part_number: u32,
+    #[serde(rename = "ETag")]
+    etag: String,
+    size: u64,
+}
+
+/// ListParts of one upload, every page, in part order.
+pub(super) async fn list_parts(
+    signed: &Signed,
+    key: &ObjectKey,
+    upload: &UploadId,
+) -> Result<Vec<StoredPart>> {
+    let (signed, key, upload) = (signed.clone(), key.clone(), upload.clone());
+    let mut parts: Vec<StoredPart> =
+        paginate("part number markers", move |marker: Option<String>| {
+            let (signed, key, upload) = (signed.clone(), key.clone(), upload.clone());
+            async move {
+                retry(
+                    Backoff::requests(signed.max_retries),
+                    "fetching the part listing page",
+                    |e| e.kind() == ErrorKind::InvalidResponse,
+                    || parts_page(&signed, &key, &upload, marker.as_deref()),
+                )
+                .await
+            }
+        })
+        .try_collect()
+        .await?;
+    parts.sort_by_key(|p| p.number);
+    Ok(parts)
+}
+
+async fn parts_page(
+    signed: &Signed,
+    key: &ObjectKey,
+    upload: &UploadId,
+    marker: Option<&str>,
+) -> Result<(Vec<StoredPart>, Option<String>)> {
+    let mut query = vec![("uploadId", upload.0.as_str())];
+    if let Some(m) = marker {
+        query.push(("part-number-marker", m));
+    }
+    let (_, body) = signed
+        .send_object(
+            http::Method::GET,
+            key,
+            &query,
+            &[],
+            Operation::ListMultipart,
+        )
+        .await?;
+    let result: ListPartsResult = quick_xml::de::from_reader(body.as_ref())
+        .map_err(|e| invalid_response(format!("the ListParts answer is not valid XML: {e}")))?;
+    let parts = result
+        .part
+        .into_iter()
+        .map(|p| StoredPart {
+            number: p.part_number,
+            etag: p.etag,
+            size: p.size,
+        })
+        .collect();
+    match (result.is_truncated, result.next_part_number_marker) {
+        (true, Some(m)) => Ok((parts, Some(m))),
+        (true, None) => Err(invalid_response(
+            "the part listing is truncated but the server gave no marker".to_owned(),
+        )),
+        (false, _) => Ok((parts, None)),
     }
 }
 
