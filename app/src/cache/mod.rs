@@ -247,6 +247,36 @@ impl TransferCache {
             .resume(upload, parts))
     }
 
+    /// Continues a stream of unknown size to `key` that was kept after its
+    /// writer went away: `parts` (the run 1..=n, each `part_size` bytes) are
+    /// stored already, so the file is `n · part_size` bytes long and the next
+    /// byte goes to part n + 1. Fails if a part of that size no longer fits
+    /// the transfer's window (the cache was made smaller): the caller then
+    /// starts over.
+    pub async fn continue_upload(
+        &self,
+        storage: Arc<dyn ObjectStorage>,
+        key: ObjectKey,
+        part_size: u64,
+        upload: corral_domain::port::UploadId,
+        parts: Vec<corral_domain::port::CompletedPart>,
+    ) -> Result<Upload, Error> {
+        let window = self.config.upload.min(self.config.per_account());
+        if part_size > window {
+            return Err(Error::invalid_input(format!(
+                "its parts of {} are larger than the upload cache of a transfer ({})",
+                corral_domain::parts::human(part_size),
+                corral_domain::parts::human(window)
+            )));
+        }
+        let plan = Plan::Streaming(StreamingPlan::with_part_size(part_size)?);
+        let stored = part_size * parts.len() as u64;
+        Ok(self
+            .new_upload(storage, key, plan)
+            .resume(upload, parts)
+            .stored(stored))
+    }
+
     /// Starts a download of `key`, reading ahead in chunks of up to 8 MiB
     /// (at most half the per-download window).
     pub async fn download(

@@ -204,6 +204,9 @@ pub struct Upload {
     /// A CreateMultipartUpload was sent and never answered (it failed): an
     /// upload may exist that this process never learnt of.
     create_unknown: bool,
+    /// Dropped unfinished, the upload is kept (its whole parts stored,
+    /// the rest dropped) for a later writer to continue, not aborted.
+    keep: bool,
 }
 
 impl std::fmt::Debug for Upload {
@@ -245,7 +248,35 @@ impl Upload {
             put_mode: PutMode::Overwrite,
             started: SystemTime::now() - std::time::Duration::from_secs(5),
             create_unknown: false,
+            keep: false,
         }
+    }
+
+    /// Dropped before [`Self::finish`], the upload is kept rather than
+    /// aborted: the parts in flight are waited for, the bytes of parts not
+    /// complete are dropped, and the multipart upload stays pending (if at
+    /// least one part is stored) for [`super::TransferCache::continue_upload`].
+    pub(crate) fn keep_on_drop(&mut self) {
+        self.keep = true;
+    }
+
+    /// Whether dropping it now would keep something: a multipart upload
+    /// exists or a part is on its way.
+    pub(crate) fn would_keep(&self) -> bool {
+        self.keep
+            && self.failed.is_none()
+            && (self.upload_id.is_some() || !self.in_flight.is_empty())
+    }
+
+    /// Given up for good, even if it was to be kept: dropped, it is aborted.
+    pub(crate) fn discard(mut self) {
+        self.keep = false;
+    }
+
+    /// A continued upload: `size` bytes are stored already.
+    pub(crate) fn stored(mut self, size: u64) -> Self {
+        self.end = size;
+        self
     }
 
     /// Writes over `base`: bytes not written keep its content.
@@ -869,12 +900,17 @@ impl Drop for Upload {
         // that no part lands after the abort.
         self.filling.clear();
         let mut parts = std::mem::take(&mut self.in_flight);
-        parts.abort_all();
+        // An upload that failed is given up, not kept.
+        let keep = self.keep && self.failed.is_none();
+        if !keep {
+            parts.abort_all();
+        }
         let upload = self.upload_id.take();
         let create_unknown = self.create_unknown;
         if parts.is_empty() && upload.is_none() && !create_unknown {
             return;
         }
+        let stored_before = !self.done.is_empty();
         let (storage, key, started) = (Arc::clone(&self.storage), self.key.clone(), self.started);
         let mut journal = self.journal.take();
         if !Aborts::can_spawn() {
@@ -885,7 +921,16 @@ impl Drop for Upload {
             return;
         }
         self.aborts.spawn(async move {
-            while parts.join_next().await.is_some() {}
+            let mut stored = stored_before;
+            while let Some(r) = parts.join_next().await {
+                stored |= matches!(r, Ok(Ok(_)));
+            }
+            if keep && stored && let Some(upload) = &upload {
+                // Kept: its stored parts are the checkpoint a later writer
+                // continues from; the retention sweep aborts it otherwise.
+                tracing::debug!(key = %key, upload = %upload, "kept an unfinished upload");
+                return;
+            }
             if let Some(upload) = upload
                 && let Err(e) = abort_upload(&*storage, &key, &upload).await
             {

@@ -17,9 +17,11 @@
 //! | `write` | `create` ([`Writer`](crate::Writer)), `write`, `write_stream`, `mkdir`, `resume` |
 //! | `tree` | `remove`, `copy`, `rename`, recursive or not |
 //! | `admin` | `check`, the mounts' descriptions, pending uploads, conformance |
+//! | `partial` | uploads kept after their writer went away, and continued |
 //! | [`scoped`] | the layer that maps every backend error to the user's path |
 
 pub(crate) mod admin;
+pub(crate) mod partial;
 pub(crate) mod read;
 pub(crate) mod scoped;
 pub(crate) mod service;
@@ -221,6 +223,8 @@ pub struct UserSandbox {
     slots: Arc<Vec<Slot>>,
     cache: TransferCache,
     writing: Arc<writing::Writing>,
+    /// Unfinished uploads are kept and continued ([`partial`]).
+    partials: bool,
 }
 
 /// Where a file is stored, for the journal of uploads in flight.
@@ -254,7 +258,14 @@ impl UserSandbox {
             slots: Arc::new(slots),
             cache,
             writing,
+            partials: false,
         }
+    }
+
+    /// Keeps unfinished uploads for a later writer to continue ([`partial`]).
+    pub(crate) fn with_partials(mut self, on: bool) -> Self {
+        self.partials = on;
+        self
     }
 
     /// The user's view (mounts and where they lead).

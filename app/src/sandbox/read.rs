@@ -10,7 +10,7 @@ use corral_domain::{Error, ErrorKind, ObjectStorage, VirtualPath};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{Entry, Place, SandboxPath, UserSandbox};
+use super::{Entry, Place, SandboxPath, UserSandbox, partial};
 use crate::cache::Download;
 
 impl UserSandbox {
@@ -53,13 +53,41 @@ impl UserSandbox {
                 modified: None,
             });
         }
-        let meta = t.storage().head(&t.key()?).await?;
+        let key = t.key()?;
+        let meta = match t.storage().head(&key).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // An upload kept unfinished shows with what is stored.
+                if let Some(p) = self.partial_of(&t, &key).await {
+                    return Ok(Entry {
+                        path: vp,
+                        kind: EntryKind::File,
+                        size: p.size(),
+                        modified: p.initiated,
+                    });
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Entry {
             path: vp,
             kind: EntryKind::File,
             size: meta.size,
             modified: meta.last_modified,
         })
+    }
+
+    /// The partial upload of `key`, where partials are kept ([`partial`]).
+    pub(crate) async fn partial_of(
+        &self,
+        t: &super::At<'_>,
+        key: &corral_domain::ObjectKey,
+    ) -> Option<partial::Partial> {
+        if !self.partials || !partial::supported(t.storage()) {
+            return None;
+        }
+        partial::find(t.storage(), key).await
     }
 
     /// The entries of directory `path`, streamed as the backend pages in
@@ -135,34 +163,68 @@ impl UserSandbox {
             },
         );
         let shown = vp.to_string();
-        let entries = futures::stream::unfold(Some((items, rule, writing)), move |state| {
-            let shown = shown.clone();
-            async move {
-                let (mut items, mut rule, mut writing) = state?;
-                loop {
-                    match items.next().await {
-                        Some(Ok(item)) => {
-                            let out = rule.push(&item);
-                            if !out.is_empty() {
-                                let out = shown_as_written(out, &mut writing);
-                                let out = futures::stream::iter(out.into_iter().map(Ok));
-                                return Some((out.boxed(), Some((items, rule, writing))));
+        // Uploads kept unfinished show where no file of the name is listed,
+        // looked up when the listing starts.
+        let kept = (self.partials && partial::supported(t.storage()))
+            .then(|| (Arc::clone(&t.mount.storage), prefix.clone()));
+        let entries =
+            futures::stream::unfold(Some((items, rule, writing, kept, None)), move |state| {
+                let shown = shown.clone();
+                async move {
+                    let (mut items, mut rule, mut writing, mut kept, partials) = state?;
+                    let mut partials: std::collections::BTreeMap<String, DirEntry> = match partials
+                    {
+                        Some(p) => p,
+                        None => match kept.take() {
+                            Some((storage, prefix)) => partial::under(&storage, &prefix)
+                                .await
+                                .into_iter()
+                                .map(|(name, p)| {
+                                    let e = DirEntry::file(&name, p.size(), p.initiated);
+                                    (name, e)
+                                })
+                                .collect(),
+                            None => Default::default(),
+                        },
+                    };
+                    loop {
+                        match items.next().await {
+                            Some(Ok(item)) => {
+                                let out = rule.push(&item);
+                                if !out.is_empty() {
+                                    for e in &out {
+                                        partials.remove(&e.name);
+                                    }
+                                    let out = shown_as_written(out, &mut writing);
+                                    let out = futures::stream::iter(out.into_iter().map(Ok));
+                                    return Some((
+                                        out.boxed(),
+                                        Some((items, rule, writing, None, Some(partials))),
+                                    ));
+                                }
                             }
-                        }
-                        Some(Err(e)) => {
-                            return Some((futures::stream::iter([Err(e)]).boxed(), None));
-                        }
-                        None => {
-                            log_hidden(&rule, &shown);
-                            let mut rest = shown_as_written(rule.finish(), &mut writing);
-                            rest.extend(std::mem::take(&mut writing).into_values());
-                            let rest = rest.into_iter().map(Ok);
-                            return Some((futures::stream::iter(rest).boxed(), None));
+                            Some(Err(e)) => {
+                                return Some((futures::stream::iter([Err(e)]).boxed(), None));
+                            }
+                            None => {
+                                log_hidden(&rule, &shown);
+                                let rest = rule.finish();
+                                for e in &rest {
+                                    partials.remove(&e.name);
+                                }
+                                let mut rest = shown_as_written(rest, &mut writing);
+                                for name in writing.keys() {
+                                    partials.remove(name);
+                                }
+                                rest.extend(std::mem::take(&mut writing).into_values());
+                                rest.extend(partials.into_values());
+                                let rest = rest.into_iter().map(Ok);
+                                return Some((futures::stream::iter(rest).boxed(), None));
+                            }
                         }
                     }
                 }
-            }
-        });
+            });
         Ok(Box::pin(
             futures::stream::iter(first).chain(entries.flatten()),
         ))
@@ -315,6 +377,18 @@ impl UserSandbox {
                     format!("{vp} is being written; it can be read once the write completes"),
                 )
                 .with_path(vp.to_string()));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if self.partial_of(&t, &key).await.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "{vp} is an upload that was interrupted; it can be read once it is completed (continue it, or write it again)"
+                        ),
+                    )
+                    .with_path(vp.to_string()));
+                }
+                return Err(e);
             }
             Err(e) => return Err(e),
         };

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use corral_domain::key::KeyClass;
 use corral_domain::port::{
     ByteRange, CompletedPart, GetResult, ListOptions, ListStream, ObjectMeta, PendingUpload,
-    PutMode, PutOptions, PutResult, UploadId,
+    PutMode, PutOptions, PutResult, StoredPart, UploadId,
 };
 use corral_domain::{
     Capabilities, Error, ObjectKey, ObjectStorage, Result, SandboxRoot, VirtualPath,
@@ -245,6 +245,12 @@ impl ObjectStorage for Scoped {
     async fn list_pending_uploads(&self, prefix: &ObjectKey) -> Result<Vec<PendingUpload>> {
         self.inner
             .list_pending_uploads(prefix)
+            .await
+            .map_err(|e| self.user_error(e))
+    }
+    async fn list_parts(&self, key: &ObjectKey, upload: &UploadId) -> Result<Vec<StoredPart>> {
+        self.inner
+            .list_parts(key, upload)
             .await
             .map_err(|e| self.user_error(e))
     }

@@ -16,6 +16,7 @@ pub struct Corral {
     backends: Arc<Backends>,
     cache: TransferCache,
     writing: Arc<super::writing::Writing>,
+    partials: bool,
 }
 
 impl Corral {
@@ -62,7 +63,21 @@ impl Corral {
             backends: Arc::clone(&self.backends),
             cache: self.cache.clone(),
             writing: Arc::clone(&self.writing),
+            partials: self.partials,
         }
+    }
+
+    /// Keeps the uploads whose writer goes away before completing them (a
+    /// dropped connection, a killed client) so that a later writer continues
+    /// them, rather than aborting them: a file server turns this on. Such a
+    /// file shows to `stat` and listings with the size stored, cannot be read
+    /// until completed, and is continued by a write without truncation that
+    /// starts at that size. The caller aborts those left too long
+    /// ([`Self::abort_stale_uploads`]). See docs/SEMANTICS.md.
+    #[must_use]
+    pub fn keep_partial_uploads(mut self, on: bool) -> Self {
+        self.partials = on;
+        self
     }
 
     /// Creates the user's own File sandboxes where missing: those whose
@@ -177,7 +192,8 @@ impl Corral {
             slots,
             self.cache.for_account(&identity.user),
             Arc::clone(&self.writing),
-        ))
+        )
+        .with_partials(self.partials))
     }
 }
 
@@ -224,6 +240,7 @@ impl CorralBuilder {
             backends: Arc::new(self.backends),
             cache,
             writing: Arc::default(),
+            partials: false,
         })
     }
 }

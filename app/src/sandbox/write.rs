@@ -57,6 +57,19 @@ pub struct Writer {
     path: String,
     /// The file as other readers of the process see it until it completes.
     shown: WriteGuard,
+    /// A partial file continued: its size when opened, until the first
+    /// write, which continues it if it starts there.
+    first_write_at: Option<u64>,
+    resumed_from: Option<u64>,
+    /// How to start over, for a continued partial.
+    restart: Option<Restart>,
+}
+
+#[derive(Debug)]
+struct Restart {
+    cache: crate::cache::TransferCache,
+    storage: Arc<dyn ObjectStorage>,
+    key: ObjectKey,
 }
 
 #[derive(Debug)]
@@ -91,8 +104,41 @@ impl Writer {
         self.upload.parts_sent().collect()
     }
 
+    /// The size of the partial file this writer continues (see
+    /// [`Corral::keep_partial_uploads`](crate::Corral::keep_partial_uploads)),
+    /// if it does: bytes from there on continue it.
+    pub fn resumed_from(&self) -> Option<u64> {
+        self.resumed_from
+    }
+
+    /// Whether dropping this writer unfinished keeps a partial file (its
+    /// whole parts stored) rather than nothing.
+    pub fn keeps_partial(&self) -> bool {
+        self.upload.would_keep()
+    }
+
+    /// A continued partial whose first write is elsewhere than its end:
+    /// given up, and a new upload begins.
+    async fn start_over(&mut self) -> Result<(), Error> {
+        let Some(r) = self.restart.take() else {
+            return Ok(());
+        };
+        let mut fresh = r.cache.upload(r.storage, r.key, None).await?;
+        fresh.keep_on_drop();
+        std::mem::replace(&mut self.upload, fresh).discard();
+        self.resumed_from = None;
+        Ok(())
+    }
+
     /// Writes bytes at an offset (any order, each byte once).
     pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        if let Some(at) = self.first_write_at.take()
+            && offset != at
+        {
+            self.start_over()
+                .await
+                .map_err(|e| e.with_path(self.path.clone()))?;
+        }
         let r = self.upload.write_at(offset, data).await;
         self.shown.state().set_size(self.upload.size());
         r.map_err(|e| e.with_path(self.path.clone()))
@@ -100,6 +146,7 @@ impl Writer {
 
     /// Writes after what was written so far.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.first_write_at = None;
         let r = self.upload.write(data).await;
         self.shown.state().set_size(self.upload.size());
         r.map_err(|e| e.with_path(self.path.clone()))
@@ -266,8 +313,54 @@ impl UserSandbox {
         if options.if_not_exists && existing.is_some() {
             return Err(already_exists(&vp));
         }
-        if options.must_exist && existing.is_none() {
+        // Where unfinished uploads are kept, one of this file may be
+        // continued by a write that keeps what is there.
+        let keeps = self.partials && super::partial::supported(t.storage());
+        let partial =
+            if keeps && existing.is_none() && options.keep_existing && !options.if_not_exists {
+                self.partial_of(&t, &key).await
+            } else {
+                None
+            };
+        if options.must_exist && existing.is_none() && partial.is_none() {
             return Err(Error::not_found(format!("{vp} does not exist")).with_path(vp.to_string()));
+        }
+        if let Some(p) = partial {
+            match self
+                .cache
+                .continue_upload(
+                    t.mount.port(),
+                    key.clone(),
+                    p.part_size,
+                    p.upload.clone(),
+                    p.parts.clone(),
+                )
+                .await
+            {
+                Ok(mut upload) => {
+                    upload.keep_on_drop();
+                    let writer = Writer {
+                        upload,
+                        decision: t.caps().decide(None),
+                        finish: Finish::Direct,
+                        path: vp.to_string(),
+                        shown,
+                        first_write_at: Some(p.size()),
+                        resumed_from: Some(p.size()),
+                        restart: Some(Restart {
+                            cache: self.cache.clone(),
+                            storage: t.mount.port(),
+                            key,
+                        }),
+                    };
+                    writer.shown.state().set_size(p.size());
+                    return Ok(writer);
+                }
+                Err(e) => {
+                    tracing::info!(path = %vp, error = %e, "a partial upload cannot be continued: it is given up and the file written again");
+                    super::partial::discard(&*t.mount.port(), &key, &p).await;
+                }
+            }
         }
         if options.keep_existing
             && let Some(meta) = existing.clone().filter(|m| m.size > 0)
@@ -286,6 +379,9 @@ impl UserSandbox {
                 finish: Finish::Direct,
                 path: vp.to_string(),
                 shown,
+                first_write_at: None,
+                resumed_from: None,
+                restart: None,
             };
             writer.shown.state().set_size(writer.upload.size());
             return Ok(writer);
@@ -354,12 +450,18 @@ impl UserSandbox {
         if options.if_not_exists && t.caps().conditional_create {
             upload.set_put_mode(PutMode::Create);
         }
+        if keeps && matches!(finish, Finish::Direct) {
+            upload.keep_on_drop();
+        }
         Ok(Writer {
             upload,
             decision,
             finish,
             path: vp.to_string(),
             shown,
+            first_write_at: None,
+            resumed_from: None,
+            restart: None,
         })
     }
 
@@ -397,6 +499,9 @@ impl UserSandbox {
             finish: Finish::Direct,
             path: vp.to_string(),
             shown,
+            first_write_at: None,
+            resumed_from: None,
+            restart: None,
         })
     }
 
