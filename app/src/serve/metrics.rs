@@ -55,6 +55,11 @@ pub(crate) struct Metrics {
     pub(crate) sessions: AtomicU64,
     pub(crate) sessions_total: AtomicU64,
     pub(crate) logins_failed: AtomicU64,
+    /// Uploads kept unfinished when their session ended, and continued.
+    pub(crate) partials_kept: AtomicU64,
+    pub(crate) partials_resumed: AtomicU64,
+    /// Pending uploads older than the retention, aborted by the sweep.
+    pub(crate) stale_aborted: AtomicU64,
     transfers: Mutex<ByOutcome>,
 }
 
@@ -171,6 +176,29 @@ impl Metrics {
             "# HELP corral_logins_failed_total Failed logins.\n# TYPE corral_logins_failed_total counter\ncorral_logins_failed_total {}",
             self.logins_failed.load(Ordering::Relaxed)
         );
+        for (name, help, v) in [
+            (
+                "corral_partial_uploads_kept_total",
+                "Uploads kept unfinished when their session ended (whole parts stored), to be continued.",
+                &self.partials_kept,
+            ),
+            (
+                "corral_partial_uploads_resumed_total",
+                "Uploads continued from a partial file.",
+                &self.partials_resumed,
+            ),
+            (
+                "corral_stale_uploads_aborted_total",
+                "Pending uploads older than --partial-retention, aborted.",
+                &self.stale_aborted,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         let t = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(
             out,

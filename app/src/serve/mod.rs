@@ -86,7 +86,10 @@ impl Core {
     /// pending. Must run inside the runtime.
     pub(crate) async fn start(options: CoreOptions) -> Result<Arc<Self>, Error> {
         let (users, config) = load(&options)?;
-        let corral = Corral::new(config.mappings, options.cache.clone())?;
+        // A session that ends mid-upload keeps what is stored, for the
+        // client to continue (docs/SERVE.md).
+        let corral =
+            Corral::new(config.mappings, options.cache.clone())?.keep_partial_uploads(true);
         let metrics = Arc::new(Metrics::default());
         if let Some(addr) = options.metrics {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -214,7 +217,12 @@ impl Core {
                 let corral = core.live().corral.clone();
                 match corral.abort_stale_uploads(retention).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(aborted = n, "aborted stale multipart uploads"),
+                    Ok(n) => {
+                        core.metrics
+                            .stale_aborted
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(aborted = n, "aborted stale multipart uploads");
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot look for stale multipart uploads"),
                 }
                 tokio::time::sleep(every).await;

@@ -184,6 +184,12 @@ impl Fs {
         if let Some(t) = requested_mtime(attrs) {
             writer.set_modified(t);
         }
+        if let Some(at) = writer.resumed_from() {
+            tracing::info!(user = %self.user, path = %p, stored = at, "continuing a partial upload");
+            self.metrics
+                .partials_resumed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(Open::Write {
             path: p.to_string(),
             writer: Some(Box::new(writer)),
@@ -400,8 +406,9 @@ impl Fs {
         }
     }
 
-    /// A handle whose session ended without CLOSE: an upload is aborted
-    /// (dropping its writer does), and the transfer logged as such.
+    /// A handle whose session ended without CLOSE: an upload keeps its
+    /// whole parts for the client to continue (or, with none, is aborted):
+    /// dropping its writer does; the transfer is logged as aborted.
     pub(crate) fn abandon(&self, open: Open) {
         match open {
             Open::Read {
@@ -426,6 +433,13 @@ impl Fs {
                 sent,
                 ..
             } => {
+                if writer.as_ref().is_some_and(|w| w.keeps_partial()) {
+                    // Its whole parts stay stored for the client to continue.
+                    tracing::info!(user = %self.user, path = %path, "kept the unfinished upload for the client to continue");
+                    self.metrics
+                        .partials_kept
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 drop(writer);
                 self.log(
                     "upload",
