@@ -1,10 +1,10 @@
 //! Killed clients, a stopped server and load, on Garage.
 //!
-//! - SIGTERM to the server mid-upload: it exits 0 within seconds, with no
-//!   multipart upload left pending.
+//! - SIGTERM to the server mid-upload: it exits 0 within seconds, the
+//!   upload's stored parts kept for the client to continue.
 //! - `kill -9` of a client in the middle of an upload and of a download:
-//!   nothing is left pending, no partial object exists, and the cache's
-//!   counters come back to 0.
+//!   the upload's whole parts are kept (one pending upload, no object), and
+//!   the cache's counters come back to 0.
 //! - 32 sessions of 8 users at once move 2 GiB (16 uploads and 16
 //!   downloads of 64 MiB) through a cache that fits 4 transfers: every file
 //!   is byte-identical, all 32 sessions are open at once, the cache is used
@@ -35,7 +35,7 @@ fn mappings(s: &S3Server, path: &str) -> String {
 
 /// An `sftp -b` client in its own process group, so that it can be killed
 /// whole, limited to `kbits` Kbit/s (0: no limit).
-fn spawn_sftp(
+pub(crate) fn spawn_sftp(
     server: &Server,
     user: &str,
     batch: &str,
@@ -62,7 +62,7 @@ fn spawn_sftp(
 }
 
 /// Waits until `f` holds, failing after `limit`.
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
@@ -70,7 +70,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-async fn pending(raw: &Arc<dyn ObjectStorage>) -> usize {
+pub(crate) async fn pending(raw: &Arc<dyn ObjectStorage>) -> usize {
     raw.list_pending_uploads(&ObjectKey::from_raw(""))
         .await
         .expect("pending")
@@ -142,13 +142,16 @@ fn a_killed_client_leaves_nothing_behind() {
         assert_eq!(m["corral_cache_in_use_bytes"], 0.0, "{what}: {m:?}");
         assert_eq!(m.get(&key), Some(&1.0), "{what}: {m:?}\n{}", server.log());
     }
+    // The upload's whole parts are kept for the client to continue
+    // (resume.rs); no object exists.
+    assert_eq!(
+        server.metrics()["corral_partial_uploads_kept_total"],
+        1.0,
+        "{}",
+        server.log()
+    );
     rt.block_on(async {
-        // The abort is sent when the server sees the session end; give it a moment.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while pending(&raw).await > 0 {
-            assert!(Instant::now() < deadline, "an upload is left pending");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert_eq!(pending(&raw).await, 1, "the kept upload");
         assert_eq!(
             sb.stat("/up.bin").await.map(|_| ()).unwrap_err().kind(),
             corral::ErrorKind::NotFound,
@@ -209,10 +212,13 @@ fn a_killed_server_leaves_nothing_pending_once_restarted() {
         "{}",
         server.log()
     );
+    wait_for("the abort counted", Duration::from_secs(5), || {
+        server.metrics()["corral_stale_uploads_aborted_total"] == 1.0
+    });
 }
 
 #[test]
-fn a_stopped_server_aborts_its_uploads_in_flight() {
+fn a_stopped_server_keeps_what_its_uploads_stored() {
     let s3 = S3Server::garage();
     s3.create_bucket("load");
     let raw = crate::common::raw_backend(&mappings(&s3, ""), "x");
@@ -237,10 +243,14 @@ fn a_stopped_server_aborts_its_uploads_in_flight() {
     let client_status = client.wait().expect("client");
     assert!(status.success(), "{status}: {}", server.log());
     assert!(!client_status.success(), "the cut upload reported success");
-    assert_eq!(rt.block_on(pending(&raw)), 0, "{}", server.log());
+    // Kept for the client to continue (resume.rs), once its parts in
+    // flight were stored: the server waited for them before it stopped.
+    assert_eq!(rt.block_on(pending(&raw)), 1, "{}", server.log());
     let log = server.log();
     assert!(
-        log.contains("stopping: no new sessions") && log.contains(" stopped"),
+        log.contains("stopping: no new sessions")
+            && log.contains("kept the unfinished upload")
+            && log.contains(" stopped"),
         "{log}"
     );
 }
@@ -360,7 +370,7 @@ fn a_truncated_cache_file_fails_only_the_transfers_staged_in_it() {
 }
 
 /// SIGKILL to a process group.
-fn kill_group(pid: i32) -> i32 {
+pub(crate) fn kill_group(pid: i32) -> i32 {
     let Some(pid) = rustix::process::Pid::from_raw(pid.abs()) else {
         return -1;
     };

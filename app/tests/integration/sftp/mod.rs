@@ -10,6 +10,7 @@ mod hostile;
 mod load;
 mod matrix;
 mod options;
+mod resume;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
