@@ -327,6 +327,10 @@ fn cases<'a>() -> Vec<Case<'a>> {
                 ]
             }),
         ),
+        server_copy("copy 1 GiB on the server", "up-c-0.bin"),
+        // Only when asked (CORRAL_BENCH_CASES="5 GiB"): it uploads a 5 GiB
+        // object first.
+        server_copy("copy 5 GiB on the server", "big5.bin"),
         (
             "list 10,000 keys",
             Box::new(move |e, _| {
@@ -342,6 +346,50 @@ fn cases<'a>() -> Vec<Case<'a>> {
             }),
         ),
     ]
+}
+
+/// An object copied within the bucket (a rename is this copy and one
+/// DELETE): every tool copies `source` to a name of its own.
+fn server_copy<'a>(case: &'static str, source: &'static str) -> Case<'a> {
+    let key = |k: &str| format!("s3://bench/users/bench/{k}");
+    (
+        case,
+        Box::new(move |e, r| {
+            vec![
+                (
+                    "corral",
+                    e.corral(&[
+                        "cp",
+                        &format!("corral:/{source}"),
+                        &format!("corral:/cp-c-{r}.bin"),
+                    ]),
+                ),
+                (
+                    "s5cmd",
+                    e.s5cmd(&["cp", &key(source), &key(&format!("cp-s-{r}.bin"))]),
+                ),
+                (
+                    "rclone",
+                    e.rclone(&[
+                        "copyto",
+                        "-I",
+                        &format!("S:bench/users/bench/{source}"),
+                        &format!("S:bench/users/bench/cp-r-{r}.bin"),
+                    ]),
+                ),
+                (
+                    "aws-cli",
+                    e.aws(&[
+                        "s3",
+                        "cp",
+                        "--quiet",
+                        &key(source),
+                        &key(&format!("cp-a-{r}.bin")),
+                    ]),
+                ),
+            ]
+        }),
+    )
 }
 
 fn bench(name: &str, server: &S3Server, root: &Path, with_rclone: bool) {
@@ -379,6 +427,16 @@ fn bench(name: &str, server: &S3Server, root: &Path, with_rclone: bool) {
     for (case, make) in cases() {
         if !only.is_empty() && !only.split('|').any(|o| case.contains(o)) {
             continue;
+        }
+        if case.contains("5 GiB") {
+            if only.is_empty() {
+                continue;
+            }
+            let big = root.join("big5.bin");
+            write_random_file(&big, 5 << 10, 0x9E37_79B9_7F4A_7C15);
+            let (t, _) = timed(env.corral(&["cp", "big5.bin", "corral:/big5.bin"]));
+            std::fs::remove_file(&big).unwrap();
+            eprintln!("uploaded 5 GiB in {:.1} s", t.as_secs_f64());
         }
         let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
         let mut rss: BTreeMap<&str, u64> = BTreeMap::new();

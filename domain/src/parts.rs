@@ -271,6 +271,24 @@ impl StreamingPlan {
     }
 }
 
+/// Objects at least this large are copied on the server in parts copied in
+/// parallel (UploadPartCopy) rather than by one CopyObject, which copies at
+/// the pace of one request and stops at 5 GiB.
+pub const PART_COPY_MIN_SIZE: u64 = 256 * MIB;
+
+/// The part size of a copy on the server: large parts (nothing passes
+/// through the process, so the cache does not bound them), enough of them
+/// to copy in parallel, within the 10,000-part limit.
+pub const COPY_PART_SIZE: u64 = 128 * MIB;
+
+impl PartPlan {
+    /// Plans the server-side copy of an object of `size` bytes in parts.
+    pub fn for_copy(size: u64) -> Result<Self, SizeError> {
+        let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+        Self::with_part_size(size, COPY_PART_SIZE.max(needed))
+    }
+}
+
 /// What of a stored upload can be continued: the run of parts 1, 2, … of
 /// one size (the first part's), given as `(number, size)` in any order.
 /// A part of another size, or a missing number, ends the run; what comes
@@ -297,6 +315,19 @@ mod tests {
     use crate::capability::Capabilities;
 
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn copies_in_parts_cover_the_object() {
+        let plan = PartPlan::for_copy(GIB).unwrap();
+        assert_eq!((plan.part_size(), plan.parts()), (COPY_PART_SIZE, 8));
+        let plan = PartPlan::for_copy(5 * GIB + 1).unwrap();
+        assert_eq!(plan.parts(), 41);
+        assert_eq!(plan.part_range(41), Some(5 * GIB..5 * GIB + 1));
+        // Past 1.25 TiB the parts grow to stay within 10,000.
+        let plan = PartPlan::for_copy(2 << 40).unwrap();
+        assert!(plan.parts() <= MAX_PARTS, "{plan:?}");
+        assert!(plan.part_size() > COPY_PART_SIZE);
+    }
 
     #[test]
     fn one_tib_is_refused_one_byte_less_is_not() {

@@ -42,6 +42,7 @@
 mod aborts;
 mod config;
 mod download;
+mod part_copy;
 pub mod pool;
 pub mod store;
 mod upload;
@@ -54,6 +55,7 @@ use corral_domain::{Error, ObjectKey, ObjectStorage};
 
 pub use config::{CacheConfig, CacheSection, SizeValue, parse_size};
 pub use download::Download;
+pub use part_copy::PART_COPIES_AT_ONCE;
 pub use pool::{Account, AccountUse, CacheMetrics, Reservation};
 pub use upload::{Base, Upload, UploadJournal, part_checksum};
 

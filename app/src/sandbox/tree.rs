@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use corral_domain::listing::EntryKind;
-use corral_domain::parts::MAX_COPY_OBJECT_SIZE;
+use corral_domain::parts::{MAX_COPY_OBJECT_SIZE, PART_COPY_MIN_SIZE};
 use corral_domain::port::PutMode;
 use corral_domain::tree::{Step, delete_order, plan_copy};
 use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage, VirtualPath};
@@ -257,11 +257,35 @@ impl UserSandbox {
                 }
                 continue;
             }
-            let size = s.storage().head(&step.from).await?.size;
-            // S3's CopyObject stops at 5 GiB: larger objects go through the cache.
+            let meta = s.storage().head(&step.from).await?;
+            let size = meta.size;
+            // A large object is copied on the server in parts, in parallel;
+            // a small one by one CopyObject (which stops at 5 GiB); between
+            // backends, or where neither can, through the cache.
+            let in_parts = same_backend
+                && !s.caps().atomic_rename
+                && s.caps().part_copy
+                && s.caps().multipart
+                && size >= PART_COPY_MIN_SIZE;
             let server_side =
                 same_backend && (s.caps().atomic_rename || size <= MAX_COPY_OBJECT_SIZE);
-            if server_side {
+            if in_parts {
+                if no_replace && d.storage().head(&step.to).await.is_ok() {
+                    return Err(already_exists(&dst));
+                }
+                self.cache()
+                    .copy_in_parts(
+                        s.mount.port(),
+                        &step.from,
+                        &step.to,
+                        size,
+                        meta.etag.as_deref(),
+                    )
+                    .await?;
+                if remove_source {
+                    delete(&s, vec![step.from]).await?;
+                }
+            } else if server_side {
                 if no_replace {
                     s.storage()
                         .rename_no_replace(&step.from, &step.to)

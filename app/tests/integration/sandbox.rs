@@ -316,3 +316,105 @@ async fn a_tree_larger_than_the_cache_copies_without_waiting_on_it() {
     let metrics = sb.cache().metrics();
     assert_eq!(metrics.high_water, 16 << 20, "{metrics:?}");
 }
+
+/// A rename of a large file on S3 copies it on the server in parts, in
+/// parallel (UploadPartCopy), not by one CopyObject: the new object's ETag
+/// says how many parts made it. Nothing is left pending, and the bytes at
+/// every part boundary are the source's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_rename_on_s3_is_copied_in_parts() {
+    use bytes::Bytes;
+    use corral_domain::ObjectKey;
+    use corral_domain::parts::{COPY_PART_SIZE, PART_COPY_MIN_SIZE};
+    use corral_domain::port::PutMode;
+    use corral_fixtures::servers::S3Server;
+
+    let garage = S3Server::garage();
+    garage.create_bucket("copies");
+    let json = format!(
+        r#"{{"": {{"": {{"type":"S3","bucketName":"copies","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}"}}}}}}"#,
+        garage.endpoint, garage.access_key, garage.secret_key
+    );
+    let raw = common::raw_backend(&json, "alice");
+    let k = |name: &str| ObjectKey::from_raw(format!("users/alice/{name}"));
+    // The source: 60 parts of 5 MiB (300 MiB), planted with the raw client;
+    // each part's first byte is its number.
+    const PART: usize = 5 << 20;
+    let size = 60 * PART as u64;
+    assert!(size >= PART_COPY_MIN_SIZE);
+    let key = k("big.bin");
+    let upload = raw.create_multipart(&key).await.expect("create");
+    let mut parts = Vec::new();
+    for n in 1..=60u32 {
+        let mut data = vec![0xA5u8; PART];
+        data[0] = n as u8;
+        parts.push(
+            raw.upload_part(&key, &upload, n, Bytes::from(data))
+                .await
+                .expect("part"),
+        );
+    }
+    raw.complete_multipart(&key, &upload, parts)
+        .await
+        .expect("complete");
+    raw.put(
+        &k("small.bin"),
+        Bytes::from_static(b"small"),
+        PutMode::Overwrite,
+    )
+    .await
+    .expect("put");
+
+    let c = Corral::from_json(&json, CacheConfig::default()).expect("corral");
+    let sb = c.sandbox(&Identity::user("alice")).expect("sandbox");
+    sb.rename(
+        "/big.bin",
+        "/moved/big.bin",
+        corral::RenameOptions { replace: true },
+    )
+    .await
+    .expect("rename");
+    let meta = raw.head(&k("moved/big.bin")).await.expect("head");
+    assert_eq!(meta.size, size);
+    let copy_parts = size.div_ceil(COPY_PART_SIZE);
+    let etag = meta.etag.unwrap_or_default();
+    assert!(
+        etag.trim_matches('"').ends_with(&format!("-{copy_parts}")),
+        "the copy was not made of {copy_parts} parts: ETag {etag}"
+    );
+    assert_eq!(
+        raw.head(&key).await.unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "the source is gone"
+    );
+    // Bytes around each copy part's boundary, and each source part's first byte.
+    for at in (0..size)
+        .step_by(PART)
+        .chain((1..copy_parts).map(|n| n * COPY_PART_SIZE))
+    {
+        let got = sb.read_range("/moved/big.bin", at, 1).await.expect("read");
+        let want = if at % PART as u64 == 0 {
+            (at / PART as u64 + 1) as u8
+        } else {
+            0xA5
+        };
+        assert_eq!(got[..], [want], "byte {at}");
+    }
+    // A small file is still one CopyObject: its ETag is the source's.
+    let before = raw.head(&k("small.bin")).await.expect("head").etag;
+    sb.rename(
+        "/small.bin",
+        "/small2.bin",
+        corral::RenameOptions { replace: true },
+    )
+    .await
+    .expect("rename");
+    let after = raw.head(&k("small2.bin")).await.expect("head").etag;
+    assert_eq!(before, after);
+    assert!(
+        raw.list_pending_uploads(&ObjectKey::from_raw(""))
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+}
