@@ -134,3 +134,22 @@ pub(crate) async fn discard(storage: &dyn ObjectStorage, key: &ObjectKey, partia
         tracing::warn!(key = %key, upload = %partial.upload, error = %e, "could not abort a partial upload given up: the retention sweep will");
     }
 }
+
+/// Gives up every pending upload of exactly `key` (a write that replaces
+/// the file). Before this writer's own upload exists, so it is not one of
+/// them; another process's upload of the same file at the same time is
+/// (two writers of one file race anyway: the last to complete wins).
+pub(crate) async fn discard_pending(storage: &Scoped, key: &ObjectKey) {
+    let pending = match storage.list_pending_uploads(key).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(key = %key, error = %e, "cannot look for a partial upload");
+            return;
+        }
+    };
+    for p in pending.into_iter().filter(|p| p.key == *key) {
+        if let Err(e) = corral_adapters::retry::abort_upload(storage, key, &p.upload_id).await {
+            tracing::warn!(key = %key, upload = %p.upload_id, error = %e, "could not abort a partial upload given up: the retention sweep will");
+        }
+    }
+}

@@ -89,10 +89,22 @@ impl UserSandbox {
         };
         if !is_dir {
             // Nothing there is "not found", whatever was asked to go.
-            match t.storage().head(&t.key()?).await {
+            let key = t.key()?;
+            match t.storage().head(&key).await {
                 Ok(_) => {}
                 // Removing a link removes the link itself.
                 Err(e) if e.special().is_some() => {}
+                // Removing a partial file gives its upload up.
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound
+                        && options.only != Some(EntryKind::Directory) =>
+                {
+                    let Some(p) = self.partial_of(&t, &key).await else {
+                        return Err(e);
+                    };
+                    super::partial::discard(&*t.mount.port(), &key, &p).await;
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -322,6 +322,11 @@ impl UserSandbox {
             } else {
                 None
             };
+        // A write that replaces the file gives up a partial one: aborted
+        // now rather than left to the retention sweep.
+        if keeps && !options.keep_existing && !options.if_not_exists {
+            super::partial::discard_pending(t.storage(), &key).await;
+        }
         if options.must_exist && existing.is_none() && partial.is_none() {
             return Err(Error::not_found(format!("{vp} does not exist")).with_path(vp.to_string()));
         }

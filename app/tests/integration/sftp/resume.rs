@@ -390,3 +390,66 @@ fn a_partial_is_its_owners_alone() {
     assert!(out.contains("ok"), "{out}");
     assert_eq!(rt.block_on(pending(&raw)), 0);
 }
+
+/// A partial is given up by an upload that truncates it, and by a remove:
+/// aborted at once, not left to the retention sweep.
+#[test]
+fn a_partial_is_given_up_by_a_truncating_upload_or_a_remove() {
+    // moto: Garage itself drops the older pending uploads of a key when a
+    // newer version of it completes, which would hide what corral does.
+    let s3 = S3Server::moto();
+    s3.create_bucket("resume");
+    let mappings = s3_mappings(&s3, "users/%u");
+    let raw = crate::common::raw_backend(&s3_mappings(&s3, ""), "x");
+    let server = Server::start(&mappings, &["alice"], &SMALL_PARTS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("data.bin");
+    let data = pattern(13 * MIB, 46);
+    std::fs::write(&local, &data).expect("local");
+    let local_s = local.display().to_string();
+    let rt = rt();
+    for name in ["/replaced.bin", "/removed.bin"] {
+        ok(&mut paramiko(
+            &server,
+            "alice",
+            "resume.py",
+            &["filepart-cut", &local_s, name, &(12 * MIB).to_string()],
+        ));
+    }
+    server.settled();
+    assert_eq!(rt.block_on(pending(&raw)), 2, "two partials kept");
+    // Older than the 5 s margin within which an upload also sweeps the
+    // uploads of its key started just before it (lost creation answers):
+    // the truncating upload alone must give this partial up.
+    std::thread::sleep(Duration::from_secs(6));
+    let out = sftp_batch(
+        &server,
+        "alice",
+        64,
+        "put data.bin /replaced.bin.filepart\nrm /removed.bin.filepart\nls -1 /\n",
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("sftp>")).collect();
+    assert_eq!(listed, ["/replaced.bin.filepart"], "{stdout}");
+    assert_eq!(rt.block_on(pending(&raw)), 0, "a partial was left pending");
+    let back = dir.path().join("back.bin");
+    let out = sftp_batch(
+        &server,
+        "alice",
+        64,
+        &format!("get /replaced.bin.filepart {}\n", back.display()),
+        dir.path(),
+    );
+    assert!(out.status.success());
+    assert!(std::fs::read(&back).expect("back") == data);
+    assert_eq!(
+        server.metrics()["corral_partial_uploads_resumed_total"],
+        0.0
+    );
+}
