@@ -140,6 +140,13 @@ pub struct PendingUploadInfo {
     pub upload_id: String,
     /// Seconds since it started, if the server says.
     pub age_seconds: Option<u64>,
+    /// The user whose sandbox holds it.
+    pub owner: String,
+    /// The bytes its stored parts hold, and how many parts (ListParts);
+    /// `None` where the backend cannot say.
+    pub stored_bytes: Option<u64>,
+    /// How many parts are stored.
+    pub parts: Option<u32>,
 }
 
 /// Which pending uploads to abort.
@@ -229,10 +236,14 @@ impl UserSandbox {
                 if older_than.is_some_and(|min| age(&u).is_none_or(|a| a < min)) {
                     continue;
                 }
+                let stored = o.storage.list_parts(&u.key, &u.upload_id).await.ok();
                 rows.push(PendingUploadInfo {
                     path: o.storage.user_path(u.key.as_str()).to_string(),
                     upload_id: u.upload_id.0.clone(),
                     age_seconds: age(&u).map(|a| a.as_secs()),
+                    owner: self.view.identity().user.clone(),
+                    stored_bytes: stored.as_ref().map(|p| p.iter().map(|p| p.size).sum()),
+                    parts: stored.as_ref().map(|p| p.len() as u32),
                 });
             }
         }

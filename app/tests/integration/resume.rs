@@ -157,6 +157,19 @@ fn a_killed_upload_resumes_and_sends_only_what_is_missing() {
         1,
         "the killed upload is pending on the server"
     );
+    // What the operator sees of it: whose it is and what it holds.
+    let (listed, _) = ok(s.dir.path(), &s.args(&["--json", "uploads", "list"]));
+    let row: serde_json::Value = serde_json::from_str(listed.trim()).expect("json");
+    assert_eq!(row["path"], "/big.bin", "{row}");
+    assert_eq!(row["owner"], "tester", "{row}");
+    // The journal lags the server by the parts that completed as it died.
+    let parts = row["parts"].as_u64().expect("parts");
+    assert!(parts >= done as u64, "{row}");
+    assert_eq!(
+        row["stored_bytes"].as_u64(),
+        Some(parts * (SIZE / 40) as u64),
+        "{row}"
+    );
 
     let (out, err) = ok(
         s.dir.path(),

@@ -30,7 +30,14 @@ pub(crate) async fn run(
                         .age_seconds
                         .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
                         .unwrap_or_else(|| "?".into());
-                    out.line(&format!("{}\t{}\t{age}", u.path, u.upload_id))?;
+                    let stored = u
+                        .stored_bytes
+                        .map(corral_domain::parts::human)
+                        .unwrap_or_else(|| "?".into());
+                    out.line(&format!(
+                        "{}\t{}\t{}\t{stored}\t{age}",
+                        u.path, u.upload_id, u.owner
+                    ))?;
                 }
             }
             Ok(())
