@@ -221,6 +221,24 @@ async fn a_wrong_range_a_whole_body_and_a_lying_length_are_refused() {
             .contains("end of file before message length reached"),
         "{e}"
     );
+    // Downloaded to a local file, it keeps nothing partial: no file, no
+    // temporary beside it.
+    let local = tempfile::tempdir().expect("temp dir");
+    let e = sandbox(&server)
+        .copy_paths(
+            &[corral::transfer::Location::sandbox("/f").expect("path")],
+            &corral::transfer::Location::Local(local.path().join("f")),
+            &corral::transfer::CopyOptions::default(),
+            &corral::transfer::NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    let left: Vec<_> = std::fs::read_dir(local.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "a failed download left {left:?}");
 
     // A connection reset instead of an answer.
     let server = HostileServer::start(|_: &Request| Answer::Reset);

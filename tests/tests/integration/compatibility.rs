@@ -238,4 +238,23 @@ async fn garage_cluster_survives_one_node_down() {
         .await
         .expect("list");
     assert_eq!(listed.len(), 2, "{listed:?}");
+
+    // With two of three down there is no quorum: writes are refused as
+    // unavailable (503 ServiceUnavailable), clearly, and nothing hangs.
+    cluster.stop_node(1);
+    let started = std::time::Instant::now();
+    let e = backend
+        .put(
+            &ObjectKey::from_raw("after/no-quorum.bin"),
+            Bytes::from_static(b"x"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap_err();
+    println!(
+        "two of three nodes down: {e} (after {:?})",
+        started.elapsed()
+    );
+    assert_eq!(e.kind(), corral_domain::ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("(ServiceUnavailable)"), "{e}");
 }
