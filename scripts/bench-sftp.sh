@@ -4,6 +4,8 @@
 # put and get, three alternating rounds, medians). Not part of the test
 # command. Needs Garage, sshpass and rclone: scripts/install-test-deps.sh
 # installs them. Results: docs/PERFORMANCE.md.
+# Quick: CORRAL_BENCH_ROUNDS=1 CORRAL_BENCH_TOOLS=corral (the server alone);
+# CORRAL_BENCH_CIPHER=aes128-ctr makes the client insist on one cipher.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh >/dev/null

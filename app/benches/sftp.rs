@@ -75,6 +75,11 @@ fn sftp(port: u16, user: &str, batch: &str, dir: &Path) -> Duration {
             "-o",
             "PubkeyAuthentication=no",
         ])
+        .args(match std::env::var("CORRAL_BENCH_CIPHER") {
+            // One cipher for the client to insist on (the default is its own order).
+            Ok(c) => vec!["-c".to_owned(), c],
+            Err(_) => vec![],
+        })
         .args(["-P", &port.to_string(), "-b"])
         .arg(&file)
         .arg(format!("{user}@127.0.0.1"))
@@ -178,8 +183,20 @@ fn main() {
         [Vec::new(), Vec::new(), Vec::new()],
         [Vec::new(), Vec::new(), Vec::new()],
     );
-    for round in 0..ROUNDS {
+    // Quick mode: CORRAL_BENCH_ROUNDS=1, CORRAL_BENCH_TOOLS=corral (the
+    // server alone, no rclone and no corral cp).
+    let rounds = std::env::var("CORRAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
+    let only_corral = std::env::var("CORRAL_BENCH_TOOLS").is_ok_and(|t| t == "corral");
+    for round in 0..rounds {
         for (i, port) in [(0, corral_port), (1, rclone_port)] {
+            if only_corral && i == 1 {
+                up[i].push(Duration::from_secs(1));
+                down[i].push(Duration::from_secs(1));
+                continue;
+            }
             up[i].push(sftp(
                 port,
                 "bench",
@@ -193,6 +210,11 @@ fn main() {
                 dir.path(),
             ));
             let _ = std::fs::remove_file(dir.path().join("back.bin"));
+        }
+        if only_corral {
+            up[2].push(Duration::from_secs(1));
+            down[2].push(Duration::from_secs(1));
+            continue;
         }
         up[2].push(cp(&[
             "cp",
@@ -224,6 +246,14 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|");
     for (what, t) in [("put", &u), ("get", &d)] {
+        if only_corral {
+            println!(
+                "| {what} | {:.1} s ({:.0} MiB/s) | — | — | — | — |",
+                t[0].as_secs_f64(),
+                mib_s(t[0])
+            );
+            continue;
+        }
         println!(
             "| {what} | {:.1} s ({:.0} MiB/s) | {:.1} s ({:.0} MiB/s) | {:.1} s ({:.0} MiB/s) | **{:.2}** | **{:.2}** |",
             t[0].as_secs_f64(),
