@@ -218,6 +218,22 @@ impl TransferCache {
         )
     }
 
+    /// Copies `from` (`size` bytes, entity tag `etag` when known: a source
+    /// that changes during the copy fails it) to `to` on the server, in
+    /// parts copied in parallel (UploadPartCopy); no byte passes through the
+    /// process and no room of the cache is taken. A failure, or the future
+    /// dropped, aborts the upload.
+    pub async fn copy_in_parts(
+        &self,
+        storage: Arc<dyn ObjectStorage>,
+        from: &ObjectKey,
+        to: &ObjectKey,
+        size: u64,
+        etag: Option<&str>,
+    ) -> Result<corral_domain::port::PutResult, Error> {
+        part_copy::copy_in_parts(storage, from, to, size, etag, Arc::clone(&self.aborts)).await
+    }
+
     /// Starts an upload to `key` over the existing object `base` (of
     /// unknown final size): bytes not written keep `base`'s content, copied
     /// on the server where the backend can.

@@ -11,7 +11,6 @@ use corral_domain::port::{CompletedPart, PutResult, UploadId};
 use corral_domain::{Error, ObjectKey, ObjectStorage};
 use futures::{StreamExt, TryStreamExt};
 
-use super::TransferCache;
 use super::aborts::Aborts;
 use super::upload::abort_upload;
 
@@ -45,42 +44,41 @@ impl Drop for Pending {
     }
 }
 
-impl TransferCache {
-    /// Copies `from` (`size` bytes, entity tag `etag` when known: a source
-    /// that changes during the copy fails it) to `to` on the server, in
-    /// parts of [`PartPlan::for_copy`], [`PART_COPIES_AT_ONCE`] at a time.
-    pub async fn copy_in_parts(
-        &self,
-        storage: Arc<dyn ObjectStorage>,
-        from: &ObjectKey,
-        to: &ObjectKey,
-        size: u64,
-        etag: Option<&str>,
-    ) -> Result<PutResult, Error> {
-        let plan = PartPlan::for_copy(size)?;
-        let upload = storage.create_multipart(to).await?;
-        let mut pending = Pending {
-            storage: Arc::clone(&storage),
-            key: to.clone(),
-            upload: Some(upload.clone()),
-            aborts: Arc::clone(&self.aborts),
-        };
-        let copies = plan.iter().map(|(n, range)| {
-            let (storage, upload) = (&storage, &upload);
-            async move {
-                let number = u32::try_from(n)
-                    .map_err(|_| Error::invalid_input("part number out of range"))?;
-                storage
-                    .upload_part_copy(to, upload, number, from, range, etag)
-                    .await
-            }
-        });
-        let parts: Vec<CompletedPart> = futures::stream::iter(copies)
-            .buffered(PART_COPIES_AT_ONCE)
-            .try_collect()
-            .await?;
-        let done = storage.complete_multipart(to, &upload, parts).await?;
-        pending.upload = None;
-        Ok(done)
-    }
+/// Copies `from` (`size` bytes, entity tag `etag` when known: a source
+/// that changes during the copy fails it) to `to` on the server, in parts
+/// of [`PartPlan::for_copy`], [`PART_COPIES_AT_ONCE`] at a time. A failure
+/// or a drop aborts the upload (in `aborts`, the cache's registry).
+pub(crate) async fn copy_in_parts(
+    storage: Arc<dyn ObjectStorage>,
+    from: &ObjectKey,
+    to: &ObjectKey,
+    size: u64,
+    etag: Option<&str>,
+    aborts: Arc<Aborts>,
+) -> Result<PutResult, Error> {
+    let plan = PartPlan::for_copy(size)?;
+    let upload = storage.create_multipart(to).await?;
+    let mut pending = Pending {
+        storage: Arc::clone(&storage),
+        key: to.clone(),
+        upload: Some(upload.clone()),
+        aborts,
+    };
+    let copies = plan.iter().map(|(n, range)| {
+        let (storage, upload) = (&storage, &upload);
+        async move {
+            let number =
+                u32::try_from(n).map_err(|_| Error::invalid_input("part number out of range"))?;
+            storage
+                .upload_part_copy(to, upload, number, from, range, etag)
+                .await
+        }
+    });
+    let parts: Vec<CompletedPart> = futures::stream::iter(copies)
+        .buffered(PART_COPIES_AT_ONCE)
+        .try_collect()
+        .await?;
+    let done = storage.complete_multipart(to, &upload, parts).await?;
+    pending.upload = None;
+    Ok(done)
 }

@@ -32,7 +32,7 @@ pub(crate) async fn run(
                         .unwrap_or_else(|| "?".into());
                     let stored = u
                         .stored_bytes
-                        .map(corral_domain::parts::human)
+                        .map(corral::human_size)
                         .unwrap_or_else(|| "?".into());
                     out.line(&format!(
                         "{}\t{}\t{}\t{stored}\t{age}",
