@@ -15,7 +15,7 @@ use bytes::Bytes;
 use corral::Corral;
 use corral_domain::port::{
     ByteRange, CompletedPart, GetResult, ListItem, ListOptions, ListStream, ObjectMeta,
-    PendingUpload, PutMode, PutResult, UploadId,
+    PendingUpload, PutMode, PutResult, StoredPart, UploadId,
 };
 use corral_domain::{
     Capabilities, Error, ErrorKind, Identity, Mappings, ObjectKey, ObjectStorage, Result,
@@ -222,6 +222,23 @@ impl ObjectStorage for ToyStore {
                 key: ObjectKey::from_raw(key.clone()),
                 upload_id: UploadId(id.clone()),
                 initiated: None,
+            })
+            .collect())
+    }
+
+    // Listing pending uploads promises their parts too: what a server
+    // needs to continue an upload another session started.
+    async fn list_parts(&self, _key: &ObjectKey, upload: &UploadId) -> Result<Vec<StoredPart>> {
+        let uploads = self.uploads.lock().unwrap();
+        let (_, parts) = uploads
+            .get(&upload.0)
+            .ok_or_else(|| Error::not_found("no such upload"))?;
+        Ok(parts
+            .iter()
+            .map(|(&number, data)| StoredPart {
+                number,
+                etag: format!("\"{number}\""),
+                size: data.len() as u64,
             })
             .collect())
     }
