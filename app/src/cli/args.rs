@@ -259,7 +259,7 @@ pub(crate) enum Command {
 pub(crate) enum ServeCommand {
     /// An SFTP server: each login lands in its sandbox; all sessions share
     /// one transfer cache. SIGHUP reloads the users and the mappings.
-    Sftp(SftpArgs),
+    Sftp(Box<SftpArgs>),
 }
 
 /// What to do with SETSTAT requests.
@@ -321,6 +321,12 @@ pub(crate) struct SftpArgs {
     /// aborted: at start, then every quarter of it (at most hourly).
     #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub(crate) partial_retention: Duration,
+    /// A TCP balancer's address (repeat, or separate with commas): its
+    /// connections start with a PROXY protocol v2 header naming the client
+    /// (HAProxy's `send-proxy-v2`), which logs, limits and the login lockout
+    /// then see. Connections from elsewhere are taken as they come.
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    pub(crate) proxy_protocol_from: Vec<std::net::IpAddr>,
     /// What the log shows (error, warn, info, debug, trace; or a RUST_LOG
     /// filter). Default: info, or RUST_LOG.
     #[arg(long, value_name = "LEVEL")]

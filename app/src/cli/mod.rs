@@ -139,6 +139,7 @@ async fn serve_sftp(g: &Global, a: &args::SftpArgs) -> output::Outcome {
             metrics: a.metrics,
             max_sessions_per_user: a.max_sessions_per_user,
             partial_retention: a.partial_retention,
+            proxy_from: a.proxy_protocol_from.clone(),
         },
         listen: a.listen,
         host_keys: a.host_key.clone(),

@@ -15,6 +15,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod metrics;
+pub(crate) mod proxy;
 pub(crate) mod sessions;
 pub(crate) mod users;
 
@@ -45,6 +46,9 @@ pub(crate) struct CoreOptions {
     pub(crate) max_sessions_per_user: usize,
     /// Pending uploads older than this are aborted.
     pub(crate) partial_retention: Duration,
+    /// Balancers whose connections start with a PROXY protocol v2 header
+    /// naming the client ([`proxy`]); empty: none is read.
+    pub(crate) proxy_from: Vec<IpAddr>,
 }
 
 /// What a reload replaces.

@@ -35,7 +35,7 @@ use corral::{Error, ErrorKind};
 use russh::MethodKind;
 use tokio::net::TcpListener;
 
-use crate::serve::Core;
+use crate::serve::{Core, proxy};
 use session::Conn;
 pub(crate) use shared::Options;
 use shared::{Activity, Server};
@@ -171,7 +171,19 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         }
         let (server, config) = (Arc::clone(&server), Arc::clone(&config));
         tokio::spawn(async move {
+            let mut tcp = tcp;
             let _ = tcp.set_nodelay(true);
+            // Behind a balancer, the client is who its header says.
+            let peer = match proxy::client_address(&mut tcp, peer, &server.core.options.proxy_from)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(%peer, "connection refused: {e}");
+                    server.connections.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            };
             // A second handle on the socket, only to see the peer go: russh
             // reads the socket in the same loop that hands data to the
             // channels, and a channel that does not take more (its writes

@@ -252,3 +252,73 @@ fn a_key_logs_in_with_openssh_and_another_key_does_not() {
     );
     server.settled();
 }
+
+/// Behind HAProxy (TCP mode, `send-proxy-v2`), the server sees the client's
+/// own address: a client bound to 127.0.0.7 is logged as 127.0.0.7, not as
+/// the balancer. A connection from the trusted address without a header is
+/// refused; one from elsewhere is taken as it comes.
+#[test]
+fn behind_haproxy_the_client_address_is_the_clients() {
+    let server = Server::start(MEMORY, &["alice"], &["--proxy-protocol-from", "127.0.0.1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = corral_fixtures::servers::free_port();
+    let config = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 64\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend sftp\n  bind 127.0.0.1:{port}\n  default_backend corral\nbackend corral\n  server one 127.0.0.1:{} send-proxy-v2\n",
+            server.port
+        ),
+    )
+    .expect("config");
+    let mut haproxy = Command::new("/usr/sbin/haproxy")
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("haproxy (scripts/install-test-deps.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "haproxy does not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sftp = |to: u16, from: &str| {
+        let batch = dir.path().join("batch");
+        std::fs::write(&batch, "ls /\n").expect("batch");
+        let mut c = super::openssh("sftp", &server, "alice");
+        c.args(["-o", &format!("BindAddress={from}")])
+            .args(["-P", &to.to_string(), "-b"])
+            .arg(&batch)
+            .arg("alice@127.0.0.1");
+        super::run(&mut c, Duration::from_secs(60))
+    };
+    // Through the balancer, from 127.0.0.7.
+    let out = sftp(port, "127.0.0.7");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Straight from the trusted address: no header, refused.
+    let out = sftp(server.port, "127.0.0.1");
+    assert!(!out.status.success(), "a headerless connection was served");
+    // Straight from an untrusted one: served as it comes.
+    let out = sftp(server.port, "127.0.0.8");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    let log = server.log();
+    let logins: Vec<&str> = log.lines().filter(|l| l.contains("logged in")).collect();
+    assert_eq!(logins.len(), 2, "{log}");
+    assert!(logins[0].contains("peer=Some(127.0.0.7:"), "{log}");
+    assert!(logins[1].contains("peer=Some(127.0.0.8:"), "{log}");
+    assert!(
+        log.contains("connection refused: no PROXY protocol header from the balancer"),
+        "{log}"
+    );
+}
