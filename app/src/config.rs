@@ -155,6 +155,88 @@ fn near(a: &str, b: &str) -> bool {
     prev[b.len()] <= 2
 }
 
+/// Sets (`Some`) or removes (`None`) the mounts of `user` in the config file
+/// at `path`, as JetStream's `setSandboxMapping` and `deleteSandboxMapping`
+/// change a running server's mappings (here: the file that servers reload
+/// on SIGHUP). The new file is parsed whole before it is written, so a bad
+/// spec is refused naming the user and the key at fault and nothing
+/// changes; it is written beside the file and renamed over it (its mode
+/// kept), and refused if the file changed meanwhile, so that two admins
+/// never lose each other's change. Other users' entries and the `cache`
+/// section are kept as they were.
+pub fn edit_mappings(
+    path: &Path,
+    user: &str,
+    mounts: Option<serde_json::Value>,
+) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    let shown = path.display().to_string();
+    let io = |what: &str, e: std::io::Error| config_error(format!("{what} {shown}: {e}"));
+    let before = std::fs::read_to_string(path).map_err(|e| io("cannot read", e))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&before).map_err(|e| config_error(format!("{shown}: {e}")))?;
+    let sectioned = value
+        .as_object()
+        .is_some_and(|o| o.contains_key("mappings") || o.contains_key("cache"));
+    let mappings = if sectioned {
+        value.get_mut("mappings")
+    } else {
+        Some(&mut value)
+    }
+    .and_then(serde_json::Value::as_object_mut)
+    .ok_or_else(|| config_error(format!("{shown}: the mappings are not a JSON object")))?;
+    match mounts {
+        Some(m) => {
+            if !m.is_object() {
+                return Err(config_error(format!(
+                    "the mappings of user {user:?} must be an object of mount points"
+                )));
+            }
+            mappings.insert(user.to_owned(), m);
+        }
+        None => {
+            if mappings.remove(user).is_none() {
+                return Err(Error::not_found(format!(
+                    "{shown} has no mappings for user {user:?}"
+                )));
+            }
+        }
+    }
+    let text =
+        serde_json::to_string_pretty(&value).map_err(|e| config_error(e.to_string()))? + "\n";
+    ConfigFile::parse(&text, &format!("{shown} with user {user:?} changed"))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mode = std::fs::metadata(path)
+        .map_err(|e| io("cannot read", e))?
+        .permissions()
+        .mode()
+        & 0o777;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".corral-edit-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(|e| io("cannot write beside", e))?;
+    temp.write_all(text.as_bytes())
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(|e| io("cannot write beside", e))?;
+    let now = std::fs::read_to_string(path).map_err(|e| io("cannot read", e))?;
+    if now != before {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{shown} changed while it was edited; nothing was written: try again"),
+        )
+        .with_operation(Operation::Configure));
+    }
+    temp.persist(path)
+        .map_err(|e| io("cannot replace", e.error))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,6 +231,10 @@ pub(crate) enum Command {
     },
     /// Show the user's effective view: mounts and where they lead (secrets as ***).
     Mappings,
+    /// Change the config file (`--config`) for every user: what servers
+    /// reload on SIGHUP.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Run the conformance suite against a mount of the user's sandbox: what
     /// works on this endpoint, case by case (pass, fail, unsupported).
     Conformance {
@@ -361,4 +365,27 @@ pub(crate) enum UploadsCommand {
         #[arg(long)]
         replace: bool,
     },
+}
+
+/// `corral admin`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum AdminCommand {
+    /// A user's mappings, as JetStream's setSandboxMapping and
+    /// deleteSandboxMapping (`corral --user U mappings` shows them).
+    #[command(subcommand)]
+    Mappings(AdminMappings),
+}
+
+/// `corral admin mappings`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum AdminMappings {
+    /// Set USER's mounts: a JSON object of mount points to specs, e.g.
+    /// '{"": "/srv/files/%u"}'.
+    Set {
+        user: String,
+        #[arg(value_name = "JSON")]
+        mounts: String,
+    },
+    /// Remove USER's mappings.
+    Delete { user: String },
 }

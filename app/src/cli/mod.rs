@@ -16,11 +16,9 @@ use corral::cache::{CacheConfig, TransferCache};
 use corral::config::{ConfigFile, DEFAULT_SANDBOX_DIR};
 use corral::{Corral, Error, ErrorKind, Identity};
 
-#[cfg(feature = "serve")]
-use args::Command;
 #[cfg(feature = "sftp")]
 use args::ServeCommand;
-use args::{Cli, Global};
+use args::{Cli, Command, Global};
 use output::Failure;
 
 /// The command's transfer cache, once opened: its background aborts are
@@ -235,6 +233,27 @@ fn cache_config(g: &Global, config: &ConfigFile) -> Result<CacheConfig, Error> {
     Ok(c)
 }
 
+/// `corral admin mappings set|delete`: the config file edited in place.
+fn admin_mappings(g: &Global, m: &args::AdminMappings) -> output::Outcome {
+    let Some(path) = &g.config else {
+        return Err(Error::invalid_input(
+            "say which config file to change: --config FILE (or CORRAL_CONFIG)",
+        )
+        .into());
+    };
+    match m {
+        args::AdminMappings::Set { user, mounts } => {
+            let value: serde_json::Value = serde_json::from_str(mounts)
+                .map_err(|e| Error::invalid_input(format!("the mappings of user {user:?}: {e}")))?;
+            corral::config::edit_mappings(path, user, Some(value))?;
+        }
+        args::AdminMappings::Delete { user } => {
+            corral::config::edit_mappings(path, user, None)?;
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> output::Outcome {
     let g = &cli.global;
     match &cli.command {
@@ -242,6 +261,7 @@ async fn run(cli: Cli) -> output::Outcome {
         Command::Passwd => return passwd(),
         #[cfg(feature = "sftp")]
         Command::Serve(ServeCommand::Sftp(a)) => return serve_sftp(g, a).await,
+        Command::Admin(args::AdminCommand::Mappings(m)) => return admin_mappings(g, m),
         _ => {}
     }
     let config = match &g.config {

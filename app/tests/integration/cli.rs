@@ -633,3 +633,80 @@ fn a_closed_pipe_ends_a_listing_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `corral admin mappings set|delete`: JetStream's setSandboxMapping and
+/// deleteSandboxMapping on the config file. Other users, the cache section
+/// and the file's mode stay; a bad spec is refused naming the user and the
+/// key, and nothing changes.
+#[test]
+fn admin_mappings_set_and_delete_edit_the_config_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        r#"{"cache": {"maxCloudCacheSize": "256MiB"}, "mappings": {"alice": {"": {"type": "Memory"}}}}"#,
+    );
+    let cfg = path.to_str().expect("utf-8");
+    ok(
+        dir.path(),
+        &[
+            "--config",
+            cfg,
+            "admin",
+            "mappings",
+            "set",
+            "bob",
+            r#"{"": {"type": "Memory", "path": "b/%u"}, "shared": {"type": "Memory"}}"#,
+        ],
+    );
+    let now: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    assert_eq!(now["cache"]["maxCloudCacheSize"], "256MiB");
+    assert_eq!(now["mappings"]["alice"][""]["type"], "Memory");
+    assert_eq!(now["mappings"]["bob"]["shared"]["type"], "Memory");
+    let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Bob's view through the file, as a server reloading it would see it.
+    let view = ok(dir.path(), &["--config", cfg, "--user", "bob", "mappings"]);
+    assert!(view.contains("/shared"), "{view}");
+
+    // Refused, naming the key; the file is byte for byte what it was.
+    let before = std::fs::read(&path).expect("read");
+    let e = fails(
+        dir.path(),
+        &[
+            "--config",
+            cfg,
+            "admin",
+            "mappings",
+            "set",
+            "carol",
+            r#"{"": {"type": "S3", "bucketNmae": "x"}}"#,
+        ],
+        2,
+        "bucketNmae",
+    );
+    assert!(e.contains("carol"), "{e}");
+    fails(
+        dir.path(),
+        &["--config", cfg, "admin", "mappings", "delete", "nobody"],
+        3,
+        "no mappings for user \"nobody\"",
+    );
+    assert_eq!(std::fs::read(&path).expect("read"), before);
+
+    ok(
+        dir.path(),
+        &["--config", cfg, "admin", "mappings", "delete", "bob"],
+    );
+    let now: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    assert!(now["mappings"].get("bob").is_none(), "{now}");
+    assert_eq!(now["mappings"]["alice"][""]["type"], "Memory");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".corral-edit-"))
+        .collect();
+    assert!(left.is_empty(), "temporaries left: {left:?}");
+}

@@ -81,6 +81,7 @@ pub(crate) async fn run(sb: &UserSandbox, global: &Global, command: Command) -> 
         Command::Check { write } => check::run(sb, &mut out, write, json).await,
         Command::Conformance { mount } => conformance::run(sb, &mut out, mount, json).await,
         // Dispatched before a sandbox is opened.
+        Command::Admin(_) => Ok(()),
         #[cfg(feature = "sftp")]
         Command::Serve(_) => Ok(()),
         #[cfg(feature = "serve")]
