@@ -271,13 +271,23 @@ fn behind_haproxy_the_client_address_is_the_clients() {
         ),
     )
     .expect("config");
-    let mut haproxy = Command::new("/usr/sbin/haproxy")
-        .args(["-db", "-f"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("haproxy (scripts/install-test-deps.sh installs it)");
+    // Stopped when the test ends, whether it passes or not.
+    struct Stopped(std::process::Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let haproxy = Stopped(
+        Command::new("/usr/sbin/haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (scripts/install-test-deps.sh installs it)"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "haproxy does not listen");
@@ -310,8 +320,7 @@ fn behind_haproxy_the_client_address_is_the_clients() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
+    drop(haproxy);
     let log = server.log();
     let logins: Vec<&str> = log.lines().filter(|l| l.contains("logged in")).collect();
     assert_eq!(logins.len(), 2, "{log}");
