@@ -30,6 +30,25 @@ fn s3_mappings(s: &S3Server, path: &str) -> String {
     )
 }
 
+/// The bucket `resume` on `s3`: the users' mappings (under `users/%u`)
+/// and a raw client of the whole bucket, to look at what is pending.
+struct Bucket {
+    _s3: S3Server,
+    mappings: String,
+    raw: Arc<dyn ObjectStorage>,
+}
+
+fn bucket(s3: S3Server) -> Bucket {
+    s3.create_bucket("resume");
+    let mappings = s3_mappings(&s3, "users/%u");
+    let raw = crate::common::raw_backend(&s3_mappings(&s3, ""), "x");
+    Bucket {
+        _s3: s3,
+        mappings,
+        raw,
+    }
+}
+
 fn file_mappings(root: &Path) -> String {
     std::fs::create_dir_all(root.join("alice")).expect("mkdir");
     format!(
@@ -130,20 +149,16 @@ fn reput_after_every_cut_on_file() {
 
 #[test]
 fn reput_after_every_cut_on_moto() {
-    let s3 = S3Server::moto();
-    s3.create_bucket("resume");
-    reput_after_every_cut(&s3_mappings(&s3, "users/%u"));
-    let raw = crate::common::raw_backend(&s3_mappings(&s3, ""), "x");
-    assert_eq!(rt().block_on(pending(&raw)), 0);
+    let b = bucket(S3Server::moto());
+    reput_after_every_cut(&b.mappings);
+    assert_eq!(rt().block_on(pending(&b.raw)), 0);
 }
 
 #[test]
 fn reput_after_every_cut_on_garage() {
-    let s3 = S3Server::garage();
-    s3.create_bucket("resume");
-    reput_after_every_cut(&s3_mappings(&s3, "users/%u"));
-    let raw = crate::common::raw_backend(&s3_mappings(&s3, ""), "x");
-    assert_eq!(rt().block_on(pending(&raw)), 0);
+    let b = bucket(S3Server::garage());
+    reput_after_every_cut(&b.mappings);
+    assert_eq!(rt().block_on(pending(&b.raw)), 0);
 }
 
 /// A client killed at about half of an upload, on Garage: the server keeps
@@ -152,10 +167,11 @@ fn reput_after_every_cut_on_garage() {
 /// (at most one part more) and the file is identical.
 #[test]
 fn a_killed_upload_is_continued_through_another_instance() {
-    let s3 = S3Server::garage();
-    s3.create_bucket("resume");
-    let mappings = s3_mappings(&s3, "users/%u");
-    let raw = crate::common::raw_backend(&s3_mappings(&s3, ""), "x");
+    let Bucket {
+        _s3: _server,
+        mappings,
+        raw,
+    } = bucket(S3Server::garage());
     let rt = rt();
     let flags = ["--max-cloud-cache-upload-size", "16MiB"];
     let part = 8 * MIB;
@@ -224,10 +240,11 @@ fn a_killed_upload_is_continued_through_another_instance() {
 /// checkpoint, and the restarted server continues from them.
 #[test]
 fn an_upload_cut_by_a_killed_server_is_continued_after_a_restart() {
-    let s3 = S3Server::garage();
-    s3.create_bucket("resume");
-    let mappings = s3_mappings(&s3, "users/%u");
-    let raw = crate::common::raw_backend(&s3_mappings(&s3, ""), "x");
+    let Bucket {
+        _s3: _server,
+        mappings,
+        raw,
+    } = bucket(S3Server::garage());
     let rt = rt();
     let flags = ["--max-cloud-cache-upload-size", "16MiB"];
     let mut server = Server::start(&mappings, &["alice"], &flags);
@@ -322,20 +339,19 @@ fn a_filepart_is_continued_on_memory() {
 
 #[test]
 fn a_filepart_is_continued_on_garage() {
-    let s3 = S3Server::garage();
-    s3.create_bucket("resume");
-    filepart(&s3_mappings(&s3, "users/%u"));
-    let raw = crate::common::raw_backend(&s3_mappings(&s3, ""), "x");
-    assert_eq!(rt().block_on(pending(&raw)), 0);
+    let b = bucket(S3Server::garage());
+    filepart(&b.mappings);
+    assert_eq!(rt().block_on(pending(&b.raw)), 0);
 }
 
 /// Another user never sees, continues or removes a user's partial.
 #[test]
 fn a_partial_is_its_owners_alone() {
-    let s3 = S3Server::garage();
-    s3.create_bucket("resume");
-    let mappings = s3_mappings(&s3, "users/%u");
-    let raw = crate::common::raw_backend(&s3_mappings(&s3, ""), "x");
+    let Bucket {
+        _s3: _server,
+        mappings,
+        raw,
+    } = bucket(S3Server::garage());
     let server = Server::start(&mappings, &["alice", "bob"], &SMALL_PARTS);
     let dir = tempfile::tempdir().expect("tempdir");
     let local = dir.path().join("data.bin");
@@ -397,10 +413,11 @@ fn a_partial_is_its_owners_alone() {
 fn a_partial_is_given_up_by_a_truncating_upload_or_a_remove() {
     // moto: Garage itself drops the older pending uploads of a key when a
     // newer version of it completes, which would hide what corral does.
-    let s3 = S3Server::moto();
-    s3.create_bucket("resume");
-    let mappings = s3_mappings(&s3, "users/%u");
-    let raw = crate::common::raw_backend(&s3_mappings(&s3, ""), "x");
+    let Bucket {
+        _s3: _server,
+        mappings,
+        raw,
+    } = bucket(S3Server::moto());
     let server = Server::start(&mappings, &["alice"], &SMALL_PARTS);
     let dir = tempfile::tempdir().expect("tempdir");
     let local = dir.path().join("data.bin");
