@@ -164,8 +164,19 @@ fn a_killed_client_leaves_nothing_behind() {
     );
 }
 
-#[test]
-fn a_killed_server_leaves_nothing_pending_once_restarted() {
+/// Garage, a server over it, and a 48 MiB upload through it at 40 Mbit/s
+/// (about ten seconds; its first 8 MiB part is sent after about two), once
+/// its multipart upload is on the server.
+struct Uploading {
+    s3: S3Server,
+    raw: Arc<dyn ObjectStorage>,
+    rt: tokio::runtime::Runtime,
+    server: Server,
+    client: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+fn uploading(seed: u64) -> Uploading {
     let s3 = S3Server::garage();
     s3.create_bucket("load");
     let raw = crate::common::raw_backend(&mappings(&s3, ""), "x");
@@ -173,21 +184,39 @@ fn a_killed_server_leaves_nothing_pending_once_restarted() {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut server = Server::start(
+    let server = Server::start(
         &mappings(&s3, "users/%u"),
         &["alice"],
         &["--max-cloud-cache-upload-size", "16MiB"],
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("up.bin"), pattern(48 * MIB, 5)).expect("write");
-    // 40 Mbit/s: the upload takes about ten seconds; its first part (8 MiB)
-    // is sent after about two.
-    let mut client = spawn_sftp(&server, "alice", "put up.bin /up.bin\n", dir.path(), 40_000);
+    std::fs::write(dir.path().join("up.bin"), pattern(48 * MIB, seed)).expect("write");
+    let client = spawn_sftp(&server, "alice", "put up.bin /up.bin\n", dir.path(), 40_000);
     wait_for(
         "a multipart upload on the server",
         Duration::from_secs(30),
         || rt.block_on(pending(&raw)) > 0,
     );
+    Uploading {
+        s3,
+        raw,
+        rt,
+        server,
+        client,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_killed_server_leaves_nothing_pending_once_restarted() {
+    let Uploading {
+        s3,
+        raw,
+        rt,
+        mut server,
+        mut client,
+        _dir,
+    } = uploading(5);
     server.kill();
     let _ = kill_group(-(client.id() as i32));
     let _ = client.wait();
@@ -219,26 +248,14 @@ fn a_killed_server_leaves_nothing_pending_once_restarted() {
 
 #[test]
 fn a_stopped_server_keeps_what_its_uploads_stored() {
-    let s3 = S3Server::garage();
-    s3.create_bucket("load");
-    let raw = crate::common::raw_backend(&mappings(&s3, ""), "x");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut server = Server::start(
-        &mappings(&s3, "users/%u"),
-        &["alice"],
-        &["--max-cloud-cache-upload-size", "16MiB"],
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("up.bin"), pattern(48 * MIB, 6)).expect("write");
-    let mut client = spawn_sftp(&server, "alice", "put up.bin /up.bin\n", dir.path(), 40_000);
-    wait_for(
-        "a multipart upload on the server",
-        Duration::from_secs(30),
-        || rt.block_on(pending(&raw)) > 0,
-    );
+    let Uploading {
+        s3: _s3,
+        raw,
+        rt,
+        mut server,
+        mut client,
+        _dir,
+    } = uploading(6);
     let status = server.terminate(Duration::from_secs(30));
     let client_status = client.wait().expect("client");
     assert!(status.success(), "{status}: {}", server.log());
