@@ -41,25 +41,28 @@ impl Cli {
         let mut cmd = Self::command();
         let matches = match cmd.try_get_matches_from_mut(std::env::args_os()) {
             Ok(m) => m,
-            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp && server_help() => {
+            Err(e)
+                if e.kind() == clap::error::ErrorKind::DisplayHelp && server_help().is_some() =>
+            {
                 // Hidden on a built copy, used for the help only (a built
                 // command changed afterwards no longer parses right).
                 let mut shown = Self::command();
                 shown.build();
+                let Some(name) = server_help() else { e.exit() };
                 let shown = shown.mut_subcommand("serve", |serve| {
-                    serve.mut_subcommand("sftp", |mut sftp| {
+                    serve.mut_subcommand(name, |mut server| {
                         for id in NOT_FOR_SERVERS {
-                            sftp = sftp.mut_arg(id, |a| a.hide(true));
+                            server = server.mut_arg(id, |a| a.hide(true));
                         }
-                        sftp
+                        server
                     })
                 });
-                if let Some(mut sftp) = shown
+                if let Some(mut server) = shown
                     .find_subcommand("serve")
-                    .and_then(|s| s.find_subcommand("sftp"))
+                    .and_then(|s| s.find_subcommand(name))
                     .cloned()
                 {
-                    let _ = sftp.print_help();
+                    let _ = server.print_help();
                     std::process::exit(0);
                 }
                 e.exit()
@@ -88,10 +91,15 @@ impl Cli {
     }
 }
 
-/// Whether the command line asks for the help of `serve sftp`.
-fn server_help() -> bool {
+/// The server whose help the command line asks for (`serve sftp`, `serve webdav`).
+fn server_help() -> Option<&'static str> {
     let words: Vec<String> = std::env::args().collect();
-    words.iter().any(|w| w == "serve") && words.iter().any(|w| w == "sftp")
+    if !words.iter().any(|w| w == "serve") {
+        return None;
+    }
+    ["sftp", "webdav"]
+        .into_iter()
+        .find(|name| words.iter().any(|w| w == name))
 }
 
 /// A size: bytes, or a number with a unit (64MiB, 1GiB, 500MB).
@@ -249,7 +257,7 @@ pub(crate) enum Command {
         write: bool,
     },
     /// Serve users their sandboxes over a network protocol.
-    #[cfg(feature = "sftp")]
+    #[cfg(feature = "serve")]
     #[command(subcommand)]
     Serve(ServeCommand),
     /// Print an argon2id hash of a password (read from standard input) for
@@ -258,12 +266,66 @@ pub(crate) enum Command {
     Passwd,
 }
 
-#[cfg(feature = "sftp")]
+#[cfg(feature = "serve")]
 #[derive(Subcommand, Debug)]
 pub(crate) enum ServeCommand {
     /// An SFTP server: each login lands in its sandbox; all sessions share
     /// one transfer cache. SIGHUP reloads the users and the mappings.
+    #[cfg(feature = "sftp")]
     Sftp(Box<SftpArgs>),
+    /// A WebDAV server (HTTP Basic logins, TLS with --tls-cert): each user
+    /// sees their sandbox; all requests share one transfer cache. SIGHUP
+    /// reloads the users and the mappings.
+    #[cfg(feature = "webdav")]
+    Webdav(Box<WebdavArgs>),
+}
+
+#[cfg(feature = "webdav")]
+#[derive(Args, Debug)]
+pub(crate) struct WebdavArgs {
+    /// Where to listen.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// The users file (JSON: password hashes, %d and %f), as for `serve sftp`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) users: PathBuf,
+    /// The server's certificate chain (PEM): HTTPS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback: passwords then
+    /// cross the network in the clear.
+    #[arg(long)]
+    pub(crate) allow_insecure: bool,
+    /// Serve Prometheus metrics here (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Connections at once, in all.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub(crate) max_connections: usize,
+    /// Connections at once, per user.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub(crate) max_sessions_per_user: usize,
+    /// Close a connection after this long without a request.
+    #[arg(long, value_name = "AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub(crate) idle_timeout: Duration,
+    /// How long a transfer waits for room when the cache is full.
+    #[arg(long, value_name = "AGE", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub(crate) cache_wait: Duration,
+    /// Multipart uploads pending under the mappings for longer than this
+    /// are aborted: at start, then every quarter of it (at most hourly).
+    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub(crate) partial_retention: Duration,
+    /// A TCP balancer's address (repeat, or separate with commas): its
+    /// connections start with a PROXY protocol v2 header naming the client.
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    pub(crate) proxy_protocol_from: Vec<std::net::IpAddr>,
+    /// What the log shows (error, warn, info, debug, trace; or a RUST_LOG
+    /// filter). Default: info, or RUST_LOG.
+    #[arg(long, value_name = "LEVEL")]
+    pub(crate) log_level: Option<String>,
 }
 
 /// What to do with SETSTAT requests.
@@ -388,4 +450,17 @@ pub(crate) enum AdminMappings {
     },
     /// Remove USER's mappings.
     Delete { user: String },
+}
+
+#[cfg(feature = "serve")]
+impl ServeCommand {
+    /// The log level asked for on the command line.
+    pub(crate) fn log_level(&self) -> Option<&str> {
+        match self {
+            #[cfg(feature = "sftp")]
+            Self::Sftp(a) => a.log_level.as_deref(),
+            #[cfg(feature = "webdav")]
+            Self::Webdav(a) => a.log_level.as_deref(),
+        }
+    }
 }

@@ -16,7 +16,7 @@ use corral::cache::{CacheConfig, TransferCache};
 use corral::config::{ConfigFile, DEFAULT_SANDBOX_DIR};
 use corral::{Corral, Error, ErrorKind, Identity};
 
-#[cfg(feature = "sftp")]
+#[cfg(feature = "serve")]
 use args::ServeCommand;
 use args::{Cli, Command, Global};
 use output::Failure;
@@ -57,8 +57,8 @@ pub(crate) fn main() -> ExitCode {
     // A server logs at info by default (where it listens, its host keys,
     // one line per transfer); the command warnings only.
     let filter = match &cli.command {
-        #[cfg(feature = "sftp")]
-        Command::Serve(ServeCommand::Sftp(a)) => match &a.log_level {
+        #[cfg(feature = "serve")]
+        Command::Serve(server) => match server.log_level() {
             Some(level) => tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
                 eprintln!("corral: --log-level {level:?}: {e}; using info");
                 tracing_subscriber::EnvFilter::new("info")
@@ -116,29 +116,17 @@ pub(crate) fn main() -> ExitCode {
 /// config file, then the server until the process is stopped.
 #[cfg(feature = "sftp")]
 async fn serve_sftp(g: &Global, a: &args::SftpArgs) -> output::Outcome {
-    let file = match &g.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,
-    };
-    let cache = cache_config(g, &file)?;
-    // One user never holds the whole cache of a server.
-    let per_user = cache
-        .per_user
-        .unwrap_or_else(|| cache.server_default_per_user());
+    let core = core_options(
+        g,
+        &a.users,
+        a.cache_wait,
+        a.metrics,
+        a.max_sessions_per_user,
+        a.partial_retention,
+        &a.proxy_protocol_from,
+    )?;
     let options = crate::sftp::Options {
-        core: crate::serve::CoreOptions {
-            users: a.users.clone(),
-            config: g.config.clone(),
-            cache: CacheConfig {
-                wait: a.cache_wait,
-                per_user: Some(per_user),
-                ..cache
-            },
-            metrics: a.metrics,
-            max_sessions_per_user: a.max_sessions_per_user,
-            partial_retention: a.partial_retention,
-            proxy_from: a.proxy_protocol_from.clone(),
-        },
+        core,
         listen: a.listen,
         host_keys: a.host_key.clone(),
         idle_timeout: a.idle_timeout,
@@ -150,6 +138,68 @@ async fn serve_sftp(g: &Global, a: &args::SftpArgs) -> output::Outcome {
         refuse_setstat: a.setstat == args::SetStat::Refuse,
     };
     Ok(crate::sftp::serve(options).await?)
+}
+
+/// The serving core's options, from the command line and the config file.
+#[cfg(feature = "serve")]
+fn core_options(
+    g: &Global,
+    users: &Path,
+    wait: Duration,
+    metrics: Option<std::net::SocketAddr>,
+    max_sessions_per_user: usize,
+    partial_retention: Duration,
+    proxy_from: &[std::net::IpAddr],
+) -> Result<crate::serve::CoreOptions, Failure> {
+    let file = match &g.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,
+    };
+    let cache = cache_config(g, &file)?;
+    // One user never holds the whole cache of a server.
+    let per_user = cache
+        .per_user
+        .unwrap_or_else(|| cache.server_default_per_user());
+    Ok(crate::serve::CoreOptions {
+        users: users.to_path_buf(),
+        config: g.config.clone(),
+        cache: CacheConfig {
+            wait,
+            per_user: Some(per_user),
+            ..cache
+        },
+        metrics,
+        max_sessions_per_user,
+        partial_retention,
+        proxy_from: proxy_from.to_vec(),
+    })
+}
+
+/// `corral serve webdav`.
+#[cfg(feature = "webdav")]
+async fn serve_webdav(g: &Global, a: &args::WebdavArgs) -> output::Outcome {
+    let core = core_options(
+        g,
+        &a.users,
+        a.cache_wait,
+        a.metrics,
+        a.max_sessions_per_user,
+        a.partial_retention,
+        &a.proxy_protocol_from,
+    )?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => None,
+    };
+    let options = crate::webdav::Options {
+        core,
+        listen: a.listen,
+        tls,
+        allow_insecure: a.allow_insecure,
+        max_connections: a.max_connections,
+        idle_timeout: a.idle_timeout,
+    };
+    Ok(crate::webdav::serve(options).await?)
 }
 
 /// `corral passwd`: a hash of the password read from standard input
@@ -261,6 +311,8 @@ async fn run(cli: Cli) -> output::Outcome {
         Command::Passwd => return passwd(),
         #[cfg(feature = "sftp")]
         Command::Serve(ServeCommand::Sftp(a)) => return serve_sftp(g, a).await,
+        #[cfg(feature = "webdav")]
+        Command::Serve(ServeCommand::Webdav(a)) => return serve_webdav(g, a).await,
         Command::Admin(args::AdminCommand::Mappings(m)) => return admin_mappings(g, m),
         _ => {}
     }

@@ -55,6 +55,9 @@ pub struct Entry {
     pub size: u64,
     /// Last modification, if known.
     pub modified: Option<SystemTime>,
+    /// The backend's entity tag of a stored file (S3: the object's ETag),
+    /// if it gives one.
+    pub etag: Option<String>,
 }
 
 /// What a copy or a move did.

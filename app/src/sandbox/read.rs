@@ -29,6 +29,7 @@ impl UserSandbox {
                     kind: EntryKind::Directory,
                     size: 0,
                     modified: None,
+                    etag: None,
                 });
             }
             Place::Mount(t) => t,
@@ -42,6 +43,7 @@ impl UserSandbox {
                 kind: EntryKind::File,
                 size: w.size,
                 modified: Some(w.modified),
+                etag: None,
             });
         }
         // A path that holds mount points is a directory even if its own sandbox has nothing there.
@@ -51,6 +53,7 @@ impl UserSandbox {
                 kind: EntryKind::Directory,
                 size: 0,
                 modified: None,
+                etag: None,
             });
         }
         let key = t.key()?;
@@ -64,6 +67,7 @@ impl UserSandbox {
                         kind: EntryKind::File,
                         size: p.size(),
                         modified: p.initiated,
+                        etag: None,
                     });
                 }
                 return Err(e);
@@ -75,6 +79,7 @@ impl UserSandbox {
             kind: EntryKind::File,
             size: meta.size,
             modified: meta.last_modified,
+            etag: meta.etag,
         })
     }
 

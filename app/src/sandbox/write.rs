@@ -171,6 +171,13 @@ impl Writer {
         self.upload.cancel(cause).await.with_path(self.path)
     }
 
+    /// Gives the write up without keeping a partial file, even where
+    /// partial uploads are kept (a WebDAV PUT is whole or nothing): the
+    /// upload is aborted in the background, as when an unkept writer drops.
+    pub fn discard(self) {
+        self.upload.discard();
+    }
+
     /// Completes the write: the data becomes visible at the target only now.
     pub async fn finish(self) -> Result<OverwriteDecision, Error> {
         let path = self.path.clone();

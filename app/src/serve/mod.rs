@@ -260,6 +260,8 @@ impl Core {
 
     /// Whether `key` is one of `user`'s authorized keys (the signature is
     /// the protocol's to check); counted as a failure when not.
+    // Public-key logins are SSH's.
+    #[cfg_attr(not(feature = "sftp"), allow(dead_code))]
     pub(crate) fn key_login(
         &self,
         user: &str,
@@ -278,6 +280,8 @@ impl Core {
     }
 
     /// Whether `key` is worth a signature (no failure counted).
+    // Public-key logins are SSH's.
+    #[cfg_attr(not(feature = "sftp"), allow(dead_code))]
     pub(crate) fn key_known(&self, user: &str, key: &users::PublicKey) -> bool {
         self.live().users.key_matches(user, key)
     }

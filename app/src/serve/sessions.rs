@@ -59,6 +59,8 @@ impl Sessions {
 
 impl SessionSlot {
     /// The user of the session.
+    // Asked by the SFTP front-end only.
+    #[cfg_attr(not(feature = "sftp"), allow(dead_code))]
     pub(crate) fn user(&self) -> &str {
         &self.user
     }

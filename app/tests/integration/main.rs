@@ -16,3 +16,4 @@ mod resume;
 mod rules;
 mod sandbox;
 mod sftp;
+mod webdav;

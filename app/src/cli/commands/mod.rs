@@ -82,7 +82,7 @@ pub(crate) async fn run(sb: &UserSandbox, global: &Global, command: Command) -> 
         Command::Conformance { mount } => conformance::run(sb, &mut out, mount, json).await,
         // Dispatched before a sandbox is opened.
         Command::Admin(_) => Ok(()),
-        #[cfg(feature = "sftp")]
+        #[cfg(feature = "serve")]
         Command::Serve(_) => Ok(()),
         #[cfg(feature = "serve")]
         Command::Passwd => Ok(()),

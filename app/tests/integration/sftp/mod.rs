@@ -64,6 +64,16 @@ impl Server {
     /// Starts the server with `mappings` (JSON), one password user per
     /// name, and extra flags.
     pub(crate) fn start(mappings: &str, users: &[&str], extra: &[&str]) -> Self {
+        Self::start_in(Self::files(mappings, users), extra)
+    }
+
+    /// `corral serve webdav` instead, on the same files.
+    pub(crate) fn start_webdav(mappings: &str, users: &[&str], extra: &[&str]) -> Self {
+        Self::launch(Self::files(mappings, users), &["webdav"], extra)
+    }
+
+    /// A folder with the users file (one password user per name) and `mappings`.
+    fn files(mappings: &str, users: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         let entries: Vec<String> = users
             .iter()
@@ -81,11 +91,17 @@ impl Server {
         )
         .expect("users");
         std::fs::write(dir.path().join("mappings.json"), mappings).expect("mappings");
-        Self::start_in(dir, extra)
+        dir
     }
 
     /// Starts the server on the files already in `dir`.
     pub(crate) fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let key = dir.path().join("host_key").display().to_string();
+        Self::launch(dir, &["sftp", "--host-key", &key], extra)
+    }
+
+    /// Starts `corral serve <server…>` on the files in `dir`.
+    fn launch(dir: tempfile::TempDir, server: &[&str], extra: &[&str]) -> Self {
         let (port, metrics_port) = (free_port(), free_port());
         let log = dir.path().join("server.log");
         let p = |name: &str| dir.path().join(name).display().to_string();
@@ -100,9 +116,10 @@ impl Server {
             Err(_) => Command::new(env!("CARGO_BIN_EXE_corral")),
         };
         let child = cmd
-            .args(["--config", &p("mappings.json"), "serve", "sftp"])
+            .args(["--config", &p("mappings.json"), "serve"])
+            .args(server)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--host-key", &p("host_key"), "--users", &p("users.json")])
+            .args(["--users", &p("users.json")])
             .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
             .env(
@@ -113,7 +130,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
-            .expect("start corral serve sftp");
+            .expect("start corral serve");
         let server = Self {
             child,
             port,
