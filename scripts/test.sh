@@ -31,7 +31,7 @@ echo "== examples"
 cargo run -q -p corral --example custom_backend
 cargo run -q -p corral --example embed
 # An embedder's build has none of the front-ends' crates.
-if cargo tree -p corral -e normal --no-default-features | grep -E '^[│├└ ]*(clap|russh|russh-sftp|argon2|indicatif) v'; then
+if cargo tree -p corral -e normal --no-default-features | grep -E '^[│├└ ]*(clap|russh|russh-sftp|argon2|indicatif|dav-server|tokio-rustls) v'; then
     echo "the library without its default features pulls a front-end's crate" >&2
     exit 1
 fi

@@ -2,10 +2,11 @@
 //! (Garage, started here), and against `corral cp` straight to the bucket,
 //! in one run: OpenSSH `sftp` puts and gets a 1 GiB file through each
 //! server, alternating them, three rounds; medians. The corral server's peak
-//! RSS is read at the end.
+//! RSS is read at the end. With `CORRAL_BENCH_PROTOCOL=webdav`, the same
+//! for `corral serve webdav` against `rclone serve webdav`, with curl.
 //!
-//! `scripts/bench-sftp.sh` installs rclone, builds the release binary and
-//! runs this; results are in docs/PERFORMANCE.md.
+//! `scripts/bench-sftp.sh` and `scripts/bench-webdav.sh` install rclone,
+//! build the release binary and run this; results are in docs/PERFORMANCE.md.
 #![allow(
     missing_docs,
     clippy::print_stdout,
@@ -94,11 +95,35 @@ fn sftp(port: u16, user: &str, batch: &str, dir: &Path) -> Duration {
     start.elapsed()
 }
 
+/// One curl PUT (`put`: the local file) or GET (into `back.bin`) of `name`; its wall time.
+fn curl(port: u16, user: &str, put: Option<&str>, name: &str, dir: &Path) -> Duration {
+    let start = Instant::now();
+    let mut c = Command::new("curl");
+    c.args(["-s", "-S", "-f", "-u", &format!("{user}:{PASSWORD}")]);
+    match put {
+        Some(local) => c.args(["-T", local]),
+        None => c.args(["-o", "back.bin"]),
+    };
+    let out = c
+        .arg(format!("http://127.0.0.1:{port}/{name}"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}
+
 fn mib_s(d: Duration) -> f64 {
     SIZE as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
 fn main() {
+    let webdav = std::env::var("CORRAL_BENCH_PROTOCOL").is_ok_and(|p| p == "webdav");
+    let protocol = if webdav { "webdav" } else { "sftp" };
     let garage = S3Server::garage();
     garage.create_bucket("bench");
     let dir = tempfile::tempdir().unwrap();
@@ -121,13 +146,19 @@ fn main() {
     )
     .unwrap();
 
-    // corral serve sftp: the default cache (1 GiB, 64 MiB per transfer).
+    // corral serve sftp (or webdav): the default cache (1 GiB, 64 MiB per transfer).
     let corral_port = free_port();
+    let host_key = dir.path().join("host_key").display().to_string();
+    let server_args: &[&str] = if webdav {
+        &["webdav"]
+    } else {
+        &["sftp", "--host-key", &host_key]
+    };
     let server = Killed(
         Command::new(corral_bin())
-            .args(["--config", config.to_str().unwrap(), "serve", "sftp"])
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .args(server_args)
             .args(["--listen", &format!("127.0.0.1:{corral_port}")])
-            .args(["--host-key", dir.path().join("host_key").to_str().unwrap()])
             .args(["--users", users.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -136,13 +167,13 @@ fn main() {
     );
     wait_port(corral_port);
 
-    // rclone serve sftp on the same bucket, under the same user's prefix.
+    // rclone serve sftp (or webdav) on the same bucket, under the same user's prefix.
     let rclone_port = free_port();
     let _rclone = Killed(
         Command::new(rclone_bin())
             .args([
                 "serve",
-                "sftp",
+                protocol,
                 "S:bench/users/bench",
                 "--addr",
                 &format!("127.0.0.1:{rclone_port}"),
@@ -197,18 +228,24 @@ fn main() {
                 down[i].push(Duration::from_secs(1));
                 continue;
             }
-            up[i].push(sftp(
-                port,
-                "bench",
-                &format!("put big.bin big-{i}-{round}.bin\n"),
-                dir.path(),
-            ));
-            down[i].push(sftp(
-                port,
-                "bench",
-                &format!("get big-{i}-{round}.bin back.bin\n"),
-                dir.path(),
-            ));
+            let name = format!("big-{i}-{round}.bin");
+            if webdav {
+                up[i].push(curl(port, "bench", Some("big.bin"), &name, dir.path()));
+                down[i].push(curl(port, "bench", None, &name, dir.path()));
+            } else {
+                up[i].push(sftp(
+                    port,
+                    "bench",
+                    &format!("put big.bin {name}\n"),
+                    dir.path(),
+                ));
+                down[i].push(sftp(
+                    port,
+                    "bench",
+                    &format!("get {name} back.bin\n"),
+                    dir.path(),
+                ));
+            }
             let _ = std::fs::remove_file(dir.path().join("back.bin"));
         }
         if only_corral {
@@ -241,8 +278,9 @@ fn main() {
         up.iter().map(|v| median(v.clone())).collect(),
         down.iter().map(|v| median(v.clone())).collect(),
     );
+    let client = if webdav { "curl" } else { "OpenSSH sftp" };
     println!(
-        "| 1 GiB, OpenSSH sftp | corral serve sftp | rclone serve sftp | corral cp direct | corral / rclone | corral / corral cp |"
+        "| 1 GiB, {client} | corral serve {protocol} | rclone serve {protocol} | corral cp direct | corral / rclone | corral / corral cp |"
     );
     println!("|---|---|---|---|---|---|");
     for (what, t) in [("put", &u), ("get", &d)] {
@@ -267,7 +305,7 @@ fn main() {
         );
     }
     println!(
-        "\ncorral serve sftp peak RSS {} MiB (VmHWM), resident now {} MiB; cache 1 GiB in all, 64 MiB per transfer: goal RSS <= 64 + 48 MiB per transfer at once",
+        "\ncorral serve {protocol} peak RSS {} MiB (VmHWM), resident now {} MiB; cache 1 GiB in all, 64 MiB per transfer: goal RSS <= 64 + 48 MiB per transfer at once",
         hwm("VmHWM:"),
         hwm("VmRSS:")
     );

@@ -312,7 +312,7 @@ fn bad_requests_get_a_clear_status_and_the_server_goes_on() {
     );
     assert_eq!(code, 413);
     let (code, _) = curl(&server, Some("alice"), &["-X", "FROBNICATE"], "/d");
-    assert!(matches!(code, 405 | 501), "unknown method: {code}");
+    assert_eq!(code, 501, "unknown method");
     assert_eq!(curl(&server, Some("alice"), &["-X", "MOVE"], "/d").0, 400);
     // dav-server refuses Depth: infinity with 501.
     let infinity = ["-X", "PROPFIND", "-H", "Depth: infinity"];
