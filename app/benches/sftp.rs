@@ -24,7 +24,14 @@ use std::time::{Duration, Instant};
 use argon2::PasswordHasher;
 use corral_fixtures::servers::{S3Server, free_port};
 
-const SIZE: usize = 1 << 30;
+/// The file's size: 1 GiB, or `CORRAL_BENCH_MIB` MiB (the memory bound of
+/// a 2 GiB upload: `CORRAL_BENCH_MIB=2048`).
+fn size() -> usize {
+    std::env::var("CORRAL_BENCH_MIB")
+        .ok()
+        .and_then(|m| m.parse::<usize>().ok())
+        .map_or(1 << 30, |m| m << 20)
+}
 const ROUNDS: usize = 3;
 const PASSWORD: &str = "bench-password";
 
@@ -118,7 +125,7 @@ fn curl(port: u16, user: &str, put: Option<&str>, name: &str, dir: &Path) -> Dur
 }
 
 fn mib_s(d: Duration) -> f64 {
-    SIZE as f64 / (1 << 20) as f64 / d.as_secs_f64()
+    size() as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
 fn main() {
@@ -128,7 +135,7 @@ fn main() {
     garage.create_bucket("bench");
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.bin");
-    write_random_file(&big, SIZE >> 20, 0x9E37_79B9_7F4A_7C15);
+    write_random_file(&big, size() >> 20, 0x9E37_79B9_7F4A_7C15);
     let mappings = format!(
         r#"{{"mappings": {{"": {{"": {{"type":"S3","bucketName":"bench","path":"users/%u","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","conditionalCreate":false}}}}}}}}"#,
         garage.endpoint, garage.access_key, garage.secret_key
@@ -279,8 +286,9 @@ fn main() {
         down.iter().map(|v| median(v.clone())).collect(),
     );
     let client = if webdav { "curl" } else { "OpenSSH sftp" };
+    let mib = size() >> 20;
     println!(
-        "| 1 GiB, {client} | corral serve {protocol} | rclone serve {protocol} | corral cp direct | corral / rclone | corral / corral cp |"
+        "| {mib} MiB, {client} | corral serve {protocol} | rclone serve {protocol} | corral cp direct | corral / rclone | corral / corral cp |"
     );
     println!("|---|---|---|---|---|---|");
     for (what, t) in [("put", &u), ("get", &d)] {

@@ -81,6 +81,23 @@ pub enum HiddenReason {
     KeyTooLong,
     /// A link or special file of a File sandbox ([`crate::node`]).
     Special,
+    /// corral's own data at the top of the sandbox ([`PRIVATE_DIR`]).
+    Private,
+}
+
+/// The directory at the top of every sandbox where corral keeps its own
+/// small documents (a WebDAV server's dead properties): never listed, and
+/// no user path reaches it.
+pub const PRIVATE_DIR: &str = ".corral";
+
+/// Refuses a path inside [`PRIVATE_DIR`].
+fn check_not_private(path: &VirtualPath) -> Result<(), PathError> {
+    match path.segments().next() {
+        Some(PRIVATE_DIR) => Err(PathError::Reserved {
+            name: PRIVATE_DIR.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl HiddenReason {
@@ -94,6 +111,7 @@ impl HiddenReason {
             Self::SegmentTooLong => "a segment over 255 bytes",
             Self::KeyTooLong => "a key over 1024 bytes",
             Self::Special => "a link or special file",
+            Self::Private => "corral's own data",
         }
     }
 }
@@ -167,8 +185,18 @@ impl SandboxRoot {
                 name: "/".to_owned(),
             });
         }
+        check_not_private(path)?;
         let key = format!("{}{}", self.prefix, path.as_str());
         check_key_len(path.as_str(), key.len())?;
+        Ok(ObjectKey(key))
+    }
+
+    /// The key of corral's own document `name` in this sandbox
+    /// (`prefix + ".corral/" + name`), which no user path reaches.
+    pub fn private_key(&self, name: &str) -> Result<ObjectKey, PathError> {
+        let name = VirtualPath::parse(name)?;
+        let key = format!("{}{PRIVATE_DIR}/{}", self.prefix, name.as_str());
+        check_key_len(name.as_str(), key.len())?;
         Ok(ObjectKey(key))
     }
 
@@ -178,6 +206,7 @@ impl SandboxRoot {
         if path.is_root() {
             return Ok((!self.prefix.is_empty()).then(|| ObjectKey(self.prefix.clone())));
         }
+        check_not_private(path)?;
         let key = format!("{}{}/", self.prefix, path.as_str());
         check_key_len(path.as_str(), key.len())?;
         Ok(Some(ObjectKey(key)))
@@ -209,6 +238,9 @@ impl SandboxRoot {
             Some(body) => (body, true),
             None => (rest, false),
         };
+        if body.split('/').next() == Some(PRIVATE_DIR) {
+            return KeyClass::Hidden(HiddenReason::Private);
+        }
         for segment in body.split('/') {
             match segment {
                 "" => return KeyClass::Hidden(HiddenReason::EmptySegment),
@@ -430,5 +462,49 @@ mod tests {
         let root = SandboxRoot::BUCKET_ROOT;
         let key = root.key_for(&vp("a b/+%/\u{1F600}")).unwrap();
         assert_eq!(root.entry_for(key.as_str()), Some(vp("a b/+%/\u{1F600}")));
+    }
+}
+
+#[cfg(test)]
+mod private_tests {
+    use super::*;
+
+    fn vp(s: &str) -> VirtualPath {
+        VirtualPath::parse(s).expect("path")
+    }
+
+    #[test]
+    fn the_private_directory_is_hidden_and_unreachable() {
+        let root = SandboxRoot::new("users/alice").expect("root");
+        for path in ["/.corral", "/.corral/props.json", "/.corral/x/y"] {
+            assert!(
+                matches!(root.key_for(&vp(path)), Err(PathError::Reserved { .. })),
+                "{path}"
+            );
+            assert!(root.dir_marker_for(&vp(path)).is_err(), "{path}");
+        }
+        for key in ["users/alice/.corral/", "users/alice/.corral/props.json"] {
+            assert_eq!(
+                root.classify(key),
+                KeyClass::Hidden(HiddenReason::Private),
+                "{key}"
+            );
+        }
+        // Only at the top: a `.corral` lower down is an ordinary name.
+        assert!(root.key_for(&vp("/d/.corral")).is_ok());
+        assert_eq!(
+            root.classify("users/alice/d/.corral"),
+            KeyClass::File(vp("/d/.corral"))
+        );
+        assert_eq!(
+            root.private_key("props.json").expect("key").as_str(),
+            "users/alice/.corral/props.json"
+        );
+        assert!(root.private_key("../x").is_err());
+        let e: crate::Error = PathError::Reserved {
+            name: PRIVATE_DIR.to_owned(),
+        }
+        .into();
+        assert_eq!(e.kind(), crate::ErrorKind::PermissionDenied);
     }
 }

@@ -79,6 +79,13 @@ pub enum PathError {
         /// The name.
         name: String,
     },
+    /// The name at the top of a sandbox that holds corral's own data
+    /// ([`crate::key::PRIVATE_DIR`]).
+    #[error("{name:?} at the top of a sandbox is reserved for the server's own data")]
+    Reserved {
+        /// The name.
+        name: String,
+    },
 }
 
 impl From<PathError> for Error {
@@ -86,6 +93,7 @@ impl From<PathError> for Error {
         let kind = match &e {
             PathError::EscapesSandbox { .. } => ErrorKind::EscapesSandbox,
             PathError::SegmentTooLong { .. } | PathError::KeyTooLong { .. } => ErrorKind::TooLarge,
+            PathError::Reserved { .. } => ErrorKind::PermissionDenied,
             _ => ErrorKind::InvalidInput,
         };
         Error::new(kind, e.to_string())

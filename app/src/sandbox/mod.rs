@@ -22,6 +22,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod partial;
+pub(crate) mod private;
 pub(crate) mod read;
 pub(crate) mod scoped;
 pub(crate) mod service;

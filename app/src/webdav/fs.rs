@@ -278,7 +278,7 @@ impl DavFileSystem for SandboxFs {
                 .rename(&src, &dst, RenameOptions { replace: true })
                 .await
                 .map_err(|e| self.fail("MOVE", &e))?;
-            self.props.moved(&src, &dst);
+            self.props.moved(&self.sandbox, &src, &dst).await;
             Ok(())
         }
         .boxed()
@@ -292,7 +292,7 @@ impl DavFileSystem for SandboxFs {
                 .copy(&src, &dst, TreeCopyOptions::default())
                 .await
                 .map_err(|e| self.fail("COPY", &e))?;
-            self.props.copied(&src, &dst);
+            self.props.copied(&self.sandbox, &src, &dst).await;
             Ok(())
         }
         .boxed()
@@ -313,8 +313,13 @@ impl DavFileSystem for SandboxFs {
         &'a self,
         path: &'a DavPath,
     ) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        let has = virtual_path(path).is_ok_and(|vp| self.props.has(&vp));
-        futures::future::ready(has).boxed()
+        async move {
+            match virtual_path(path) {
+                Ok(vp) => self.props.has(&self.sandbox, &vp).await,
+                Err(_) => false,
+            }
+        }
+        .boxed()
     }
 
     fn patch_props<'a>(
@@ -322,18 +327,27 @@ impl DavFileSystem for SandboxFs {
         path: &'a DavPath,
         patch: Vec<(bool, DavProp)>,
     ) -> FsFuture<'a, Vec<(hyper::StatusCode, DavProp)>> {
-        let r = virtual_path(path).and_then(|vp| self.props.patch(&vp, patch));
-        futures::future::ready(r).boxed()
+        async move {
+            let vp = virtual_path(path)?;
+            self.props.patch(&self.sandbox, &vp, patch).await
+        }
+        .boxed()
     }
 
     fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
-        let r = virtual_path(path).map(|vp| self.props.all(&vp, do_content));
-        futures::future::ready(r).boxed()
+        async move {
+            let vp = virtual_path(path)?;
+            self.props.all(&self.sandbox, &vp, do_content).await
+        }
+        .boxed()
     }
 
     fn get_prop<'a>(&'a self, path: &'a DavPath, prop: DavProp) -> FsFuture<'a, Vec<u8>> {
-        let r = virtual_path(path).and_then(|vp| self.props.get(&vp, &prop));
-        futures::future::ready(r).boxed()
+        async move {
+            let vp = virtual_path(path)?;
+            self.props.get(&self.sandbox, &vp, &prop).await
+        }
+        .boxed()
     }
 }
 
@@ -351,7 +365,7 @@ impl SandboxFs {
                 )
                 .await
                 .map_err(|e| self.fail("DELETE", &e))?;
-            self.props.removed(&vp);
+            self.props.removed(&self.sandbox, &vp).await;
             Ok(())
         }
         .boxed()

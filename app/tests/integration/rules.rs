@@ -15,6 +15,7 @@ use corral::{
 };
 use corral_domain::listing::EntryKind;
 use corral_fixtures::servers::S3Server;
+use futures::StreamExt;
 
 /// Two services on one store, as two server processes would be: each has
 /// its own table of writes in progress.
@@ -295,4 +296,68 @@ fn uploads_given_up_by_the_hundred_leave_no_abort_behind() {
         assert_eq!(sb.cache().metrics().reserved, 0);
         assert_eq!(corral.writes_in_progress(), 0);
     });
+}
+
+#[test]
+fn the_servers_own_data_is_kept_hidden_and_shared_by_instances() {
+    let rt = rt();
+    for (name, t) in backends() {
+        rt.block_on(async {
+            assert_eq!(
+                t.a.read_private("doc.json").await.expect("read"),
+                None,
+                "{name}"
+            );
+            t.a.write_private("doc.json", Some(bytes::Bytes::from_static(b"{\"v\":1}")))
+                .await
+                .expect("write");
+            // Another instance over the same store reads it.
+            let got = t.b.read_private("doc.json").await.expect("read");
+            assert_eq!(got.as_deref(), Some(&b"{\"v\":1}"[..]), "{name}");
+            t.a.write("/visible.txt", b"x", None).await.expect("write");
+            let names: Vec<String> =
+                t.a.read_dir("/")
+                    .await
+                    .expect("list")
+                    .map(|e| e.expect("entry").name)
+                    .collect()
+                    .await;
+            assert_eq!(names, ["visible.txt"], "{name}: the private folder shows");
+            for path in ["/.corral", "/.corral/doc.json"] {
+                let e = t.a.stat(path).await.unwrap_err();
+                assert_eq!(
+                    e.kind(),
+                    ErrorKind::PermissionDenied,
+                    "{name} stat {path}: {e}"
+                );
+                let e = t.a.read(path).await.unwrap_err();
+                assert_eq!(
+                    e.kind(),
+                    ErrorKind::PermissionDenied,
+                    "{name} read {path}: {e}"
+                );
+                let e = t.a.write(path, b"y", None).await.unwrap_err();
+                assert_eq!(
+                    e.kind(),
+                    ErrorKind::PermissionDenied,
+                    "{name} write {path}: {e}"
+                );
+            }
+            let e =
+                t.a.rename(
+                    "/visible.txt",
+                    "/.corral/doc.json",
+                    RenameOptions { replace: true },
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{name}: {e}");
+            t.a.write_private("doc.json", None).await.expect("remove");
+            assert_eq!(
+                t.b.read_private("doc.json").await.expect("read"),
+                None,
+                "{name}"
+            );
+        });
+    }
 }

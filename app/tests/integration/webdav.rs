@@ -571,3 +571,68 @@ fn https_serves_and_plain_http_off_loopback_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--tls-cert"), "{err}");
 }
+
+#[test]
+fn dead_properties_outlive_the_server_and_are_seen_by_another_instance() {
+    let garage = S3Server::garage();
+    garage.create_bucket("dav-props");
+    let mappings = s3_mappings(&garage, "dav-props", "users/%u");
+    let patch = "<?xml version='1.0' encoding='utf-8'?><D:propertyupdate xmlns:D='DAV:' xmlns:Z='urn:example:corral'><D:set><D:prop><Z:colour>teal &amp; grey</Z:colour></D:prop></D:set></D:propertyupdate>";
+    let find = "<?xml version='1.0' encoding='utf-8'?><D:propfind xmlns:D='DAV:'><D:prop><Z:colour xmlns:Z='urn:example:corral'/></D:prop></D:propfind>";
+    {
+        let server = Server::start_webdav(&mappings, &["alice"], &[]);
+        let put = ["-X", "PUT", "--data-binary", "x"];
+        assert_eq!(curl(&server, Some("alice"), &put, "/f.txt").0, 201);
+        let (code, body) = curl(
+            &server,
+            Some("alice"),
+            &["-X", "PROPPATCH", "--data-binary", patch],
+            "/f.txt",
+        );
+        assert_eq!(code, 207, "{body}");
+        // Moved with its resource.
+        let dest = format!("Destination: {}", url(&server, "/g.txt"));
+        assert_eq!(
+            curl(
+                &server,
+                Some("alice"),
+                &["-X", "MOVE", "-H", &dest],
+                "/f.txt"
+            )
+            .0,
+            201
+        );
+    }
+    // A new process (a restart, or another instance over the bucket).
+    let server = Server::start_webdav(&mappings, &["alice"], &[]);
+    let propfind = ["-X", "PROPFIND", "-H", "Depth: 0", "--data-binary", find];
+    let (code, body) = curl(&server, Some("alice"), &propfind, "/g.txt");
+    assert_eq!(code, 207, "{body}");
+    assert!(body.contains("teal &amp; grey"), "{body}");
+    // The document is the server's own: never listed, never reachable.
+    let (code, body) = curl(
+        &server,
+        Some("alice"),
+        &["-X", "PROPFIND", "-H", "Depth: 1"],
+        "/",
+    );
+    assert_eq!(code, 207, "{body}");
+    assert!(
+        body.contains("g.txt") && !body.contains(".corral"),
+        "{body}"
+    );
+    for path in [
+        "/.corral/webdav-props.json",
+        "/.corral/",
+        "/%2ecorral/webdav-props.json",
+    ] {
+        let (code, body) = curl(&server, Some("alice"), &[], path);
+        assert!(matches!(code, 403 | 404), "{path}: {code} {body}");
+        assert!(!body.contains("teal"), "{path}: {body}");
+        let put = ["-X", "PUT", "--data-binary", "{}"];
+        assert_eq!(curl(&server, Some("alice"), &put, path).0, 403, "{path}");
+    }
+    // Still there after the refused writes.
+    let (_, body) = curl(&server, Some("alice"), &propfind, "/g.txt");
+    assert!(body.contains("teal &amp; grey"), "{body}");
+}
