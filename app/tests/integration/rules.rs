@@ -352,6 +352,19 @@ fn the_servers_own_data_is_kept_hidden_and_shared_by_instances() {
                 .await
                 .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{name}: {e}");
+            let e =
+                t.a.mkdir("/.corral", MkdirOptions::default())
+                    .await
+                    .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{name} mkdir: {e}");
+            let all = RemoveOptions {
+                recursive: true,
+                only: None,
+            };
+            let e = t.a.remove("/.corral", all).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{name} remove: {e}");
+            // Still there after the refusals.
+            assert!(t.b.read_private("doc.json").await.expect("read").is_some());
             t.a.write_private("doc.json", None).await.expect("remove");
             assert_eq!(
                 t.b.read_private("doc.json").await.expect("read"),
