@@ -229,6 +229,11 @@ fn logins_are_checked_and_users_see_only_their_own_sandbox() {
     let (code, body) = curl(&server, Some("alice"), &[], "/a.txt");
     assert_eq!((code, body.as_str()), (200, "mine"));
     assert_eq!(curl(&server, Some("bob"), &[], "/a.txt").0, 404);
+    // Ranges.
+    let (code, body) = curl(&server, Some("alice"), &["-r", "1-2"], "/a.txt");
+    assert_eq!((code, body.as_str()), (206, "in"));
+    let (code, _) = curl(&server, Some("alice"), &["-r", "10-20"], "/a.txt");
+    assert_eq!(code, 416);
     // Links planted in a File sandbox are never followed.
     std::os::unix::fs::symlink("/etc/passwd", base.path().join("alice/passwd")).expect("link");
     std::os::unix::fs::symlink(base.path().join("bob"), base.path().join("alice/bob"))
