@@ -43,6 +43,7 @@ pub mod cache;
 pub mod config;
 pub mod journal;
 mod sandbox;
+pub mod source;
 pub mod transfer;
 
 pub use sandbox::admin::{AbortWhich, MountCheck, MountInfo, PendingUploadInfo};

@@ -318,6 +318,15 @@ pub(crate) struct WebdavArgs {
     /// are aborted: at start, then every quarter of it (at most hourly).
     #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub(crate) partial_retention: Duration,
+    /// The S3 options (a JSON object, as a mapping's S3 spec: endpointOverride,
+    /// accessKeyId, secretKey, region…) of a `--config` or `--users` given
+    /// as `s3://BUCKET/KEY`, shared by several instances.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) source_options: Option<PathBuf>,
+    /// How often the users and the mappings are looked at for a change
+    /// (default: 30s when one is an `s3://` object; otherwise on SIGHUP only).
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub(crate) reload_every: Option<Duration>,
     /// A TCP balancer's address (repeat, or separate with commas): its
     /// connections start with a PROXY protocol v2 header naming the client.
     #[arg(long, value_name = "IP", value_delimiter = ',')]
@@ -349,7 +358,8 @@ pub(crate) struct SftpArgs {
     /// an ECDSA key is kept beside it (`host_ed25519` → `host_ecdsa`).
     #[arg(long, value_name = "FILE", required = true)]
     pub(crate) host_key: Vec<PathBuf>,
-    /// The users file (JSON: password hashes, authorized keys, %d and %f).
+    /// The users file (JSON: password hashes, authorized keys, %d and %f),
+    /// or `s3://BUCKET/KEY` (see --source-options).
     #[arg(long, value_name = "FILE")]
     pub(crate) users: PathBuf,
     /// Serve Prometheus metrics here (e.g. 127.0.0.1:9100).
@@ -387,6 +397,15 @@ pub(crate) struct SftpArgs {
     /// aborted: at start, then every quarter of it (at most hourly).
     #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub(crate) partial_retention: Duration,
+    /// The S3 options (a JSON object, as a mapping's S3 spec: endpointOverride,
+    /// accessKeyId, secretKey, region…) of a `--config` or `--users` given
+    /// as `s3://BUCKET/KEY`, shared by several instances.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) source_options: Option<PathBuf>,
+    /// How often the users and the mappings are looked at for a change
+    /// (default: 30s when one is an `s3://` object; otherwise on SIGHUP only).
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub(crate) reload_every: Option<Duration>,
     /// A TCP balancer's address (repeat, or separate with commas): its
     /// connections start with a PROXY protocol v2 header naming the client
     /// (HAProxy's `send-proxy-v2`), which logs, limits and the login lockout

@@ -118,13 +118,18 @@ pub(crate) fn main() -> ExitCode {
 async fn serve_sftp(g: &Global, a: &args::SftpArgs) -> output::Outcome {
     let core = core_options(
         g,
-        &a.users,
-        a.cache_wait,
-        a.metrics,
-        a.max_sessions_per_user,
-        a.partial_retention,
-        &a.proxy_protocol_from,
-    )?;
+        ServeFlags {
+            users: &a.users,
+            wait: a.cache_wait,
+            metrics: a.metrics,
+            max_sessions_per_user: a.max_sessions_per_user,
+            partial_retention: a.partial_retention,
+            proxy_from: &a.proxy_protocol_from,
+            source_options: a.source_options.as_deref(),
+            reload_every: a.reload_every,
+        },
+    )
+    .await?;
     let options = crate::sftp::Options {
         core,
         listen: a.listen,
@@ -140,19 +145,31 @@ async fn serve_sftp(g: &Global, a: &args::SftpArgs) -> output::Outcome {
     Ok(crate::sftp::serve(options).await?)
 }
 
-/// The serving core's options, from the command line and the config file.
+/// What both servers take from their command line for the serving core.
 #[cfg(feature = "serve")]
-fn core_options(
-    g: &Global,
-    users: &Path,
+struct ServeFlags<'a> {
+    users: &'a Path,
     wait: Duration,
     metrics: Option<std::net::SocketAddr>,
     max_sessions_per_user: usize,
     partial_retention: Duration,
-    proxy_from: &[std::net::IpAddr],
-) -> Result<crate::serve::CoreOptions, Failure> {
+    proxy_from: &'a [std::net::IpAddr],
+    source_options: Option<&'a Path>,
+    reload_every: Option<Duration>,
+}
+
+/// The serving core's options, from the command line and the config (a
+/// file, or an `s3://` object read here for its cache section).
+#[cfg(feature = "serve")]
+async fn core_options(g: &Global, f: ServeFlags<'_>) -> Result<crate::serve::CoreOptions, Failure> {
     let file = match &g.config {
-        Some(path) => ConfigFile::load(path)?,
+        Some(path) => {
+            let source = corral::source::Source::new(path, f.source_options)?;
+            match source.local_path() {
+                Some(p) => ConfigFile::load(p)?,
+                None => ConfigFile::parse(&source.read().await?.text, source.name())?,
+            }
+        }
         None => ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,
     };
     let cache = cache_config(g, &file)?;
@@ -160,18 +177,22 @@ fn core_options(
     let per_user = cache
         .per_user
         .unwrap_or_else(|| cache.server_default_per_user());
+    let shared = |p: &Path| p.to_string_lossy().starts_with("s3://");
+    let polled = shared(f.users) || g.config.as_deref().is_some_and(shared);
     Ok(crate::serve::CoreOptions {
-        users: users.to_path_buf(),
+        users: f.users.to_path_buf(),
         config: g.config.clone(),
+        source_options: f.source_options.map(Path::to_path_buf),
+        reload_every: f.reload_every.or(polled.then_some(Duration::from_secs(30))),
         cache: CacheConfig {
-            wait,
+            wait: f.wait,
             per_user: Some(per_user),
             ..cache
         },
-        metrics,
-        max_sessions_per_user,
-        partial_retention,
-        proxy_from: proxy_from.to_vec(),
+        metrics: f.metrics,
+        max_sessions_per_user: f.max_sessions_per_user,
+        partial_retention: f.partial_retention,
+        proxy_from: f.proxy_from.to_vec(),
     })
 }
 
@@ -180,13 +201,18 @@ fn core_options(
 async fn serve_webdav(g: &Global, a: &args::WebdavArgs) -> output::Outcome {
     let core = core_options(
         g,
-        &a.users,
-        a.cache_wait,
-        a.metrics,
-        a.max_sessions_per_user,
-        a.partial_retention,
-        &a.proxy_protocol_from,
-    )?;
+        ServeFlags {
+            users: &a.users,
+            wait: a.cache_wait,
+            metrics: a.metrics,
+            max_sessions_per_user: a.max_sessions_per_user,
+            partial_retention: a.partial_retention,
+            proxy_from: &a.proxy_protocol_from,
+            source_options: a.source_options.as_deref(),
+            reload_every: a.reload_every,
+        },
+    )
+    .await?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         _ => None,

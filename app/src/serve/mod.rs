@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use corral::cache::CacheConfig;
 use corral::config::ConfigFile;
+use corral::source::Source;
 use corral::{Corral, Error, ErrorKind, Identity};
 use tokio_util::sync::CancellationToken;
 
@@ -37,10 +38,16 @@ use users::Users;
 /// What every server takes, whatever its protocol.
 #[derive(Debug, Clone)]
 pub(crate) struct CoreOptions {
-    /// The users file.
+    /// The users file, or `s3://BUCKET/KEY`.
     pub(crate) users: PathBuf,
-    /// The mappings (a config file, or bare mappings); `None`: the embedded default.
+    /// The mappings (a config file, or bare mappings; or `s3://BUCKET/KEY`);
+    /// `None`: the embedded default.
     pub(crate) config: Option<PathBuf>,
+    /// The S3 options of `s3://` sources (a JSON file, as a mapping's spec).
+    pub(crate) source_options: Option<PathBuf>,
+    /// How often the sources are looked at for a new version; `None`:
+    /// on SIGHUP only.
+    pub(crate) reload_every: Option<Duration>,
     pub(crate) cache: CacheConfig,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) max_sessions_per_user: usize,
@@ -71,17 +78,72 @@ pub(crate) struct Core {
     /// Cancelled on SIGTERM or SIGINT: front-ends stop taking connections
     /// and end their sessions; then [`Core::finish`].
     pub(crate) stop: CancellationToken,
+    sources: Sources,
 }
 
-fn load(options: &CoreOptions) -> Result<(Users, ConfigFile), Error> {
-    let users = Users::load(&options.users)?;
-    let config = match &options.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => {
-            ConfigFile::embedded_default(std::path::Path::new(corral::config::DEFAULT_SANDBOX_DIR))?
-        }
-    };
-    Ok((users, config))
+/// Where the users and the mappings come from.
+struct Sources {
+    users: Source,
+    config: Option<Source>,
+    /// The versions last acted on (loaded, or refused): a poll reloads when
+    /// either changes.
+    seen: std::sync::Mutex<(Option<String>, Option<String>)>,
+}
+
+impl Sources {
+    fn new(options: &CoreOptions) -> Result<Self, Error> {
+        let s3 = options.source_options.as_deref();
+        Ok(Self {
+            users: Source::new(&options.users, s3)?,
+            config: options
+                .config
+                .as_deref()
+                .map(|c| Source::new(c, s3))
+                .transpose()?,
+            seen: std::sync::Mutex::new((None, None)),
+        })
+    }
+
+    async fn versions(&self) -> Result<(Option<String>, Option<String>), Error> {
+        let users = self.users.version().await?;
+        let config = match &self.config {
+            Some(c) => c.version().await?,
+            None => None,
+        };
+        Ok((users, config))
+    }
+
+    /// Reads and parses both. The versions are recorded once both are
+    /// read (a document that does not parse is not read again until it
+    /// changes; a source that cannot be reached is).
+    async fn load(&self) -> Result<(Users, ConfigFile), Error> {
+        let versions = self.versions().await?;
+        let users_text = match self.users.local_path() {
+            Some(_) => None,
+            None => Some(self.users.read().await?.text),
+        };
+        let config_text = match &self.config {
+            Some(c) if c.is_object() => Some(c.read().await?.text),
+            _ => None,
+        };
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = versions;
+        let users = match (users_text, self.users.local_path()) {
+            (Some(text), _) => Users::parse(&text, self.users.name(), std::path::Path::new("."))?,
+            (None, Some(p)) => Users::load(p)?,
+            (None, None) => unreachable!("a source is a file or an object"),
+        };
+        let config = match (&self.config, config_text) {
+            (Some(c), Some(text)) => ConfigFile::parse(&text, c.name())?,
+            (Some(c), None) => match c.local_path() {
+                Some(p) => ConfigFile::load(p)?,
+                None => unreachable!("an object source was read above"),
+            },
+            (None, _) => ConfigFile::embedded_default(std::path::Path::new(
+                corral::config::DEFAULT_SANDBOX_DIR,
+            ))?,
+        };
+        Ok((users, config))
+    }
 }
 
 impl Core {
@@ -89,7 +151,8 @@ impl Core {
     /// metrics endpoint, the reload on SIGHUP and the sweep of uploads left
     /// pending. Must run inside the runtime.
     pub(crate) async fn start(options: CoreOptions) -> Result<Arc<Self>, Error> {
-        let (users, config) = load(&options)?;
+        let sources = Sources::new(&options)?;
+        let (users, config) = sources.load().await?;
         // A session that ends mid-upload keeps what is stored, for the
         // client to continue (docs/SERVE.md).
         let corral =
@@ -121,9 +184,11 @@ impl Core {
             checks: PasswordChecks::start(1),
             started: SystemTime::now(),
             stop: CancellationToken::new(),
+            sources,
         });
         core.sweep_stale_uploads();
         core.reload_on_hangup()?;
+        core.poll_sources();
         core.stop_on_terminate()?;
         Ok(core)
     }
@@ -175,11 +240,11 @@ impl Core {
         Arc::clone(&self.live.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Reads the users file and the mappings again; keeps what is in force
-    /// if either does not load.
-    pub(crate) fn reload(&self) {
+    /// Reads the users and the mappings again; keeps what is in force if
+    /// either does not load.
+    pub(crate) async fn reload(&self) {
         let current = self.live();
-        match load(&self.options) {
+        match self.sources.load().await {
             Ok((users, config)) => {
                 let n = users.len();
                 let next = Live {
@@ -198,13 +263,39 @@ impl Core {
         }
     }
 
+    /// Every `reload_every`, the sources' versions: a change reloads.
+    fn poll_sources(self: &Arc<Self>) {
+        let Some(every) = self.options.reload_every else {
+            return;
+        };
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match core.sources.versions().await {
+                    Ok(now) => {
+                        let changed =
+                            *core.sources.seen.lock().unwrap_or_else(|p| p.into_inner()) != now;
+                        if changed {
+                            tracing::info!("the users or the mappings changed: reloading");
+                            core.reload().await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look at the users and the mappings")
+                    }
+                }
+            }
+        });
+    }
+
     fn reload_on_hangup(self: &Arc<Self>) -> Result<(), Error> {
         let core = Arc::clone(self);
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| Error::new(ErrorKind::Other, format!("cannot handle SIGHUP: {e}")))?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                core.reload();
+                core.reload().await;
             }
         });
         Ok(())

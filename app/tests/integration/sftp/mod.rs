@@ -11,6 +11,7 @@ mod load;
 mod matrix;
 mod options;
 mod resume;
+mod shared;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -115,11 +116,17 @@ impl Server {
             }
             Err(_) => Command::new(env!("CARGO_BIN_EXE_corral")),
         };
+        // `--config` or `--users` among the extra flags replace the files'.
+        let given = |flag: &str| extra.contains(&flag);
+        if !given("--config") {
+            cmd.args(["--config", &p("mappings.json")]);
+        }
+        cmd.arg("serve").args(server);
+        if !given("--users") {
+            cmd.args(["--users", &p("users.json")]);
+        }
         let child = cmd
-            .args(["--config", &p("mappings.json"), "serve"])
-            .args(server)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--users", &p("users.json")])
             .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
             .env(

@@ -1,0 +1,171 @@
+//! Several instances over one bucket: the users and the mappings read from
+//! objects (`s3://…`), polled for a new version; a change reaches every
+//! instance within the interval without ending the sessions open, and a
+//! bad version is refused while the last good one stays in force.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use argon2::PasswordHasher;
+use bytes::Bytes;
+use corral_domain::port::PutMode;
+use corral_domain::ObjectKey;
+use corral_fixtures::servers::S3Server;
+
+use super::{Server, openssh, password, sftp_batch};
+
+fn users(names: &[&str]) -> String {
+    let entries: Vec<String> = names
+        .iter()
+        .map(|u| {
+            let hash = argon2::Argon2::default()
+                .hash_password(password(u).as_bytes())
+                .expect("hash")
+                .to_string();
+            format!(r#""{u}": {{"password": "{hash}"}}"#)
+        })
+        .collect();
+    format!(r#"{{"users": {{{}}}}}"#, entries.join(", "))
+}
+
+/// What a new login of `user` lists at the top of its sandbox.
+fn listing(server: &Server, user: &str, cwd: &std::path::Path) -> String {
+    let out = sftp_batch(server, user, 1, "ls -1\n", cwd);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        if out.status.success() {
+            ""
+        } else {
+            "(login failed)"
+        }
+    )
+}
+
+#[test]
+fn instances_share_users_and_mappings_from_a_bucket_and_follow_changes() {
+    let moto = S3Server::moto();
+    moto.create_bucket("shared");
+    let base = tempfile::tempdir().expect("tempdir");
+    for (dir, file) in [
+        ("a/alice", "first.txt"),
+        ("b/alice", "moved-here.txt"),
+        ("b/bob", "bobs.txt"),
+    ] {
+        std::fs::create_dir_all(base.path().join(dir)).expect("dir");
+        std::fs::write(base.path().join(dir).join(file), "x").expect("file");
+    }
+    let mappings = |side: &str| format!(r#"{{"": {{"": "{}/{side}/%u"}}}}"#, base.path().display());
+    let bucket = crate::common::raw_backend(
+        &format!(
+            r#"{{"": {{"": {{"type":"S3","bucketName":"shared","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}"}}}}}}"#,
+            moto.endpoint, moto.access_key, moto.secret_key
+        ),
+        "x",
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let put = |key: &str, text: String| {
+        rt.block_on(bucket.put(
+            &ObjectKey::from_raw(key),
+            Bytes::from(text),
+            PutMode::Overwrite,
+        ))
+        .expect("put");
+    };
+    put("conf/corral.json", mappings("a"));
+    put("conf/users.json", users(&["alice"]));
+    let work = tempfile::tempdir().expect("tempdir");
+    let options = work.path().join("s3.json");
+    std::fs::write(
+        &options,
+        format!(
+            r#"{{"endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","region":"{}"}}"#,
+            moto.endpoint, moto.access_key, moto.secret_key, moto.region
+        ),
+    )
+    .expect("options");
+    let options = options.display().to_string();
+    let extra = [
+        "--config",
+        "s3://shared/conf/corral.json",
+        "--users",
+        "s3://shared/conf/users.json",
+        "--source-options",
+        &options,
+        "--reload-every",
+        "1s",
+    ];
+    let one = Server::start_in(tempfile::tempdir().expect("tempdir"), &extra);
+    let two = Server::start_in(tempfile::tempdir().expect("tempdir"), &extra);
+    for s in [&one, &two] {
+        let l = listing(s, "alice", work.path());
+        assert!(l.contains("first.txt"), "{l}\n{}", s.log());
+        assert!(listing(s, "bob", work.path()).contains("(login failed)"));
+    }
+    // A session open on the first instance across the change.
+    let mut held = openssh("sftp", &one, "alice")
+        .args(["-P", &one.port.to_string(), "-b", "-", "alice@127.0.0.1"])
+        .current_dir(work.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sftp");
+    let mut stdin = held.stdin.take().expect("stdin");
+    stdin.write_all(b"ls -1\n").expect("ls");
+    std::thread::sleep(Duration::from_millis(500));
+
+    put("conf/corral.json", mappings("b"));
+    put("conf/users.json", users(&["alice", "bob"]));
+    let started = Instant::now();
+    for s in [&one, &two] {
+        loop {
+            let (a, b) = (
+                listing(s, "alice", work.path()),
+                listing(s, "bob", work.path()),
+            );
+            if a.contains("moved-here.txt") && b.contains("bobs.txt") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "not reloaded: alice {a:?}, bob {b:?}\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let reloaded_in = started.elapsed();
+    // The held session goes on, in the sandbox it logged in to.
+    stdin.write_all(b"ls -1\nbye\n").expect("ls");
+    drop(stdin);
+    let out = held.wait_with_output().expect("sftp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("first.txt").count(), 2, "{text}");
+
+    // A bad version is refused; the last good one stays in force.
+    put(
+        "conf/corral.json",
+        r#"{"": {"": {"type": "S3"}}}"#.to_owned(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for s in [&one, &two] {
+        assert!(listing(s, "alice", work.path()).contains("moved-here.txt"));
+        let log = s.log();
+        assert!(
+            log.contains("reload refused") && log.contains("bucketName"),
+            "{log}"
+        );
+        // Refused once, not at every poll.
+        assert_eq!(log.matches("reload refused").count(), 1, "{log}");
+    }
+    println!(
+        "shared: both instances served the new users and mappings {reloaded_in:.1?} after the change (poll every 1 s)"
+    );
+}
