@@ -187,6 +187,42 @@ impl Objects {
         }
     }
 
+    /// A PUT that replaces the object only if its ETag is still `etag`.
+    pub(crate) async fn put_if_match(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        etag: &str,
+    ) -> Result<PutResult> {
+        let path = to_path(key)?;
+        let opts = PutOptions {
+            mode: object_store::PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some(etag.to_owned()),
+                version: None,
+            }),
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from_bytes(data), opts)
+            .await
+        {
+            Ok(r) => Ok(PutResult { etag: r.e_tag }),
+            Err(e) => {
+                let e = self.err(e, Operation::Put, key);
+                if matches!(e.kind(), ErrorKind::Conflict | ErrorKind::NotFound) {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        "the object changed since it was read (its ETag no longer matches)",
+                    )
+                    .with_operation(Operation::Put)
+                    .with_key(key.as_str().to_owned()));
+                }
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) async fn delete_many(
         &self,
         keys: Vec<ObjectKey>,

@@ -179,6 +179,10 @@ impl ObjectStorage for ObjectStoreBackend {
         self.objects.put(key, owned(data), mode).await
     }
 
+    async fn put_if_match(&self, key: &ObjectKey, data: Bytes, etag: &str) -> Result<PutResult> {
+        self.objects.put_if_match(key, owned(data), etag).await
+    }
+
     async fn delete_many(&self, keys: Vec<ObjectKey>) -> Result<Vec<(ObjectKey, Error)>> {
         self.objects.delete_many(keys).await
     }

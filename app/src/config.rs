@@ -155,28 +155,18 @@ fn near(a: &str, b: &str) -> bool {
     prev[b.len()] <= 2
 }
 
-/// Sets (`Some`) or removes (`None`) the mounts of `user` in the config file
-/// at `path`, as JetStream's `setSandboxMapping` and `deleteSandboxMapping`
-/// change a running server's mappings (here: the file that servers reload
-/// on SIGHUP). The new file is parsed whole before it is written, so a bad
-/// spec is refused naming the user and the key at fault and nothing
-/// changes; it is written beside the file and renamed over it (its mode
-/// kept), and refused if the file changed meanwhile, so that two admins
-/// never lose each other's change. Other users' entries and the `cache`
-/// section are kept as they were.
-pub fn edit_mappings(
-    path: &Path,
+/// `before` (a config file's text, `shown` naming it) with `user`'s
+/// mappings set to `mounts`, or removed (`None`): the whole new text,
+/// parsed and checked, so that a bad spec is refused naming the user and
+/// the key at fault. Other users' entries and the `cache` section are kept.
+pub fn edited_mappings(
+    before: &str,
+    shown: &str,
     user: &str,
     mounts: Option<serde_json::Value>,
-) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-
-    let shown = path.display().to_string();
-    let io = |what: &str, e: std::io::Error| config_error(format!("{what} {shown}: {e}"));
-    let before = std::fs::read_to_string(path).map_err(|e| io("cannot read", e))?;
+) -> Result<String, Error> {
     let mut value: serde_json::Value =
-        serde_json::from_str(&before).map_err(|e| config_error(format!("{shown}: {e}")))?;
+        serde_json::from_str(before).map_err(|e| config_error(format!("{shown}: {e}")))?;
     let sectioned = value
         .as_object()
         .is_some_and(|o| o.contains_key("mappings") || o.contains_key("cache"));
@@ -207,6 +197,30 @@ pub fn edit_mappings(
     let text =
         serde_json::to_string_pretty(&value).map_err(|e| config_error(e.to_string()))? + "\n";
     ConfigFile::parse(&text, &format!("{shown} with user {user:?} changed"))?;
+    Ok(text)
+}
+
+/// Sets (`Some`) or removes (`None`) the mounts of `user` in the config file
+/// at `path`, as JetStream's `setSandboxMapping` and `deleteSandboxMapping`
+/// change a running server's mappings (here: the file that servers reload
+/// on SIGHUP). The new file is parsed whole before it is written, so a bad
+/// spec is refused naming the user and the key at fault and nothing
+/// changes; it is written beside the file and renamed over it (its mode
+/// kept), and refused if the file changed meanwhile, so that two admins
+/// never lose each other's change. Other users' entries and the `cache`
+/// section are kept as they were.
+pub fn edit_mappings(
+    path: &Path,
+    user: &str,
+    mounts: Option<serde_json::Value>,
+) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    let shown = path.display().to_string();
+    let io = |what: &str, e: std::io::Error| config_error(format!("{what} {shown}: {e}"));
+    let before = std::fs::read_to_string(path).map_err(|e| io("cannot read", e))?;
+    let text = edited_mappings(&before, &shown, user, mounts)?;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

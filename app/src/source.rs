@@ -27,6 +27,9 @@ enum Kind {
     },
 }
 
+/// Tries of a change to a shared source that others change at once.
+const ATTEMPTS: u64 = 10;
+
 /// A source's text and its version when read.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -133,6 +136,78 @@ impl Source {
                 }))
             }
         }
+    }
+
+    /// Replaces an object source with `text` only if it is still at
+    /// `version` ([`Fetched::version`]): [`ErrorKind::Conflict`] if another
+    /// writer changed it since. A local file is edited by
+    /// [`crate::config::edit_mappings`] instead.
+    pub async fn replace(&self, text: String, version: &str) -> Result<(), Error> {
+        match &self.kind {
+            Kind::File(_) => Err(Error::unsupported(format!(
+                "{}: a local file is replaced by rename, not by this call",
+                self.name
+            ))),
+            Kind::Object { sandbox, path } => sandbox
+                .replace_if_unchanged(path, bytes::Bytes::from(text), version)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.named(e)),
+        }
+    }
+
+    /// Sets (or, with `None`, removes) `user`'s mappings in this config
+    /// source. A local file: [`crate::config::edit_mappings`]. An object: read
+    /// with its ETag, changed, checked whole, and written back only if
+    /// unchanged (`If-Match`); if another admin changed it meanwhile, their
+    /// version is read and the change applied to it again (up to 10 times),
+    /// so that neither change is lost.
+    pub async fn edit_mappings(
+        &self,
+        user: &str,
+        mounts: Option<serde_json::Value>,
+    ) -> Result<(), Error> {
+        if let Kind::File(p) = &self.kind {
+            return crate::config::edit_mappings(p, user, mounts);
+        }
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                // Apart, so that racing admins do not meet again at once.
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()) % 100);
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt + jitter)).await;
+            }
+            // Changed between its HEAD and its GET: read again.
+            let before = match self.read().await {
+                Ok(b) => b,
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let text =
+                crate::config::edited_mappings(&before.text, &self.name, user, mounts.clone())?;
+            let Some(version) = before.version else {
+                return Err(Error::unsupported(format!(
+                    "{}: the server gives no ETag, so a change cannot be made safely",
+                    self.name
+                )));
+            };
+            match self.replace(text, &version).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Conflict => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::new(
+                ErrorKind::Conflict,
+                format!("{}: changed meanwhile", self.name),
+            )
+        }))
     }
 
     /// Reads it whole, with its version.

@@ -283,6 +283,19 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
         Ok(r)
     }
 
+    /// Replaces the object only if its entity tag is still `etag` (S3
+    /// `If-Match`): [`crate::ErrorKind::Conflict`] if it changed or is gone,
+    /// so that two writers of one small document never lose each other's
+    /// change. [`crate::ErrorKind::Unsupported`] by default (File: a local
+    /// file is edited by rename instead).
+    async fn put_if_match(&self, key: &ObjectKey, data: Bytes, etag: &str) -> Result<PutResult> {
+        let _ = (data, etag);
+        Err(
+            Error::unsupported("this backend cannot replace an object only if it is unchanged")
+                .with_key(key.as_str().to_owned()),
+        )
+    }
+
     /// Records `modified` as the object's modification time, as a client
     /// set it (S3: the `mtime` metadata that rclone also uses, by a copy of
     /// the object onto itself; File: the file's own time). Where

@@ -140,6 +140,10 @@ impl ObjectStorage for S3Backend {
         self.objects.put(key, data, mode).await
     }
 
+    async fn put_if_match(&self, key: &ObjectKey, data: Bytes, etag: &str) -> Result<PutResult> {
+        self.objects.put_if_match(key, data, etag).await
+    }
+
     async fn put_with(
         &self,
         key: &ObjectKey,

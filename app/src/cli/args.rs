@@ -466,9 +466,18 @@ pub(crate) enum AdminMappings {
         user: String,
         #[arg(value_name = "JSON")]
         mounts: String,
+        /// The S3 options of a `--config s3://BUCKET/KEY` (a JSON file, as
+        /// a mapping's S3 spec).
+        #[arg(long, value_name = "FILE")]
+        source_options: Option<PathBuf>,
     },
     /// Remove USER's mappings.
-    Delete { user: String },
+    Delete {
+        user: String,
+        /// The S3 options of a `--config s3://BUCKET/KEY`.
+        #[arg(long, value_name = "FILE")]
+        source_options: Option<PathBuf>,
+    },
 }
 
 #[cfg(feature = "serve")]

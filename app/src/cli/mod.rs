@@ -310,23 +310,30 @@ fn cache_config(g: &Global, config: &ConfigFile) -> Result<CacheConfig, Error> {
 }
 
 /// `corral admin mappings set|delete`: the config file edited in place.
-fn admin_mappings(g: &Global, m: &args::AdminMappings) -> output::Outcome {
+async fn admin_mappings(g: &Global, m: &args::AdminMappings) -> output::Outcome {
     let Some(path) = &g.config else {
         return Err(Error::invalid_input(
-            "say which config file to change: --config FILE (or CORRAL_CONFIG)",
+            "say which config to change: --config FILE or s3://BUCKET/KEY (or CORRAL_CONFIG)",
         )
         .into());
     };
-    match m {
-        args::AdminMappings::Set { user, mounts } => {
+    let (user, mounts, options) = match m {
+        args::AdminMappings::Set {
+            user,
+            mounts,
+            source_options,
+        } => {
             let value: serde_json::Value = serde_json::from_str(mounts)
                 .map_err(|e| Error::invalid_input(format!("the mappings of user {user:?}: {e}")))?;
-            corral::config::edit_mappings(path, user, Some(value))?;
+            (user, Some(value), source_options)
         }
-        args::AdminMappings::Delete { user } => {
-            corral::config::edit_mappings(path, user, None)?;
-        }
-    }
+        args::AdminMappings::Delete {
+            user,
+            source_options,
+        } => (user, None, source_options),
+    };
+    let source = corral::source::Source::new(path, options.as_deref())?;
+    source.edit_mappings(user, mounts).await?;
     Ok(())
 }
 
@@ -339,7 +346,7 @@ async fn run(cli: Cli) -> output::Outcome {
         Command::Serve(ServeCommand::Sftp(a)) => return serve_sftp(g, a).await,
         #[cfg(feature = "webdav")]
         Command::Serve(ServeCommand::Webdav(a)) => return serve_webdav(g, a).await,
-        Command::Admin(args::AdminCommand::Mappings(m)) => return admin_mappings(g, m),
+        Command::Admin(args::AdminCommand::Mappings(m)) => return admin_mappings(g, m).await,
         _ => {}
     }
     let config = match &g.config {

@@ -109,6 +109,13 @@ impl ObjectStorage for Scoped {
             .map_err(|e| self.user_error(e))
     }
 
+    async fn put_if_match(&self, key: &ObjectKey, data: Bytes, etag: &str) -> Result<PutResult> {
+        self.inner
+            .put_if_match(key, data, etag)
+            .await
+            .map_err(|e| self.user_error(e))
+    }
+
     async fn put_with(
         &self,
         key: &ObjectKey,

@@ -209,6 +209,26 @@ impl Writer {
 }
 
 impl UserSandbox {
+    /// Replaces the small file `path` whole, in one request, only if its
+    /// entity tag is still `etag` (S3 `If-Match`): [`ErrorKind::Conflict`]
+    /// if another writer changed it since it was read. Returns the new tag.
+    pub async fn replace_if_unchanged(
+        &self,
+        path: impl SandboxPath,
+        data: Bytes,
+        etag: &str,
+    ) -> Result<Option<String>, Error> {
+        let vp = path.to_virtual()?;
+        let t = self.mount(&vp, "cannot write")?;
+        let key = t.key()?;
+        let r = t
+            .storage()
+            .put_if_match(&key, data, etag)
+            .await
+            .map_err(|e| e.with_path(vp.to_string()))?;
+        Ok(r.etag)
+    }
+
     /// Writes a file from a stream of byte chunks (`size` if known).
     pub async fn write_stream<P: SandboxPath, S, E>(
         &self,

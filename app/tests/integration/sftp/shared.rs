@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use argon2::PasswordHasher;
 use bytes::Bytes;
 use corral_domain::port::PutMode;
-use corral_domain::ObjectKey;
+use corral_domain::{ObjectKey, ObjectStorage};
 use corral_fixtures::servers::S3Server;
 
 use super::{Server, openssh, password, sftp_batch};
@@ -167,5 +167,109 @@ fn instances_share_users_and_mappings_from_a_bucket_and_follow_changes() {
     }
     println!(
         "shared: both instances served the new users and mappings {reloaded_in:.1?} after the change (poll every 1 s)"
+    );
+}
+
+#[test]
+fn admins_editing_the_shared_mappings_at_once_lose_nothing() {
+    let moto = S3Server::moto();
+    moto.create_bucket("admins");
+    let bucket = crate::common::raw_backend(
+        &format!(
+            r#"{{"": {{"": {{"type":"S3","bucketName":"admins","endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}"}}}}}}"#,
+            moto.endpoint, moto.access_key, moto.secret_key
+        ),
+        "x",
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let key = ObjectKey::from_raw("conf/corral.json");
+    rt.block_on(bucket.put(
+        &key,
+        Bytes::from(r#"{"": {"": "/srv/%u"}}"#),
+        PutMode::Overwrite,
+    ))
+    .expect("put");
+    // The server enforces If-Match: a stale tag is refused.
+    let e = rt
+        .block_on(bucket.put_if_match(&key, Bytes::from("{}"), "\"0000\""))
+        .unwrap_err();
+    assert_eq!(e.kind(), corral_domain::ErrorKind::Conflict, "{e}");
+    let work = tempfile::tempdir().expect("tempdir");
+    let options = work.path().join("s3.json");
+    std::fs::write(
+        &options,
+        format!(
+            r#"{{"endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","region":"{}"}}"#,
+            moto.endpoint, moto.access_key, moto.secret_key, moto.region
+        ),
+    )
+    .expect("options");
+    let admin = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        c.args([
+            "--config",
+            "s3://admins/conf/corral.json",
+            "admin",
+            "mappings",
+        ])
+        .args(args)
+        .args(["--source-options", &options.display().to_string()])
+        .env_remove("CORRAL_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        c
+    };
+    // Eight admins at once, each setting another user.
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let user = format!("user{i}");
+            let mounts = format!(r#"{{"": "/srv/{user}"}}"#);
+            admin(&["set", &user, &mounts]).spawn().expect("admin")
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().expect("admin");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = rt.block_on(async {
+        let r = bucket.get(&key, None).await.expect("get");
+        let parts: Vec<Bytes> = futures::TryStreamExt::try_collect(r.body)
+            .await
+            .expect("body");
+        String::from_utf8(parts.concat()).expect("utf-8")
+    });
+    for i in 0..8 {
+        assert!(
+            text.contains(&format!("/srv/user{i}")),
+            "user{i} lost:\n{text}"
+        );
+    }
+    assert!(text.contains("/srv/%u"), "{text}");
+    // A bad spec is refused naming the user and the key; nothing changes.
+    let out = admin(&["set", "bad", r#"{"": {"type": "S3"}}"#])
+        .output()
+        .expect("admin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bucketName"), "{err}");
+    let out = admin(&["delete", "user3"]).output().expect("admin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = rt.block_on(async {
+        let r = bucket.get(&key, None).await.expect("get");
+        let parts: Vec<Bytes> = futures::TryStreamExt::try_collect(r.body)
+            .await
+            .expect("body");
+        String::from_utf8(parts.concat()).expect("utf-8")
+    });
+    assert!(
+        !after.contains("/srv/user3") && after.contains("/srv/user4") && !after.contains("\"bad\""),
+        "{after}"
     );
 }
