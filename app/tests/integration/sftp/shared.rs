@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use argon2::PasswordHasher;
 use bytes::Bytes;
 use corral_domain::port::PutMode;
-use corral_domain::{ObjectKey, ObjectStorage};
+use corral_domain::ObjectKey;
 use corral_fixtures::servers::S3Server;
 
 use super::{Server, openssh, password, sftp_batch};
