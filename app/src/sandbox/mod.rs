@@ -21,6 +21,7 @@
 //! | [`scoped`] | the layer that maps every backend error to the user's path |
 
 pub(crate) mod admin;
+pub(crate) mod lease;
 pub(crate) mod partial;
 pub(crate) mod private;
 pub(crate) mod read;

@@ -63,6 +63,8 @@ pub struct Writer {
     resumed_from: Option<u64>,
     /// How to start over, for a continued partial.
     restart: Option<Restart>,
+    /// The lease of a continued upload, where the backend makes it exclusive.
+    lease: Option<super::lease::Lease>,
 }
 
 #[derive(Debug)]
@@ -187,7 +189,20 @@ impl Writer {
     async fn finish_inner(self) -> Result<OverwriteDecision, Error> {
         // Shown until here, then the object itself is.
         let _shown = self.shown;
+        if let Some(lease) = &self.lease
+            && !lease.held()
+        {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{} is being continued through another server (this one lost its lease): not completed here",
+                    self.path
+                ),
+            ));
+        }
         self.upload.finish().await?;
+        // Released once the object is there.
+        drop(self.lease);
         if let Finish::PartFile {
             storage,
             part,
@@ -358,6 +373,10 @@ impl UserSandbox {
             return Err(Error::not_found(format!("{vp} does not exist")).with_path(vp.to_string()));
         }
         if let Some(p) = partial {
+            // Another instance may be continuing it: one at a time.
+            let lease_key = super::lease::key_of(t.root(), &p.upload)?;
+            let lease =
+                super::lease::Lease::take(t.mount.port(), lease_key, &vp.to_string()).await?;
             match self
                 .cache
                 .continue_upload(
@@ -384,6 +403,7 @@ impl UserSandbox {
                             storage: t.mount.port(),
                             key,
                         }),
+                        lease,
                     };
                     writer.shown.state().set_size(p.size());
                     return Ok(writer);
@@ -414,6 +434,7 @@ impl UserSandbox {
                 first_write_at: None,
                 resumed_from: None,
                 restart: None,
+                lease: None,
             };
             writer.shown.state().set_size(writer.upload.size());
             return Ok(writer);
@@ -494,6 +515,7 @@ impl UserSandbox {
             first_write_at: None,
             resumed_from: None,
             restart: None,
+            lease: None,
         })
     }
 
@@ -534,6 +556,7 @@ impl UserSandbox {
             first_write_at: None,
             resumed_from: None,
             restart: None,
+            lease: None,
         })
     }
 

@@ -11,6 +11,7 @@ mod faults;
 mod fuzz_sizes;
 mod hostile;
 mod integrity;
+mod leases;
 mod listing;
 mod resume;
 mod rules;

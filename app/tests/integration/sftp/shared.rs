@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use argon2::PasswordHasher;
 use bytes::Bytes;
-use corral_domain::port::PutMode;
 use corral_domain::ObjectKey;
+use corral_domain::port::PutMode;
 use corral_fixtures::servers::S3Server;
 
 use super::{Server, openssh, password, sftp_batch};
