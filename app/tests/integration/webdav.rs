@@ -345,7 +345,12 @@ fn a_cut_or_short_put_leaves_nothing_on_garage() {
     let garage = S3Server::garage();
     garage.create_bucket("dav-cut");
     let mappings = s3_mappings(&garage, "dav-cut", "users/%u");
-    let server = Server::start_webdav(&mappings, &["alice"], &[]);
+    // 5 MiB parts: the cut body has a part stored when it is cut.
+    let server = Server::start_webdav(
+        &mappings,
+        &["alice"],
+        &["--max-cloud-cache-upload-size", "5MiB"],
+    );
     let auth = basic("alice");
     // 12 MiB announced, 7 MiB sent (a part on its way), then the client goes.
     let head = format!(
