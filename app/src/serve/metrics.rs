@@ -40,6 +40,8 @@ type ByOutcome = BTreeMap<(&'static str, Outcome), (u64, u64)>;
 /// One finished transfer, for its log line and the counters.
 pub(crate) struct Transfer<'a> {
     pub(crate) user: &'a str,
+    /// The client's address (behind a balancer, as its PROXY header says).
+    pub(crate) peer: Option<std::net::SocketAddr>,
     /// `upload` or `download`.
     pub(crate) direction: &'static str,
     pub(crate) path: &'a str,
@@ -74,6 +76,7 @@ impl Metrics {
         tracing::info!(
             target: "corral::xfer",
             user = t.user,
+            peer = t.peer.map(|p| p.to_string()),
             direction = t.direction,
             path = t.path,
             bytes = t.bytes,

@@ -49,6 +49,8 @@ const PAGE: usize = 128;
 pub(crate) struct Fs {
     pub(crate) sb: UserSandbox,
     pub(crate) user: String,
+    /// The client's address, for the transfer log.
+    pub(crate) peer: Option<std::net::SocketAddr>,
     pub(crate) overwrite: Option<OverwriteMode>,
     pub(crate) refuse_setstat: bool,
     pub(crate) max_handles: u64,
@@ -466,6 +468,7 @@ impl Fs {
     ) {
         self.metrics.transfer(&Transfer {
             user: &self.user,
+            peer: self.peer,
             direction,
             path,
             bytes,

@@ -157,6 +157,7 @@ impl russh::server::Handler for Conn {
         let fs = Arc::new(Fs {
             sb,
             user,
+            peer: self.peer,
             overwrite: self.server.options.overwrite,
             refuse_setstat: self.server.options.refuse_setstat,
             max_handles: self.server.options.max_handles,

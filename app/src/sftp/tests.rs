@@ -36,6 +36,7 @@ fn serve(user: &str) -> (Server, DuplexStream) {
     let fs = Arc::new(Fs {
         sb,
         user: user.to_owned(),
+        peer: None,
         overwrite: None,
         refuse_setstat: false,
         max_handles: 64,

@@ -29,6 +29,8 @@ use crate::serve::metrics::{Metrics, Outcome, Transfer};
 pub(super) struct SandboxFs {
     pub(super) sandbox: UserSandbox,
     pub(super) user: Arc<str>,
+    /// The client's address, for the transfer log.
+    pub(super) peer: std::net::SocketAddr,
     pub(super) metrics: Arc<Metrics>,
     /// The user's dead properties (PROPPATCH).
     pub(super) props: Arc<Props>,
@@ -380,10 +382,12 @@ impl SandboxFs {
         outcome: Outcome,
         error: Option<&str>,
     ) {
+        let shown = path.to_string();
         self.metrics.transfer(&Transfer {
             user: &self.user,
+            peer: Some(self.peer),
             direction,
-            path: path.as_str(),
+            path: &shown,
             bytes,
             elapsed: started.elapsed(),
             outcome,

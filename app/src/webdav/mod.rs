@@ -461,6 +461,7 @@ impl Conn {
         let fs = SandboxFs {
             sandbox,
             user: Arc::from(user),
+            peer: self.peer,
             metrics: Arc::clone(&core.metrics),
             props: Arc::clone(&state.props),
             started: core.started,
