@@ -6,6 +6,7 @@
 
 mod behaviour;
 mod clients;
+mod fleet;
 mod hostile;
 mod load;
 mod matrix;
@@ -184,6 +185,11 @@ impl Server {
     }
 
     /// `kill -9` of the server.
+    /// The folder of its files (host keys, users, mappings, log).
+    pub(crate) fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

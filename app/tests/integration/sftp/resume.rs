@@ -65,7 +65,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// The bytes uploads have moved, as the server counts them.
-fn uploaded(server: &Server) -> f64 {
+pub(crate) fn uploaded(server: &Server) -> f64 {
     server
         .metrics()
         .get("corral_transfer_bytes_total{direction=\"upload\",result=\"ok\"}")
@@ -74,7 +74,7 @@ fn uploaded(server: &Server) -> f64 {
 }
 
 /// The parts stored so far in the one pending upload under the bucket.
-async fn stored_parts(raw: &Arc<dyn ObjectStorage>) -> usize {
+pub(crate) async fn stored_parts(raw: &Arc<dyn ObjectStorage>) -> usize {
     let root = ObjectKey::from_raw("");
     let Ok(pending) = raw.list_pending_uploads(&root).await else {
         return 0;
