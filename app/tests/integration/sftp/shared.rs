@@ -116,7 +116,15 @@ fn instances_share_users_and_mappings_from_a_bucket_and_follow_changes() {
     stdin.write_all(b"ls -1\n").expect("ls");
     std::thread::sleep(Duration::from_millis(500));
 
-    put("conf/corral.json", mappings("b"));
+    // The mapping changed as an admin does (If-Match on the object).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["--config", "s3://shared/conf/corral.json", "admin", "mappings", "set", ""])
+        .arg(format!(r#"{{"": "{}/b/%u"}}"#, base.path().display()))
+        .args(["--source-options", &options])
+        .env_remove("CORRAL_CONFIG")
+        .output()
+        .expect("admin");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     put("conf/users.json", users(&["alice", "bob"]));
     let started = Instant::now();
     for s in [&one, &two] {
