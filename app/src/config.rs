@@ -214,13 +214,24 @@ pub fn edit_mappings(
     user: &str,
     mounts: Option<serde_json::Value>,
 ) -> Result<(), Error> {
+    let shown = path.display().to_string();
+    edit_file(path, |before| edited_mappings(before, &shown, user, mounts))
+}
+
+/// Replaces the local file at `path` with what `edit` makes of its text:
+/// written beside it and renamed over it (its mode kept), and refused if
+/// the file changed while it was edited. Nothing changes if `edit` fails.
+pub fn edit_file(
+    path: &Path,
+    edit: impl FnOnce(&str) -> Result<String, Error>,
+) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     let shown = path.display().to_string();
     let io = |what: &str, e: std::io::Error| config_error(format!("{what} {shown}: {e}"));
     let before = std::fs::read_to_string(path).map_err(|e| io("cannot read", e))?;
-    let text = edited_mappings(&before, &shown, user, mounts)?;
+    let text = edit(&before)?;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -157,18 +157,26 @@ impl Source {
     }
 
     /// Sets (or, with `None`, removes) `user`'s mappings in this config
-    /// source. A local file: [`crate::config::edit_mappings`]. An object: read
-    /// with its ETag, changed, checked whole, and written back only if
-    /// unchanged (`If-Match`); if another admin changed it meanwhile, their
-    /// version is read and the change applied to it again (up to 10 times),
-    /// so that neither change is lost.
+    /// source ([`crate::config::edited_mappings`], through [`Self::edit`]).
     pub async fn edit_mappings(
         &self,
         user: &str,
         mounts: Option<serde_json::Value>,
     ) -> Result<(), Error> {
+        let name = self.name.clone();
+        self.edit(|before| crate::config::edited_mappings(before, &name, user, mounts.clone()))
+            .await
+    }
+
+    /// Replaces the document with what `edit` makes of it (`edit` checks the
+    /// whole new text; nothing changes if it fails). A local file:
+    /// [`crate::config::edit_file`]. An object: read with its ETag, edited,
+    /// and written back only if unchanged (`If-Match`); if another writer
+    /// changed it meanwhile, their version is read and edited again (up to
+    /// 10 times, spaced), so that neither change is lost.
+    pub async fn edit(&self, edit: impl Fn(&str) -> Result<String, Error>) -> Result<(), Error> {
         if let Kind::File(p) = &self.kind {
-            return crate::config::edit_mappings(p, user, mounts);
+            return crate::config::edit_file(p, edit);
         }
         let mut last = None;
         for attempt in 0..ATTEMPTS {
@@ -188,8 +196,7 @@ impl Source {
                 }
                 Err(e) => return Err(e),
             };
-            let text =
-                crate::config::edited_mappings(&before.text, &self.name, user, mounts.clone())?;
+            let text = edit(&before.text)?;
             let Some(version) = before.version else {
                 return Err(Error::unsupported(format!(
                     "{}: the server gives no ETag, so a change cannot be made safely",

@@ -455,6 +455,40 @@ pub(crate) enum AdminCommand {
     /// deleteSandboxMapping (`corral --user U mappings` shows them).
     #[command(subcommand)]
     Mappings(AdminMappings),
+    /// The servers' users file (a file, or `s3://BUCKET/KEY` shared by
+    /// several instances): set or remove one user.
+    #[cfg(feature = "serve")]
+    #[command(subcommand)]
+    Users(AdminUsers),
+}
+
+/// `corral admin users`.
+#[cfg(feature = "serve")]
+#[derive(Subcommand, Debug)]
+pub(crate) enum AdminUsers {
+    /// Set USER's entry: a JSON object, e.g. '{"password": "$argon2id$…"}'
+    /// (from `corral passwd`) or '{"authorizedKeys": ["ssh-ed25519 …"]}'.
+    Set {
+        user: String,
+        #[arg(value_name = "JSON")]
+        entry: String,
+        /// The users file, or `s3://BUCKET/KEY`.
+        #[arg(long, value_name = "FILE")]
+        users: PathBuf,
+        /// The S3 options of an `s3://` users file.
+        #[arg(long, value_name = "FILE")]
+        source_options: Option<PathBuf>,
+    },
+    /// Remove USER.
+    Delete {
+        user: String,
+        /// The users file, or `s3://BUCKET/KEY`.
+        #[arg(long, value_name = "FILE")]
+        users: PathBuf,
+        /// The S3 options of an `s3://` users file.
+        #[arg(long, value_name = "FILE")]
+        source_options: Option<PathBuf>,
+    },
 }
 
 /// `corral admin mappings`.

@@ -337,6 +337,40 @@ async fn admin_mappings(g: &Global, m: &args::AdminMappings) -> output::Outcome 
     Ok(())
 }
 
+/// `corral admin users set|delete`: the users file or object, changed whole
+/// and checked as a server reads it.
+#[cfg(feature = "serve")]
+async fn admin_users(u: &args::AdminUsers) -> output::Outcome {
+    let (user, entry, users, options) = match u {
+        args::AdminUsers::Set {
+            user,
+            entry,
+            users,
+            source_options,
+        } => {
+            let value: serde_json::Value = serde_json::from_str(entry)
+                .map_err(|e| Error::invalid_input(format!("the entry of user {user:?}: {e}")))?;
+            (user, Some(value), users, source_options)
+        }
+        args::AdminUsers::Delete {
+            user,
+            users,
+            source_options,
+        } => (user, None, users, source_options),
+    };
+    let source = corral::source::Source::new(users, options.as_deref())?;
+    let dir = source
+        .local_path()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = source.name().to_owned();
+    source
+        .edit(|before| crate::serve::users::edited(before, &name, &dir, user, entry.clone()))
+        .await?;
+    Ok(())
+}
+
 async fn run(cli: Cli) -> output::Outcome {
     let g = &cli.global;
     match &cli.command {
@@ -347,6 +381,8 @@ async fn run(cli: Cli) -> output::Outcome {
         #[cfg(feature = "webdav")]
         Command::Serve(ServeCommand::Webdav(a)) => return serve_webdav(g, a).await,
         Command::Admin(args::AdminCommand::Mappings(m)) => return admin_mappings(g, m).await,
+        #[cfg(feature = "serve")]
+        Command::Admin(args::AdminCommand::Users(u)) => return admin_users(u).await,
         _ => {}
     }
     let config = match &g.config {

@@ -88,6 +88,40 @@ fn decoy() -> &'static str {
     })
 }
 
+/// `before` (a users file's text, `origin` naming it) with `user`'s entry
+/// set to `entry` or removed (`None`): the whole new text, checked as a
+/// server reads it (a bad entry is refused naming the user and the field).
+pub(crate) fn edited(
+    before: &str,
+    origin: &str,
+    dir: &Path,
+    user: &str,
+    entry: Option<serde_json::Value>,
+) -> Result<String, Error> {
+    let bad = |m: String| Error::new(ErrorKind::InvalidInput, format!("users file {origin}: {m}"));
+    let mut value: serde_json::Value =
+        serde_json::from_str(before).map_err(|e| bad(e.to_string()))?;
+    let users = value
+        .get_mut("users")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or_else(|| bad("no `users` object".to_owned()))?;
+    match entry {
+        Some(e) => {
+            users.insert(user.to_owned(), e);
+        }
+        None => {
+            if users.remove(user).is_none() {
+                return Err(Error::not_found(format!(
+                    "users file {origin} has no user {user:?}"
+                )));
+            }
+        }
+    }
+    let text = serde_json::to_string_pretty(&value).map_err(|e| bad(e.to_string()))? + "\n";
+    Users::parse(&text, &format!("{origin} with user {user:?} changed"), dir)?;
+    Ok(text)
+}
+
 impl Users {
     /// Reads and checks the users file at `path`.
     pub(crate) fn load(path: &Path) -> Result<Self, Error> {

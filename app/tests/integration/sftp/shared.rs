@@ -118,14 +118,48 @@ fn instances_share_users_and_mappings_from_a_bucket_and_follow_changes() {
 
     // The mapping changed as an admin does (If-Match on the object).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args(["--config", "s3://shared/conf/corral.json", "admin", "mappings", "set", ""])
+        .args([
+            "--config",
+            "s3://shared/conf/corral.json",
+            "admin",
+            "mappings",
+            "set",
+            "",
+        ])
         .arg(format!(r#"{{"": "{}/b/%u"}}"#, base.path().display()))
         .args(["--source-options", &options])
         .env_remove("CORRAL_CONFIG")
         .output()
         .expect("admin");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    put("conf/users.json", users(&["alice", "bob"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A user added as an admin does; a bad entry refused first.
+    let admin_users = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["admin", "users"])
+            .args(args)
+            .args(["--users", "s3://shared/conf/users.json"])
+            .args(["--source-options", &options])
+            .env_remove("CORRAL_CONFIG")
+            .output()
+            .expect("admin")
+    };
+    let out = admin_users(&["set", "bob", r#"{"password": "not a hash"}"#]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bob"), "{err}");
+    let hash = argon2::Argon2::default()
+        .hash_password(password("bob").as_bytes())
+        .expect("hash")
+        .to_string();
+    let out = admin_users(&["set", "bob", &format!(r#"{{"password": "{hash}"}}"#)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let started = Instant::now();
     for s in [&one, &two] {
         loop {
