@@ -121,9 +121,19 @@ fn sandbox_path(s: &str) -> Result<String, String> {
 #[derive(Args, Debug)]
 pub(crate) struct Global {
     /// The config file (JSON: "mappings" and an optional "cache" section, or
-    /// the bare mappings object).
+    /// the bare mappings object), or `s3://BUCKET/KEY` (with --source-options).
     #[arg(long, global = true, env = "CORRAL_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+    /// The S3 options (a JSON object, as a mapping's S3 spec: endpointOverride,
+    /// accessKeyId, secretKey, region…) of a config or users file given as
+    /// `s3://BUCKET/KEY`, shared by several servers.
+    #[arg(
+        long,
+        global = true,
+        env = "CORRAL_SOURCE_OPTIONS",
+        value_name = "FILE"
+    )]
+    pub(crate) source_options: Option<PathBuf>,
     /// The user whose sandbox to use (default: the OS user).
     #[arg(long, global = true, env = "CORRAL_USER", value_name = "NAME")]
     pub(crate) user: Option<String>,
@@ -318,11 +328,6 @@ pub(crate) struct WebdavArgs {
     /// are aborted: at start, then every quarter of it (at most hourly).
     #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub(crate) partial_retention: Duration,
-    /// The S3 options (a JSON object, as a mapping's S3 spec: endpointOverride,
-    /// accessKeyId, secretKey, region…) of a `--config` or `--users` given
-    /// as `s3://BUCKET/KEY`, shared by several instances.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) source_options: Option<PathBuf>,
     /// How often the users and the mappings are looked at for a change
     /// (default: 30s when one is an `s3://` object; otherwise on SIGHUP only).
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
@@ -397,11 +402,6 @@ pub(crate) struct SftpArgs {
     /// aborted: at start, then every quarter of it (at most hourly).
     #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub(crate) partial_retention: Duration,
-    /// The S3 options (a JSON object, as a mapping's S3 spec: endpointOverride,
-    /// accessKeyId, secretKey, region…) of a `--config` or `--users` given
-    /// as `s3://BUCKET/KEY`, shared by several instances.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) source_options: Option<PathBuf>,
     /// How often the users and the mappings are looked at for a change
     /// (default: 30s when one is an `s3://` object; otherwise on SIGHUP only).
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
@@ -475,9 +475,6 @@ pub(crate) enum AdminUsers {
         /// The users file, or `s3://BUCKET/KEY`.
         #[arg(long, value_name = "FILE")]
         users: PathBuf,
-        /// The S3 options of an `s3://` users file.
-        #[arg(long, value_name = "FILE")]
-        source_options: Option<PathBuf>,
     },
     /// Remove USER.
     Delete {
@@ -485,9 +482,6 @@ pub(crate) enum AdminUsers {
         /// The users file, or `s3://BUCKET/KEY`.
         #[arg(long, value_name = "FILE")]
         users: PathBuf,
-        /// The S3 options of an `s3://` users file.
-        #[arg(long, value_name = "FILE")]
-        source_options: Option<PathBuf>,
     },
 }
 
@@ -500,18 +494,9 @@ pub(crate) enum AdminMappings {
         user: String,
         #[arg(value_name = "JSON")]
         mounts: String,
-        /// The S3 options of a `--config s3://BUCKET/KEY` (a JSON file, as
-        /// a mapping's S3 spec).
-        #[arg(long, value_name = "FILE")]
-        source_options: Option<PathBuf>,
     },
     /// Remove USER's mappings.
-    Delete {
-        user: String,
-        /// The S3 options of a `--config s3://BUCKET/KEY`.
-        #[arg(long, value_name = "FILE")]
-        source_options: Option<PathBuf>,
-    },
+    Delete { user: String },
 }
 
 #[cfg(feature = "serve")]

@@ -125,7 +125,7 @@ async fn serve_sftp(g: &Global, a: &args::SftpArgs) -> output::Outcome {
             max_sessions_per_user: a.max_sessions_per_user,
             partial_retention: a.partial_retention,
             proxy_from: &a.proxy_protocol_from,
-            source_options: a.source_options.as_deref(),
+            source_options: g.source_options.as_deref(),
             reload_every: a.reload_every,
         },
     )
@@ -145,6 +145,21 @@ async fn serve_sftp(g: &Global, a: &args::SftpArgs) -> output::Outcome {
     Ok(crate::sftp::serve(options).await?)
 }
 
+/// The config: `--config` (a file, or an `s3://` object with
+/// `--source-options`), or the embedded default.
+async fn load_config(g: &Global) -> Result<ConfigFile, Error> {
+    match &g.config {
+        Some(path) => {
+            let source = corral::source::Source::new(path, g.source_options.as_deref())?;
+            match source.local_path() {
+                Some(p) => ConfigFile::load(p),
+                None => ConfigFile::parse(&source.read().await?.text, source.name()),
+            }
+        }
+        None => ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR)),
+    }
+}
+
 /// What both servers take from their command line for the serving core.
 #[cfg(feature = "serve")]
 struct ServeFlags<'a> {
@@ -162,16 +177,7 @@ struct ServeFlags<'a> {
 /// file, or an `s3://` object read here for its cache section).
 #[cfg(feature = "serve")]
 async fn core_options(g: &Global, f: ServeFlags<'_>) -> Result<crate::serve::CoreOptions, Failure> {
-    let file = match &g.config {
-        Some(path) => {
-            let source = corral::source::Source::new(path, f.source_options)?;
-            match source.local_path() {
-                Some(p) => ConfigFile::load(p)?,
-                None => ConfigFile::parse(&source.read().await?.text, source.name())?,
-            }
-        }
-        None => ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,
-    };
+    let file = load_config(g).await?;
     let cache = cache_config(g, &file)?;
     // One user never holds the whole cache of a server.
     let per_user = cache
@@ -208,7 +214,7 @@ async fn serve_webdav(g: &Global, a: &args::WebdavArgs) -> output::Outcome {
             max_sessions_per_user: a.max_sessions_per_user,
             partial_retention: a.partial_retention,
             proxy_from: &a.proxy_protocol_from,
-            source_options: a.source_options.as_deref(),
+            source_options: g.source_options.as_deref(),
             reload_every: a.reload_every,
         },
     )
@@ -317,22 +323,15 @@ async fn admin_mappings(g: &Global, m: &args::AdminMappings) -> output::Outcome 
         )
         .into());
     };
-    let (user, mounts, options) = match m {
-        args::AdminMappings::Set {
-            user,
-            mounts,
-            source_options,
-        } => {
+    let (user, mounts) = match m {
+        args::AdminMappings::Set { user, mounts } => {
             let value: serde_json::Value = serde_json::from_str(mounts)
                 .map_err(|e| Error::invalid_input(format!("the mappings of user {user:?}: {e}")))?;
-            (user, Some(value), source_options)
+            (user, Some(value))
         }
-        args::AdminMappings::Delete {
-            user,
-            source_options,
-        } => (user, None, source_options),
+        args::AdminMappings::Delete { user } => (user, None),
     };
-    let source = corral::source::Source::new(path, options.as_deref())?;
+    let source = corral::source::Source::new(path, g.source_options.as_deref())?;
     source.edit_mappings(user, mounts).await?;
     Ok(())
 }
@@ -340,25 +339,16 @@ async fn admin_mappings(g: &Global, m: &args::AdminMappings) -> output::Outcome 
 /// `corral admin users set|delete`: the users file or object, changed whole
 /// and checked as a server reads it.
 #[cfg(feature = "serve")]
-async fn admin_users(u: &args::AdminUsers) -> output::Outcome {
-    let (user, entry, users, options) = match u {
-        args::AdminUsers::Set {
-            user,
-            entry,
-            users,
-            source_options,
-        } => {
+async fn admin_users(g: &Global, u: &args::AdminUsers) -> output::Outcome {
+    let (user, entry, users) = match u {
+        args::AdminUsers::Set { user, entry, users } => {
             let value: serde_json::Value = serde_json::from_str(entry)
                 .map_err(|e| Error::invalid_input(format!("the entry of user {user:?}: {e}")))?;
-            (user, Some(value), users, source_options)
+            (user, Some(value), users)
         }
-        args::AdminUsers::Delete {
-            user,
-            users,
-            source_options,
-        } => (user, None, users, source_options),
+        args::AdminUsers::Delete { user, users } => (user, None, users),
     };
-    let source = corral::source::Source::new(users, options.as_deref())?;
+    let source = corral::source::Source::new(users, g.source_options.as_deref())?;
     let dir = source
         .local_path()
         .and_then(Path::parent)
@@ -382,13 +372,10 @@ async fn run(cli: Cli) -> output::Outcome {
         Command::Serve(ServeCommand::Webdav(a)) => return serve_webdav(g, a).await,
         Command::Admin(args::AdminCommand::Mappings(m)) => return admin_mappings(g, m).await,
         #[cfg(feature = "serve")]
-        Command::Admin(args::AdminCommand::Users(u)) => return admin_users(u).await,
+        Command::Admin(args::AdminCommand::Users(u)) => return admin_users(g, u).await,
         _ => {}
     }
-    let config = match &g.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::embedded_default(Path::new(DEFAULT_SANDBOX_DIR))?,
-    };
+    let config = load_config(g).await?;
     let corral = Corral::new(config.mappings.clone(), cache_config(g, &config)?)?;
     let _ = CACHE.set(corral.cache().clone());
     let sb = corral.sandbox(&identity(g))?;

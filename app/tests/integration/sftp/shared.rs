@@ -297,6 +297,25 @@ fn admins_editing_the_shared_mappings_at_once_lose_nothing() {
         .expect("admin");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("bucketName"), "{err}");
+    // The "get": any command reads the shared config.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args([
+            "--config",
+            "s3://admins/conf/corral.json",
+            "--user",
+            "user5",
+            "mappings",
+        ])
+        .args(["--source-options", &options.display().to_string()])
+        .env_remove("CORRAL_CONFIG")
+        .output()
+        .expect("mappings");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && shown.contains("/srv/user5"),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = admin(&["delete", "user3"]).output().expect("admin");
     assert!(
         out.status.success(),
