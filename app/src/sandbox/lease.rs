@@ -127,6 +127,16 @@ impl Lease {
         key: ObjectKey,
         path: &str,
     ) -> Result<Option<Self>, Error> {
+        Self::take_renewing(storage, key, path, TTL / 3).await
+    }
+
+    /// [`Self::take`], renewed every `every`.
+    async fn take_renewing(
+        storage: Arc<dyn ObjectStorage>,
+        key: ObjectKey,
+        path: &str,
+        every: Duration,
+    ) -> Result<Option<Self>, Error> {
         if !storage.capabilities().conditional_create {
             return Ok(None);
         }
@@ -179,6 +189,7 @@ impl Lease {
             key.clone(),
             etag,
             Arc::clone(&lost),
+            every,
         ));
         Ok(Some(Self {
             storage,
@@ -200,9 +211,10 @@ async fn renew(
     key: ObjectKey,
     mut etag: Option<String>,
     lost: Arc<AtomicBool>,
+    every: Duration,
 ) {
     loop {
-        tokio::time::sleep(TTL / 3).await;
+        tokio::time::sleep(every).await;
         let r = match &etag {
             Some(tag) => storage.put_if_match(&key, doc(), tag).await,
             None => storage.put(&key, doc(), PutMode::Overwrite).await,
@@ -249,5 +261,51 @@ impl Drop for Lease {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> Arc<dyn ObjectStorage> {
+        Arc::new(corral_adapters::ObjectStoreBackend::memory(
+            Default::default(),
+        ))
+    }
+
+    async fn expires(storage: &Arc<dyn ObjectStorage>, key: &ObjectKey) -> u64 {
+        let r = storage.get(key, None).await.expect("lease");
+        let parts: Vec<Bytes> = r.body.try_collect().await.expect("body");
+        let d: Doc = serde_json::from_slice(&parts.concat()).expect("doc");
+        d.expires
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_renewed_and_one_taken_over_loses_it() {
+        let storage = memory();
+        let key = ObjectKey::from_raw(".corral/leases/renewed");
+        let every = Duration::from_millis(50);
+        let lease = Lease::take_renewing(Arc::clone(&storage), key.clone(), "/f", every)
+            .await
+            .expect("take")
+            .expect("exclusive on Memory");
+        let tag = |s: &Arc<dyn ObjectStorage>| {
+            let (s, key) = (Arc::clone(s), key.clone());
+            async move { s.head(&key).await.expect("lease").etag }
+        };
+        let first = tag(&storage).await;
+        // Renewed (rewritten with If-Match on its own tag) several times.
+        tokio::time::sleep(every * 5).await;
+        assert!(lease.held(), "a renewal failed");
+        assert_ne!(tag(&storage).await, first, "not renewed");
+        assert!(expires(&storage, &key).await >= now_secs() + TTL.as_secs() - 2);
+        // Someone else overwrites it: the next renewal finds it changed.
+        storage
+            .put(&key, Bytes::from_static(b"{}"), PutMode::Overwrite)
+            .await
+            .expect("overwrite");
+        tokio::time::sleep(every * 4).await;
+        assert!(!lease.held(), "a lease taken over was still held");
     }
 }
