@@ -47,6 +47,9 @@ use props::Props;
 /// Bytes per read of a GET: the size of the body's frames.
 const READ_BUF: usize = 256 << 10;
 
+/// How long a request's headers may take to arrive.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The largest PROPPATCH body read (dav-server's own limit on XML bodies).
 const MAX_PROPPATCH: usize = 65_536;
 
@@ -265,8 +268,12 @@ where
             async move { Ok::<_, Infallible>(conn.handle(req).await) }
         })
     };
+    // A client that sends its headers slowly (or not at all) holds a
+    // connection of the server's maximum: it gets this long for them.
     let http = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     let mut http = std::pin::pin!(http);
     let idle = server.options.idle_timeout;

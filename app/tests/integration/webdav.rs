@@ -646,3 +646,32 @@ fn dead_properties_outlive_the_server_and_are_seen_by_another_instance() {
     let (_, body) = curl(&server, Some("alice"), &propfind, "/g.txt");
     assert!(body.contains("teal &amp; grey"), "{body}");
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let server = Server::start_webdav(MEMORY, &["alice"], &[]);
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    s.write_all(b"PROPFIND / HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a head");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(15) && waited < Duration::from_secs(40),
+        "closed after {waited:?}"
+    );
+    // Others are served meanwhile and after.
+    assert_eq!(
+        curl(
+            &server,
+            Some("alice"),
+            &["-X", "PROPFIND", "-H", "Depth: 0"],
+            "/"
+        )
+        .0,
+        207
+    );
+}
