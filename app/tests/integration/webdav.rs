@@ -675,3 +675,57 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
         207
     );
 }
+
+#[test]
+fn cadaver_makes_puts_lists_gets_moves_sets_a_property_and_removes_on_garage() {
+    let garage = S3Server::garage();
+    garage.create_bucket("dav-cadaver");
+    let server = Server::start_webdav(
+        &s3_mappings(&garage, "dav-cadaver", "users/%u"),
+        &["alice"],
+        &[],
+    );
+    let home = tempfile::tempdir().expect("tempdir");
+    let netrc = home.path().join(".netrc");
+    std::fs::write(
+        &netrc,
+        format!(
+            "machine 127.0.0.1\nlogin alice\npassword {}\n",
+            password("alice")
+        ),
+    )
+    .expect("netrc");
+    std::fs::set_permissions(&netrc, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let data = pattern(3 * MIB_DAV + 5, 21);
+    std::fs::write(home.path().join("local.bin"), &data).expect("local");
+    let script = "mkcol d\nput local.bin d/f.bin\nls d\nget d/f.bin back.bin\nmove d/f.bin d/g.bin\npropset d/g.bin colour teal\npropget d/g.bin colour\nrm d/g.bin\nrmcol d\nls\nquit\n";
+    let mut child = Command::new("cadaver")
+        .arg(url(&server, "/"))
+        .env("HOME", home.path())
+        .current_dir(home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cadaver (scripts/install-test-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script");
+    let out = child.wait_with_output().expect("cadaver");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Eight commands succeed; the last listing finds the root empty.
+    assert_eq!(text.matches("succeeded.").count(), 8, "{text}");
+    assert!(text.contains("collection is empty"), "{text}");
+    assert!(
+        text.contains("f.bin") && text.contains("Value of colour is: teal"),
+        "{text}"
+    );
+    assert!(!text.contains("failed"), "{text}");
+    assert!(std::fs::read(home.path().join("back.bin")).expect("got") == data);
+}
+
+const MIB_DAV: usize = 1 << 20;
