@@ -729,3 +729,85 @@ fn cadaver_makes_puts_lists_gets_moves_sets_a_property_and_removes_on_garage() {
 }
 
 const MIB_DAV: usize = 1 << 20;
+
+#[test]
+fn a_user_uploading_at_full_tilt_never_holds_up_another() {
+    let garage = S3Server::garage();
+    garage.create_bucket("dav-fair");
+    // 32 MiB in all, 8 MiB per upload; a user holds a quarter (8 MiB); a
+    // transfer waits at most 5 s for room, so a starved one would fail.
+    let server = Server::start_webdav(
+        &s3_mappings(&garage, "dav-fair", "users/%u"),
+        &["alice", "bob"],
+        &[
+            "--max-cloud-cache-size",
+            "32MiB",
+            "--max-cloud-cache-upload-size",
+            "8MiB",
+            "--max-cloud-cache-download-size",
+            "8MiB",
+            "--cache-wait",
+            "5s",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("big.bin"), pattern(96 * MIB_DAV, 5)).expect("big");
+    std::fs::write(dir.path().join("small.bin"), pattern(MIB_DAV, 6)).expect("small");
+    let put = |user: &str, local: &str, to: &str| {
+        Command::new("curl")
+            .args([
+                "-s",
+                "-S",
+                "-f",
+                "-u",
+                &format!("{user}:{}", password(user)),
+            ])
+            .args(["-T", local, &url(&server, to)])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl")
+    };
+    let alices: Vec<_> = (0..4)
+        .map(|i| put("alice", "big.bin", &format!("/big-{i}.bin")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..5 {
+        let out = put("bob", "small.bin", &format!("/small-{i}.bin"))
+            .wait_with_output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "bob's upload {i} failed while alice uploads: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+    }
+    let mut alices = alices;
+    let running = alices
+        .iter_mut()
+        .map(|c| matches!(c.try_wait(), Ok(None)))
+        .filter(|r| *r)
+        .count();
+    assert!(
+        running > 0,
+        "alice's uploads were over before bob's: nothing was shared"
+    );
+    for c in alices {
+        let out = c.wait_with_output().expect("curl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (code, body) = curl(
+        &server,
+        Some("bob"),
+        &["-X", "PROPFIND", "-H", "Depth: 1"],
+        "/",
+    );
+    assert_eq!(code, 207);
+    assert_eq!(body.matches("small-").count(), 5, "{body}");
+}
