@@ -29,10 +29,10 @@ use corral::{
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use russh_sftp::protocol::{
-    Attrs, Data, ExtendedReply, File, FileAttributes, Name, OpenFlags, Packet, StatusCode, Version,
+    Attrs, ExtendedReply, File, FileAttributes, Name, OpenFlags, Packet, StatusCode, Version,
 };
 
-use super::reply::{code, ok, status};
+use super::reply::{Reply, code, ok, status};
 use super::request::HandleRequest;
 use crate::serve::metrics::{Metrics, Outcome, Transfer};
 
@@ -213,7 +213,9 @@ impl Fs {
 
     /// READ: whole answers but at the end of the file (clients that write
     /// in place, such as scp, take a short read in the middle for a hole).
-    pub(crate) async fn read(&self, open: &mut Open, id: u32, offset: u64, len: u32) -> Packet {
+    /// The DATA frame is built around the bytes as they leave the cache:
+    /// one copy, not one into a buffer and another into the frame.
+    pub(crate) async fn read(&self, open: &mut Open, id: u32, offset: u64, len: u32) -> Reply {
         let Open::Read {
             download, bytes, ..
         } = open
@@ -222,17 +224,30 @@ impl Fs {
                 id,
                 StatusCode::OpUnsupported,
                 "this handle is not open for reading: read the file once it is closed",
-            );
+            )
+            .into();
         };
-        let data = match download.read_full(offset, len.min(MAX_DATA) as usize).await {
-            Ok(d) => d,
-            Err(e) => return status(id, &e),
-        };
-        if data.is_empty() {
-            return code(id, StatusCode::Eof, "end of file");
+        let want = (len.min(MAX_DATA) as u64).min(download.size().saturating_sub(offset)) as usize;
+        if want == 0 {
+            return code(id, StatusCode::Eof, "end of file").into();
         }
-        *bytes += data.len() as u64;
-        Packet::Data(Data { id, data })
+        let mut frame = super::reply::start_data(id, want);
+        let mut got = 0usize;
+        while got < want {
+            match download.read_at(offset + got as u64, want - got).await {
+                Ok(piece) if piece.is_empty() => break,
+                Ok(piece) => {
+                    frame.extend_from_slice(&piece);
+                    got += piece.len();
+                }
+                Err(e) => return status(id, &e).into(),
+            }
+        }
+        if got == 0 {
+            return code(id, StatusCode::Eof, "end of file").into();
+        }
+        *bytes += got as u64;
+        Reply::Encoded(super::reply::finish_data(frame))
     }
 
     /// A request on an open handle (WRITE, FSTAT, FSETSTAT, READDIR).

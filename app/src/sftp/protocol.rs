@@ -76,7 +76,7 @@ const READ_BUDGET: u32 = 256 << 10;
 pub(crate) const QUEUED: usize = 1 << 18;
 
 /// An answer, with the share of a budget it holds until it is sent.
-pub(crate) type Answer = (Packet, Option<OwnedSemaphorePermit>);
+pub(crate) type Answer = (super::reply::Reply, Option<OwnedSemaphorePermit>);
 
 /// The paths a path request names, as the order keys them.
 fn paths_of(p: &Packet) -> Vec<String> {
@@ -199,7 +199,7 @@ async fn handle_task(ctx: HandleCtx, open: Open, mut rx: mpsc::UnboundedReceiver
                 ctx.handles.lock().await.remove(&ctx.name);
                 let open = owned.open.take().expect("open until CLOSE");
                 let reply = ctx.fs.close(id, open).await;
-                let _ = ctx.out.send((reply, None));
+                let _ = ctx.out.send((reply.into(), None));
                 // Requests on this path sent after the CLOSE go on now.
                 drop(turn);
                 return;
@@ -215,7 +215,7 @@ async fn handle_task(ctx: HandleCtx, open: Open, mut rx: mpsc::UnboundedReceiver
             other => {
                 let reply = ctx.fs.on_handle(open, other).await;
                 drop(write_share);
-                (reply, None)
+                (reply.into(), None)
             }
         };
         if ctx.out.send(answer).is_err() {
@@ -325,7 +325,7 @@ where
     let writing = tokio::spawn(async move {
         let sending = async {
             while let Some((p, share)) = answers.recv().await {
-                let bytes = match super::reply::encode(p) {
+                let bytes = match p.encode() {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot encode an SFTP answer");
@@ -362,7 +362,7 @@ where
                 Ok(Some(Frame::Refused(id, status_code, why))) => {
                     tracing::debug!(user = %fs.user, ?id, why, "SFTP request refused");
                     if let Some(id) = id {
-                        let _ = out.send((code(id, status_code, why), None));
+                        let _ = out.send((code(id, status_code, why).into(), None));
                     }
                     continue;
                 }
@@ -375,7 +375,7 @@ where
             let id = request.get_request_id();
             tracing::trace!(id, kind = packet_kind(&request), "SFTP request");
             if let Packet::Init(_) = request {
-                let _ = out.send((Fs::version(), None));
+                let _ = out.send((Fs::version().into(), None));
                 continue;
             }
             let (h, mut queued_request) = match for_handle(request) {
@@ -444,7 +444,7 @@ where
             };
             drop(map);
             if let Some(reply) = reply {
-                let _ = out.send((reply, None));
+                let _ = out.send((reply.into(), None));
             }
         }
     };
@@ -497,7 +497,7 @@ async fn serve_path(request: Packet, ctx: PathCtx) {
         Packet::Open(o) => fs.open(&o.filename, o.pflags, &o.attrs).await,
         Packet::OpenDir(o) => fs.opendir(&o.path).await,
         other => {
-            let _ = out.send((fs.on_path(other).await, None));
+            let _ = out.send((fs.on_path(other).await.into(), None));
             return;
         }
     };
@@ -528,7 +528,7 @@ async fn serve_path(request: Packet, ctx: PathCtx) {
             }
         }
     };
-    let _ = out.send((reply, None));
+    let _ = out.send((reply.into(), None));
 }
 
 /// A request's kind, for traces (never its data).
