@@ -753,7 +753,10 @@ fn a_user_uploading_at_full_tilt_never_holds_up_another() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("big.bin"), pattern(96 * MIB_DAV, 5)).expect("big");
     std::fs::write(dir.path().join("small.bin"), pattern(MIB_DAV, 6)).expect("small");
+    // Alice's uploads at 16 MB/s each, so that they run while bob's do
+    // whatever the machine's speed; bob's at full speed.
     let put = |user: &str, local: &str, to: &str| {
+        let rate = if user == "alice" { "16M" } else { "0" };
         Command::new("curl")
             .args([
                 "-s",
@@ -762,6 +765,7 @@ fn a_user_uploading_at_full_tilt_never_holds_up_another() {
                 "-u",
                 &format!("{user}:{}", password(user)),
             ])
+            .args(["--limit-rate", rate])
             .args(["-T", local, &url(&server, to)])
             .current_dir(dir.path())
             .stdout(std::process::Stdio::null())
