@@ -434,20 +434,25 @@ impl WriteFile {
         Ok(())
     }
 
+    /// The upload's line in the transfer log.
+    fn log(&self, outcome: Outcome, error: Option<&str>) {
+        self.fs.log(
+            "upload",
+            &self.path,
+            self.written,
+            self.started,
+            outcome,
+            error,
+        );
+    }
+
     /// Gives the write up because of `e`; its code for dav-server.
     fn give_up(&mut self, e: &Error) -> FsError {
         if let Some(w) = self.writer.take() {
             w.discard();
         }
         let text = e.to_string();
-        self.fs.log(
-            "upload",
-            &self.path,
-            self.written,
-            self.started,
-            Outcome::Error,
-            Some(&text),
-        );
+        self.log(Outcome::Error, Some(&text));
         self.fs.fail("PUT", e)
     }
 }
@@ -507,36 +512,15 @@ impl DavFile for WriteFile {
                     self.written
                 );
                 tracing::info!(user = %self.fs.user, path = %self.path, "PUT refused: {why}");
-                self.fs.log(
-                    "upload",
-                    &self.path,
-                    self.written,
-                    self.started,
-                    Outcome::Error,
-                    Some(&why),
-                );
+                self.log(Outcome::Error, Some(&why));
                 return Err(FsError::GeneralFailure);
             }
             if let Err(e) = w.finish().await {
                 let text = e.to_string();
-                self.fs.log(
-                    "upload",
-                    &self.path,
-                    self.written,
-                    self.started,
-                    Outcome::Error,
-                    Some(&text),
-                );
+                self.log(Outcome::Error, Some(&text));
                 return Err(self.fs.fail("PUT", &e));
             }
-            self.fs.log(
-                "upload",
-                &self.path,
-                self.written,
-                self.started,
-                Outcome::Ok,
-                None,
-            );
+            self.log(Outcome::Ok, None);
             // The stored file's own tag, for the answer's ETag.
             self.done = match self.fs.sandbox.stat(&self.path).await {
                 Ok(e) => {
@@ -557,14 +541,7 @@ impl Drop for WriteFile {
         // The body ended early or the connection dropped: nothing is kept.
         if let Some(w) = self.writer.take() {
             w.discard();
-            self.fs.log(
-                "upload",
-                &self.path,
-                self.written,
-                self.started,
-                Outcome::Aborted,
-                None,
-            );
+            self.log(Outcome::Aborted, None);
         }
     }
 }
@@ -587,6 +564,20 @@ impl std::fmt::Debug for ReadFile {
             .field("path", &self.path)
             .field("pos", &self.pos)
             .finish_non_exhaustive()
+    }
+}
+
+impl ReadFile {
+    /// The download's line in the transfer log.
+    fn log(&self, outcome: Outcome, error: Option<&str>) {
+        self.fs.log(
+            "download",
+            &self.path,
+            self.sent,
+            self.started,
+            outcome,
+            error,
+        );
     }
 }
 
@@ -620,14 +611,7 @@ impl DavFile for ReadFile {
                 Err(e) => {
                     let text = e.to_string();
                     self.logged = true;
-                    self.fs.log(
-                        "download",
-                        &self.path,
-                        self.sent,
-                        self.started,
-                        Outcome::Error,
-                        Some(&text),
-                    );
+                    self.log(Outcome::Error, Some(&text));
                     Err(self.fs.fail("GET", &e))
                 }
             }
@@ -661,14 +645,7 @@ impl Drop for ReadFile {
     fn drop(&mut self) {
         // A HEAD opens and reads nothing: no transfer.
         if !self.logged && (self.sent > 0 || self.reader.size() == 0) {
-            self.fs.log(
-                "download",
-                &self.path,
-                self.sent,
-                self.started,
-                Outcome::Ok,
-                None,
-            );
+            self.log(Outcome::Ok, None);
         }
     }
 }
