@@ -98,25 +98,7 @@ fn a_killed_instance_behind_haproxy_loses_no_upload() {
         ),
     )
     .expect("config");
-    struct Stopped(std::process::Child);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _haproxy = Stopped(
-        Command::new("/usr/sbin/haproxy")
-            .args(["-db", "-f"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy (scripts/install-test-deps.sh installs it)"),
-    );
-    wait_for("haproxy listens", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let _haproxy = super::HaProxy::start(&config, port);
     let dir = tempfile::tempdir().expect("tempdir");
     let size = 256 * MIB;
     let part = 8 * MIB;

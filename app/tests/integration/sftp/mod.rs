@@ -53,6 +53,21 @@ pub(crate) fn password(user: &str) -> String {
     format!("pw-{user}-secret")
 }
 
+/// A users file with one password user per name (`password(name)`).
+pub(crate) fn users_json(users: &[&str]) -> String {
+    let entries: Vec<String> = users
+        .iter()
+        .map(|u| {
+            let hash = argon2::Argon2::default()
+                .hash_password(password(u).as_bytes())
+                .expect("hash")
+                .to_string();
+            format!(r#""{u}": {{"password": "{hash}"}}"#)
+        })
+        .collect();
+    format!(r#"{{"users": {{{}}}}}"#, entries.join(", "))
+}
+
 /// A running `corral serve sftp`; stopped when dropped.
 pub(crate) struct Server {
     child: Child,
@@ -77,21 +92,7 @@ impl Server {
     /// A folder with the users file (one password user per name) and `mappings`.
     fn files(mappings: &str, users: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
-        let entries: Vec<String> = users
-            .iter()
-            .map(|u| {
-                let hash = argon2::Argon2::default()
-                    .hash_password(password(u).as_bytes())
-                    .expect("hash")
-                    .to_string();
-                format!(r#""{u}": {{"password": "{hash}"}}"#)
-            })
-            .collect();
-        std::fs::write(
-            dir.path().join("users.json"),
-            format!(r#"{{"users": {{{}}}}}"#, entries.join(", ")),
-        )
-        .expect("users");
+        std::fs::write(dir.path().join("users.json"), users_json(users)).expect("users");
         std::fs::write(dir.path().join("mappings.json"), mappings).expect("mappings");
         dir
     }
@@ -397,6 +398,37 @@ pub(crate) fn rclone(server: &Server, user: &str) -> Command {
         .env("RCLONE_CONFIG", "/dev/null")
         .args(["-q", "--retries", "1", "--low-level-retries", "1"]);
     c
+}
+
+/// HAProxy on `config` (its frontend on 127.0.0.1:`port`), listening;
+/// stopped when dropped, whether the test passes or not.
+pub(crate) struct HaProxy(Child);
+
+impl HaProxy {
+    pub(crate) fn start(config: &Path, port: u16) -> Self {
+        let h = Self(
+            Command::new("/usr/sbin/haproxy")
+                .args(["-db", "-f"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("haproxy (scripts/install-test-deps.sh installs it)"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "haproxy does not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        h
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Deterministic bytes, different for each seed.

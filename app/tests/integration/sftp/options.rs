@@ -271,28 +271,7 @@ fn behind_haproxy_the_client_address_is_the_clients() {
         ),
     )
     .expect("config");
-    // Stopped when the test ends, whether it passes or not.
-    struct Stopped(std::process::Child);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let haproxy = Stopped(
-        Command::new("/usr/sbin/haproxy")
-            .args(["-db", "-f"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy (scripts/install-test-deps.sh installs it)"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "haproxy does not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let haproxy = super::HaProxy::start(&config, port);
     let sftp = |to: u16, from: &str| {
         let batch = dir.path().join("batch");
         std::fs::write(&batch, "ls /\n").expect("batch");

@@ -13,20 +13,29 @@ use corral_domain::ObjectKey;
 use corral_domain::port::PutMode;
 use corral_fixtures::servers::S3Server;
 
-use super::{Server, openssh, password, sftp_batch};
+use super::{Server, openssh, password, sftp_batch, users_json};
 
-fn users(names: &[&str]) -> String {
-    let entries: Vec<String> = names
-        .iter()
-        .map(|u| {
-            let hash = argon2::Argon2::default()
-                .hash_password(password(u).as_bytes())
-                .expect("hash")
-                .to_string();
-            format!(r#""{u}": {{"password": "{hash}"}}"#)
-        })
-        .collect();
-    format!(r#"{{"users": {{{}}}}}"#, entries.join(", "))
+/// The S3 options of the shared sources on `moto`, in a file in `dir`.
+fn s3_options(moto: &S3Server, dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("s3.json");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","region":"{}"}}"#,
+            moto.endpoint, moto.access_key, moto.secret_key, moto.region
+        ),
+    )
+    .expect("options");
+    path
+}
+
+/// The `corral` command with the shared sources' S3 options.
+fn corral(options: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+    c.arg("--source-options")
+        .arg(options)
+        .env_remove("CORRAL_CONFIG");
+    c
 }
 
 /// What a new login of `user` lists at the top of its sandbox.
@@ -74,17 +83,9 @@ fn instances_share_users_and_mappings_from_a_bucket_and_follow_changes() {
         .expect("put");
     };
     put("conf/corral.json", mappings("a"));
-    put("conf/users.json", users(&["alice"]));
+    put("conf/users.json", users_json(&["alice"]));
     let work = tempfile::tempdir().expect("tempdir");
-    let options = work.path().join("s3.json");
-    std::fs::write(
-        &options,
-        format!(
-            r#"{{"endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","region":"{}"}}"#,
-            moto.endpoint, moto.access_key, moto.secret_key, moto.region
-        ),
-    )
-    .expect("options");
+    let options = s3_options(&moto, work.path());
     let options = options.display().to_string();
     let extra = [
         "--config",
@@ -117,18 +118,10 @@ fn instances_share_users_and_mappings_from_a_bucket_and_follow_changes() {
     std::thread::sleep(Duration::from_millis(500));
 
     // The mapping changed as an admin does (If-Match on the object).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args([
-            "--config",
-            "s3://shared/conf/corral.json",
-            "admin",
-            "mappings",
-            "set",
-            "",
-        ])
+    let out = corral(&options)
+        .args(["--config", "s3://shared/conf/corral.json"])
+        .args(["admin", "mappings", "set", ""])
         .arg(format!(r#"{{"": "{}/b/%u"}}"#, base.path().display()))
-        .args(["--source-options", &options])
-        .env_remove("CORRAL_CONFIG")
         .output()
         .expect("admin");
     assert!(
@@ -138,12 +131,10 @@ fn instances_share_users_and_mappings_from_a_bucket_and_follow_changes() {
     );
     // A user added as an admin does; a bad entry refused first.
     let admin_users = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        corral(&options)
             .args(["admin", "users"])
             .args(args)
             .args(["--users", "s3://shared/conf/users.json"])
-            .args(["--source-options", &options])
-            .env_remove("CORRAL_CONFIG")
             .output()
             .expect("admin")
     };
@@ -237,17 +228,9 @@ fn admins_editing_the_shared_mappings_at_once_lose_nothing() {
         .unwrap_err();
     assert_eq!(e.kind(), corral_domain::ErrorKind::Conflict, "{e}");
     let work = tempfile::tempdir().expect("tempdir");
-    let options = work.path().join("s3.json");
-    std::fs::write(
-        &options,
-        format!(
-            r#"{{"endpointOverride":"{}","accessKeyId":"{}","secretKey":"{}","region":"{}"}}"#,
-            moto.endpoint, moto.access_key, moto.secret_key, moto.region
-        ),
-    )
-    .expect("options");
+    let options = s3_options(&moto, work.path());
     let admin = |args: &[&str]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        let mut c = corral(&options);
         c.args([
             "--config",
             "s3://admins/conf/corral.json",
@@ -255,8 +238,6 @@ fn admins_editing_the_shared_mappings_at_once_lose_nothing() {
             "mappings",
         ])
         .args(args)
-        .args(["--source-options", &options.display().to_string()])
-        .env_remove("CORRAL_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         c
@@ -298,16 +279,9 @@ fn admins_editing_the_shared_mappings_at_once_lose_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("bucketName"), "{err}");
     // The "get": any command reads the shared config.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args([
-            "--config",
-            "s3://admins/conf/corral.json",
-            "--user",
-            "user5",
-            "mappings",
-        ])
-        .args(["--source-options", &options.display().to_string()])
-        .env_remove("CORRAL_CONFIG")
+    let out = corral(&options)
+        .args(["--config", "s3://admins/conf/corral.json"])
+        .args(["--user", "user5", "mappings"])
         .output()
         .expect("mappings");
     let shown = String::from_utf8_lossy(&out.stdout);
