@@ -293,12 +293,11 @@ pub(crate) enum ServeCommand {
 #[cfg(feature = "webdav")]
 #[derive(Args, Debug)]
 pub(crate) struct WebdavArgs {
+    #[command(flatten)]
+    pub(crate) common: ServeCommon,
     /// Where to listen.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub(crate) listen: std::net::SocketAddr,
-    /// The users file (JSON: password hashes, %d and %f), as for `serve sftp`.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) users: PathBuf,
     /// The server's certificate chain (PEM): HTTPS.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,
@@ -309,23 +308,34 @@ pub(crate) struct WebdavArgs {
     /// cross the network in the clear.
     #[arg(long)]
     pub(crate) allow_insecure: bool,
-    /// Serve Prometheus metrics here (e.g. 127.0.0.1:9100).
-    #[arg(long, value_name = "ADDR")]
-    pub(crate) metrics: Option<std::net::SocketAddr>,
     /// Connections at once, in all.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub(crate) max_connections: usize,
-    /// Connections at once, per user.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub(crate) max_sessions_per_user: usize,
     /// Close a connection after this long without a request.
     #[arg(long, value_name = "AGE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: Duration,
+}
+
+/// What every server takes (`serve sftp`, `serve webdav`).
+#[cfg(feature = "serve")]
+#[derive(Args, Debug)]
+pub(crate) struct ServeCommon {
+    /// The users file (JSON: password hashes, authorized keys, %d and %f),
+    /// or `s3://BUCKET/KEY` (see --source-options).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) users: PathBuf,
+    /// Serve Prometheus metrics here (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Sessions at once, per user.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub(crate) max_sessions_per_user: usize,
     /// How long a transfer waits for room when the cache is full.
     #[arg(long, value_name = "AGE", default_value = "120s", value_parser = humantime::parse_duration)]
     pub(crate) cache_wait: Duration,
     /// Multipart uploads pending under the mappings for longer than this
-    /// are aborted: at start, then every quarter of it (at most hourly).
+    /// (left by a killed process, this server's or another tool's) are
+    /// aborted: at start, then every quarter of it (at most hourly).
     #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub(crate) partial_retention: Duration,
     /// How often the users and the mappings are looked at for a change
@@ -333,7 +343,9 @@ pub(crate) struct WebdavArgs {
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
     pub(crate) reload_every: Option<Duration>,
     /// A TCP balancer's address (repeat, or separate with commas): its
-    /// connections start with a PROXY protocol v2 header naming the client.
+    /// connections start with a PROXY protocol v2 header naming the client
+    /// (HAProxy's `send-proxy-v2`), which logs, limits and the login lockout
+    /// then see. Connections from elsewhere are taken as they come.
     #[arg(long, value_name = "IP", value_delimiter = ',')]
     pub(crate) proxy_protocol_from: Vec<std::net::IpAddr>,
     /// What the log shows (error, warn, info, debug, trace; or a RUST_LOG
@@ -355,6 +367,8 @@ pub(crate) enum SetStat {
 #[cfg(feature = "sftp")]
 #[derive(Args, Debug)]
 pub(crate) struct SftpArgs {
+    #[command(flatten)]
+    pub(crate) common: ServeCommon,
     /// Where to listen.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2222")]
     pub(crate) listen: std::net::SocketAddr,
@@ -363,13 +377,6 @@ pub(crate) struct SftpArgs {
     /// an ECDSA key is kept beside it (`host_ed25519` → `host_ecdsa`).
     #[arg(long, value_name = "FILE", required = true)]
     pub(crate) host_key: Vec<PathBuf>,
-    /// The users file (JSON: password hashes, authorized keys, %d and %f),
-    /// or `s3://BUCKET/KEY` (see --source-options).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) users: PathBuf,
-    /// Serve Prometheus metrics here (e.g. 127.0.0.1:9100).
-    #[arg(long, value_name = "ADDR")]
-    pub(crate) metrics: Option<std::net::SocketAddr>,
     /// Close a session after this long without a request.
     #[arg(long, value_name = "AGE", default_value = "30m", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: Duration,
@@ -379,43 +386,18 @@ pub(crate) struct SftpArgs {
     /// Sessions at once, in all.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub(crate) max_sessions: usize,
-    /// Sessions at once, per user.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub(crate) max_sessions_per_user: usize,
     /// Channels per connection.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub(crate) max_channels: usize,
     /// Open files and directories per session.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub(crate) max_handles: u64,
-    /// How long a transfer waits for room when the cache is full.
-    #[arg(long, value_name = "AGE", default_value = "120s", value_parser = humantime::parse_duration)]
-    pub(crate) cache_wait: Duration,
     /// The overwrite mode of uploads to File sandboxes (S3 always writes in place).
     #[arg(long, value_name = "MODE")]
     pub(crate) overwrite: Option<OverwriteMode>,
     /// SETSTAT and FSETSTAT requests.
     #[arg(long, value_enum, default_value = "ignore")]
     pub(crate) setstat: SetStat,
-    /// Multipart uploads pending under the mappings for longer than this
-    /// (left by a killed process, this server's or another tool's) are
-    /// aborted: at start, then every quarter of it (at most hourly).
-    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub(crate) partial_retention: Duration,
-    /// How often the users and the mappings are looked at for a change
-    /// (default: 30s when one is an `s3://` object; otherwise on SIGHUP only).
-    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
-    pub(crate) reload_every: Option<Duration>,
-    /// A TCP balancer's address (repeat, or separate with commas): its
-    /// connections start with a PROXY protocol v2 header naming the client
-    /// (HAProxy's `send-proxy-v2`), which logs, limits and the login lockout
-    /// then see. Connections from elsewhere are taken as they come.
-    #[arg(long, value_name = "IP", value_delimiter = ',')]
-    pub(crate) proxy_protocol_from: Vec<std::net::IpAddr>,
-    /// What the log shows (error, warn, info, debug, trace; or a RUST_LOG
-    /// filter). Default: info, or RUST_LOG.
-    #[arg(long, value_name = "LEVEL")]
-    pub(crate) log_level: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -505,9 +487,9 @@ impl ServeCommand {
     pub(crate) fn log_level(&self) -> Option<&str> {
         match self {
             #[cfg(feature = "sftp")]
-            Self::Sftp(a) => a.log_level.as_deref(),
+            Self::Sftp(a) => a.common.log_level.as_deref(),
             #[cfg(feature = "webdav")]
-            Self::Webdav(a) => a.log_level.as_deref(),
+            Self::Webdav(a) => a.common.log_level.as_deref(),
         }
     }
 }

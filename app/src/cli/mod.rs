@@ -116,20 +116,7 @@ pub(crate) fn main() -> ExitCode {
 /// config file, then the server until the process is stopped.
 #[cfg(feature = "sftp")]
 async fn serve_sftp(g: &Global, a: &args::SftpArgs) -> output::Outcome {
-    let core = core_options(
-        g,
-        ServeFlags {
-            users: &a.users,
-            wait: a.cache_wait,
-            metrics: a.metrics,
-            max_sessions_per_user: a.max_sessions_per_user,
-            partial_retention: a.partial_retention,
-            proxy_from: &a.proxy_protocol_from,
-            source_options: g.source_options.as_deref(),
-            reload_every: a.reload_every,
-        },
-    )
-    .await?;
+    let core = core_options(g, &a.common).await?;
     let options = crate::sftp::Options {
         core,
         listen: a.listen,
@@ -160,23 +147,13 @@ async fn load_config(g: &Global) -> Result<ConfigFile, Error> {
     }
 }
 
-/// What both servers take from their command line for the serving core.
-#[cfg(feature = "serve")]
-struct ServeFlags<'a> {
-    users: &'a Path,
-    wait: Duration,
-    metrics: Option<std::net::SocketAddr>,
-    max_sessions_per_user: usize,
-    partial_retention: Duration,
-    proxy_from: &'a [std::net::IpAddr],
-    source_options: Option<&'a Path>,
-    reload_every: Option<Duration>,
-}
-
 /// The serving core's options, from the command line and the config (a
 /// file, or an `s3://` object read here for its cache section).
 #[cfg(feature = "serve")]
-async fn core_options(g: &Global, f: ServeFlags<'_>) -> Result<crate::serve::CoreOptions, Failure> {
+async fn core_options(
+    g: &Global,
+    f: &args::ServeCommon,
+) -> Result<crate::serve::CoreOptions, Failure> {
     let file = load_config(g).await?;
     let cache = cache_config(g, &file)?;
     // One user never holds the whole cache of a server.
@@ -184,41 +161,28 @@ async fn core_options(g: &Global, f: ServeFlags<'_>) -> Result<crate::serve::Cor
         .per_user
         .unwrap_or_else(|| cache.server_default_per_user());
     let shared = |p: &Path| p.to_string_lossy().starts_with("s3://");
-    let polled = shared(f.users) || g.config.as_deref().is_some_and(shared);
+    let polled = shared(&f.users) || g.config.as_deref().is_some_and(shared);
     Ok(crate::serve::CoreOptions {
-        users: f.users.to_path_buf(),
+        users: f.users.clone(),
         config: g.config.clone(),
-        source_options: f.source_options.map(Path::to_path_buf),
+        source_options: g.source_options.clone(),
         reload_every: f.reload_every.or(polled.then_some(Duration::from_secs(30))),
         cache: CacheConfig {
-            wait: f.wait,
+            wait: f.cache_wait,
             per_user: Some(per_user),
             ..cache
         },
         metrics: f.metrics,
         max_sessions_per_user: f.max_sessions_per_user,
         partial_retention: f.partial_retention,
-        proxy_from: f.proxy_from.to_vec(),
+        proxy_from: f.proxy_protocol_from.clone(),
     })
 }
 
 /// `corral serve webdav`.
 #[cfg(feature = "webdav")]
 async fn serve_webdav(g: &Global, a: &args::WebdavArgs) -> output::Outcome {
-    let core = core_options(
-        g,
-        ServeFlags {
-            users: &a.users,
-            wait: a.cache_wait,
-            metrics: a.metrics,
-            max_sessions_per_user: a.max_sessions_per_user,
-            partial_retention: a.partial_retention,
-            proxy_from: &a.proxy_protocol_from,
-            source_options: g.source_options.as_deref(),
-            reload_every: a.reload_every,
-        },
-    )
-    .await?;
+    let core = core_options(g, &a.common).await?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         _ => None,
