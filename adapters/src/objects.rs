@@ -142,6 +142,27 @@ impl Objects {
         self.put_meta(key, data, mode, None).await
     }
 
+    /// One PUT with `opts`; errors mapped (the caller refines their kind).
+    async fn put_with_options(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let path = to_path(key)?;
+        match self
+            .store
+            .put_opts(&path, PutPayload::from_bytes(data), opts)
+            .await
+        {
+            Ok(r) => Ok(PutResult { etag: r.e_tag }),
+            // object_store reads the ETag only after a 2xx: the object was stored.
+            // Seen with s3s-fs for directory markers.
+            Err(e) if e.to_string().contains("ETag Header missing") => Ok(PutResult::default()),
+            Err(e) => Err(self.err(e, Operation::Put, key)),
+        }
+    }
+
     /// A PUT with one metadata entry (`x-amz-meta-NAME: VALUE` on S3).
     pub(crate) async fn put_meta(
         &self,
@@ -150,7 +171,6 @@ impl Objects {
         mode: PutMode,
         metadata: Option<(&'static str, String)>,
     ) -> Result<PutResult> {
-        let path = to_path(key)?;
         let mut attributes = object_store::Attributes::new();
         if let Some((name, value)) = metadata {
             attributes.insert(object_store::Attribute::Metadata(name.into()), value.into());
@@ -163,28 +183,16 @@ impl Objects {
             attributes,
             ..PutOptions::default()
         };
-        match self
-            .store
-            .put_opts(&path, PutPayload::from_bytes(data), opts)
-            .await
-        {
-            Ok(r) => Ok(PutResult { etag: r.e_tag }),
-            // object_store reads the ETag only after a 2xx: the object was stored.
-            // Seen with s3s-fs for directory markers.
-            Err(e) if e.to_string().contains("ETag Header missing") => Ok(PutResult::default()),
-            Err(e) => {
-                let e = self.err(e, Operation::Put, key);
-                // S3 answers 412 Precondition Failed to a create whose key exists.
-                if mode == PutMode::Create && e.kind() == ErrorKind::Conflict {
-                    return Err(
-                        Error::new(ErrorKind::AlreadyExists, "the object already exists")
-                            .with_operation(Operation::Put)
-                            .with_key(key.as_str().to_owned()),
-                    );
-                }
-                Err(e)
+        self.put_with_options(key, data, opts).await.map_err(|e| {
+            // S3 answers 412 Precondition Failed to a create whose key exists.
+            if mode == PutMode::Create && e.kind() == ErrorKind::Conflict {
+                Error::new(ErrorKind::AlreadyExists, "the object already exists")
+                    .with_operation(Operation::Put)
+                    .with_key(key.as_str().to_owned())
+            } else {
+                e
             }
-        }
+        })
     }
 
     /// A PUT that replaces the object only if its ETag is still `etag`.
@@ -194,7 +202,6 @@ impl Objects {
         data: Bytes,
         etag: &str,
     ) -> Result<PutResult> {
-        let path = to_path(key)?;
         let opts = PutOptions {
             mode: object_store::PutMode::Update(object_store::UpdateVersion {
                 e_tag: Some(etag.to_owned()),
@@ -202,25 +209,19 @@ impl Objects {
             }),
             ..PutOptions::default()
         };
-        match self
-            .store
-            .put_opts(&path, PutPayload::from_bytes(data), opts)
-            .await
-        {
-            Ok(r) => Ok(PutResult { etag: r.e_tag }),
-            Err(e) => {
-                let e = self.err(e, Operation::Put, key);
-                if matches!(e.kind(), ErrorKind::Conflict | ErrorKind::NotFound) {
-                    return Err(Error::new(
-                        ErrorKind::Conflict,
-                        "the object changed since it was read (its ETag no longer matches)",
-                    )
-                    .with_operation(Operation::Put)
-                    .with_key(key.as_str().to_owned()));
-                }
-                Err(e)
+        self.put_with_options(key, data, opts).await.map_err(|e| {
+            // Changed (412), or gone: S3 answers 404 to If-Match on a missing key.
+            if matches!(e.kind(), ErrorKind::Conflict | ErrorKind::NotFound) {
+                Error::new(
+                    ErrorKind::Conflict,
+                    "the object changed since it was read (its ETag no longer matches)",
+                )
+                .with_operation(Operation::Put)
+                .with_key(key.as_str().to_owned())
+            } else {
+                e
             }
-        }
+        })
     }
 
     pub(crate) async fn delete_many(
