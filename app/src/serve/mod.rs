@@ -12,8 +12,10 @@
 //! | [`auth`] | password checks on their own thread, and the lockout of addresses that fail |
 //! | [`sessions`] | sessions per user, against the limit, released when dropped |
 //! | [`metrics`] | counters, the transfer log, the Prometheus endpoint (on hyper) |
+//! | [`listener`] | the listening socket, and the connections against the maximum |
 
 pub(crate) mod auth;
+pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod proxy;
 pub(crate) mod sessions;

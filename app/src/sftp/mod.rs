@@ -28,13 +28,12 @@ mod shared;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use corral::{Error, ErrorKind};
+use corral::Error;
 use russh::MethodKind;
-use tokio::net::TcpListener;
 
+use crate::serve::listener::Listener;
 use crate::serve::{Core, proxy};
 use session::Conn;
 pub(crate) use shared::Options;
@@ -104,12 +103,7 @@ fn ciphers() -> std::borrow::Cow<'static, [russh::cipher::Name]> {
 pub(crate) async fn serve(options: Options) -> Result<(), Error> {
     let keys = host_key::load_all(&options.host_keys)?;
     let core = Core::start(options.core.clone()).await?;
-    let listener = TcpListener::bind(options.listen).await.map_err(|e| {
-        Error::new(
-            ErrorKind::Unavailable,
-            format!("cannot listen on {}: {e}", options.listen),
-        )
-    })?;
+    let listener = Listener::bind(options.listen, options.max_sessions, "sessions").await?;
     let config = Arc::new(russh::server::Config {
         methods: russh::MethodSet::from(&[MethodKind::Password, MethodKind::PublicKey][..]),
         auth_rejection_time: Duration::from_secs(1),
@@ -135,11 +129,7 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         // packet makes each queued message larger.
         ..Default::default()
     });
-    let server = Arc::new(Server {
-        core,
-        options,
-        connections: AtomicU64::new(0),
-    });
+    let server = Arc::new(Server { core, options });
     let c = &server.options.core.cache;
     tracing::info!(
         listen = %server.options.listen,
@@ -148,29 +138,11 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         per_user = %corral::human_size(c.per_account()),
         "serving SFTP"
     );
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = server.core.stop.cancelled() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors, say: wait, never stop serving.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let open = server.connections.fetch_add(1, Ordering::SeqCst);
-        if open as usize >= server.options.max_sessions {
-            server.connections.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(%peer, "connection refused: the server has its maximum of sessions");
-            drop(tcp);
-            continue;
-        }
+    while let Some((tcp, peer, slot)) = listener.next(&server.core.stop).await {
         let (server, config) = (Arc::clone(&server), Arc::clone(&config));
         tokio::spawn(async move {
+            // Held until the connection ends.
+            let _slot = slot;
             let mut tcp = tcp;
             let _ = tcp.set_nodelay(true);
             // Behind a balancer, the client is who its header says.
@@ -180,7 +152,6 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(%peer, "connection refused: {e}");
-                    server.connections.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
             };
@@ -193,7 +164,6 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "cannot set the connection up");
-                    server.connections.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
             };
@@ -263,15 +233,11 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
             }
-            server.connections.fetch_sub(1, Ordering::SeqCst);
         });
     }
     // Stopping: the connections end (each was told), then what they were
     // writing is given up and aborted.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while server.connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    listener.drain().await;
     server.core.finish().await;
     Ok(())
 }

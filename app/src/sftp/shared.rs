@@ -53,5 +53,4 @@ impl Activity {
 pub(crate) struct Server {
     pub(crate) core: Arc<Core>,
     pub(crate) options: Options,
-    pub(crate) connections: AtomicU64,
 }

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,8 +37,8 @@ use headers::{Authorization, HeaderMapExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 
+use crate::serve::listener::Listener;
 use crate::serve::sessions::SessionSlot;
 use crate::serve::{Core, CoreOptions, proxy};
 use fs::SandboxFs;
@@ -105,7 +105,6 @@ struct Server {
     options: Options,
     /// Each user's locks and properties, shared by their connections.
     users: Mutex<HashMap<String, Arc<UserState>>>,
-    connections: AtomicU64,
 }
 
 struct UserState {
@@ -175,17 +174,11 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         None => None,
     };
     let core = Core::start(options.core.clone()).await?;
-    let listener = TcpListener::bind(options.listen).await.map_err(|e| {
-        Error::new(
-            ErrorKind::Unavailable,
-            format!("cannot listen on {}: {e}", options.listen),
-        )
-    })?;
+    let listener = Listener::bind(options.listen, options.max_connections, "connections").await?;
     let server = Arc::new(Server {
         core,
         options,
         users: Mutex::new(HashMap::new()),
-        connections: AtomicU64::new(0),
     });
     let c = &server.options.core.cache;
     tracing::info!(
@@ -198,27 +191,11 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
         if tls.is_some() { "https" } else { "http" },
         server.options.listen
     );
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = server.core.stop.cancelled() => break,
-        };
-        let (mut tcp, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let open = server.connections.fetch_add(1, Ordering::SeqCst);
-        if open as usize >= server.options.max_connections {
-            server.connections.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(%peer, "connection refused: the server has its maximum of connections");
-            continue;
-        }
+    while let Some((mut tcp, peer, slot)) = listener.next(&server.core.stop).await {
         let (server, tls) = (Arc::clone(&server), tls.clone());
         tokio::spawn(async move {
+            // Held until the connection ends.
+            let _slot = slot;
             let _ = tcp.set_nodelay(true);
             match proxy::client_address(&mut tcp, peer, &server.core.options.proxy_from).await {
                 Ok(peer) => match tls {
@@ -237,13 +214,9 @@ pub(crate) async fn serve(options: Options) -> Result<(), Error> {
                 },
                 Err(e) => tracing::warn!(%peer, "connection refused: {e}"),
             }
-            server.connections.fetch_sub(1, Ordering::SeqCst);
         });
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while server.connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    listener.drain().await;
     server.core.finish().await;
     Ok(())
 }
