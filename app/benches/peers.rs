@@ -424,6 +424,10 @@ fn bench(name: &str, server: &S3Server, root: &Path, with_rclone: bool) {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS);
+    // CORRAL_BENCH_BEFORE=/path/to/corral: that build too, as "before",
+    // run right after each corral command (a before/after table at the end).
+    let before = std::env::var_os("CORRAL_BENCH_BEFORE");
+    let mut compared = Vec::new();
     for (case, make) in cases() {
         if !only.is_empty() && !only.split('|').any(|o| case.contains(o)) {
             continue;
@@ -441,9 +445,29 @@ fn bench(name: &str, server: &S3Server, root: &Path, with_rclone: bool) {
         let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
         let mut rss: BTreeMap<&str, u64> = BTreeMap::new();
         for r in 0..rounds {
-            for (tool, cmd) in make(&env, r) {
+            let mut commands = make(&env, r);
+            if let Some(before) = &before
+                && let Some(i) = commands.iter().position(|(t, _)| *t == "corral")
+            {
+                let cmd = &commands[i].1;
+                let mut b = Command::new(before);
+                b.args(cmd.get_args());
+                for (k, v) in cmd.get_envs() {
+                    match v {
+                        Some(v) => b.env(k, v),
+                        None => b.env_remove(k),
+                    };
+                }
+                if let Some(d) = cmd.get_current_dir() {
+                    b.current_dir(d);
+                }
+                commands.insert(i + 1, ("before", b));
+            }
+            for (tool, cmd) in commands {
                 if (tool == "rclone" && !with_rclone)
-                    || (!tools.is_empty() && !tools.split(',').any(|t| t == tool))
+                    || (!tools.is_empty()
+                        && tool != "before"
+                        && !tools.split(',').any(|t| t == tool))
                 {
                     continue;
                 }
@@ -480,6 +504,25 @@ fn bench(name: &str, server: &S3Server, root: &Path, with_rclone: bool) {
             mem("rclone"),
             mem("aws-cli")
         );
+        if let Some(b) = m.get("before") {
+            compared.push(format!(
+                "| {case} | {:.2} s | {} | **{:.2}** | {} / {} |",
+                b.as_secs_f64(),
+                cell("corral"),
+                m["corral"].as_secs_f64() / b.as_secs_f64(),
+                mem("before"),
+                mem("corral")
+            ));
+        }
+    }
+    if !compared.is_empty() {
+        println!(
+            "\n| case | corral before | corral after | after / before | peak RSS, MiB (before / after) |"
+        );
+        println!("|---|---|---|---|---|");
+        for row in compared {
+            println!("{row}");
+        }
     }
 }
 

@@ -56,14 +56,14 @@ const HASH_BATCH: u64 = 4 << 20;
 /// A download staged through the cache: chunks read ahead with ranged GETs,
 /// each checked (range, length, ETag); a slow reader holds the read-ahead back.
 pub struct Download {
-    storage: Arc<dyn ObjectStorage>,
-    key: ObjectKey,
-    meta: ObjectMeta,
+    pub(super) storage: Arc<dyn ObjectStorage>,
+    pub(super) key: ObjectKey,
+    pub(super) meta: ObjectMeta,
     /// The size of chunks after the first.
-    chunk: u64,
+    pub(super) chunk: u64,
     /// The size of the first chunk.
     head: u64,
-    stager: Stager,
+    pub(super) stager: Stager,
     /// Chunks requested, in order, starting at the reader's chunk.
     pending: VecDeque<(u64, JoinHandle<Result<Chunk, Error>>)>,
     next_fetch: u64,
@@ -240,10 +240,39 @@ impl std::fmt::Debug for Download {
     }
 }
 
-fn invalid_response(key: &ObjectKey, message: String) -> Error {
+pub(super) fn invalid_response(key: &ObjectKey, message: String) -> Error {
     Error::new(ErrorKind::InvalidResponse, message)
         .with_operation(corral_domain::Operation::Get)
         .with_key(key.as_str().to_owned())
+}
+
+/// A ranged GET of `range` of `key`, checked: the range the server says it
+/// sent, and the object's entity tag when the download started (`etag`).
+pub(super) async fn get_checked(
+    storage: &Arc<dyn ObjectStorage>,
+    key: &ObjectKey,
+    range: &std::ops::Range<u64>,
+    etag: Option<&str>,
+) -> Result<corral_domain::port::GetResult, Error> {
+    let r = storage
+        .get(key, Some(ByteRange::Bounded(range.clone())))
+        .await?;
+    if r.range != *range {
+        return Err(invalid_response(
+            key,
+            format!("asked for bytes {range:?}, the server sent {:?}", r.range),
+        ));
+    }
+    if let (Some(want), Some(got)) = (etag, &r.meta.etag)
+        && want != got
+    {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            "the object was replaced during the download (its ETag changed); download it again",
+        )
+        .with_key(key.as_str().to_owned()));
+    }
+    Ok(r)
 }
 
 struct Fetch {
@@ -267,24 +296,7 @@ async fn fetch(f: Fetch) -> Result<Chunk, Error> {
     let len = (range.end - range.start) as usize;
     // The chunk's room in the cache, before a byte moves.
     let mut slot = stager.slot(len, share).await?;
-    let r = storage
-        .get(&key, Some(ByteRange::Bounded(range.clone())))
-        .await?;
-    if r.range != range {
-        return Err(invalid_response(
-            &key,
-            format!("asked for bytes {range:?}, the server sent {:?}", r.range),
-        ));
-    }
-    if let (Some(want), Some(got)) = (&etag, &r.meta.etag)
-        && want != got
-    {
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            "the object was replaced during the download (its ETag changed); download it again",
-        )
-        .with_key(key.as_str().to_owned()));
-    }
+    let r = get_checked(&storage, &key, &range, etag.as_deref()).await?;
     let mut at = 0usize;
     let mut body = r.body;
     while let Some(frame) = body.next().await {
@@ -342,7 +354,7 @@ impl Download {
         self.path = Some(path.into());
     }
 
-    fn named(&self, e: Error) -> Error {
+    pub(super) fn named(&self, e: Error) -> Error {
         match &self.path {
             Some(p) => e.with_path(p.clone()),
             None => e,

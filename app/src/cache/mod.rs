@@ -44,6 +44,7 @@ mod config;
 mod download;
 mod part_copy;
 pub mod pool;
+mod save;
 pub mod store;
 mod upload;
 
@@ -57,6 +58,7 @@ pub use config::{CacheConfig, CacheSection, SizeValue, parse_size};
 pub use download::Download;
 pub use part_copy::PART_COPIES_AT_ONCE;
 pub use pool::{Account, AccountUse, CacheMetrics, Reservation};
+pub(crate) use save::write_pieces_at;
 pub use upload::{Base, Upload, UploadJournal, part_checksum};
 
 use aborts::Aborts;

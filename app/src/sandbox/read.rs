@@ -299,6 +299,7 @@ impl UserSandbox {
         listed_file: bool,
     ) -> Result<u64, Error> {
         let mut d = self.open_checked(path, listed_file).await?;
+        let d_size = d.size();
         let dir = local
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -324,6 +325,13 @@ impl UserSandbox {
                 .try_clone()
                 .map_err(|e| local_err(local, e))?,
         );
+        if d.saves_checked() {
+            // Each chunk straight to its place in the file.
+            d.save_to(Arc::clone(&file), local, progress).await?;
+            drop(file);
+            temp.persist(local).map_err(|e| local_err(local, e.error))?;
+            return Ok(d_size);
+        }
         let mut total = 0u64;
         // Chunks are written by the blocking pool, two at a time, while the next
         // ones download; a chunk's cache slot comes back when its write is done.
@@ -339,7 +347,7 @@ impl UserSandbox {
         while let Some(pieces) = d.next_pieces().await? {
             let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
             let (f, at) = (Arc::clone(&file), total);
-            writes.spawn_blocking(move || write_pieces_at(&f, &pieces, at));
+            writes.spawn_blocking(move || crate::cache::write_pieces_at(&f, &pieces, at));
             total += len;
             progress(len);
             while writes.len() >= 2 {
@@ -440,46 +448,6 @@ impl FileReader {
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
         self.0.next_chunk().await
     }
-}
-
-/// Writes `pieces` one after the other at `at`, as few system calls as
-/// the pieces allow (`pwritev`), without copying them together.
-fn write_pieces_at(file: &std::fs::File, pieces: &[Bytes], mut at: u64) -> std::io::Result<()> {
-    const MAX_IOV: usize = 512;
-    let mut i = 0;
-    let mut skip = 0usize; // bytes of pieces[i] already written
-    while i < pieces.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = pieces[i..]
-            .iter()
-            .take(MAX_IOV)
-            .enumerate()
-            .map(|(j, p)| std::io::IoSlice::new(if j == 0 { &p[skip..] } else { p }))
-            .collect();
-        let mut n = rustix::io::pwritev(file, &slices, at)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "the disk took no bytes",
-            ));
-        }
-        at += n as u64;
-        while n > 0 && i < pieces.len() {
-            let left = pieces[i].len() - skip;
-            if n >= left {
-                n -= left;
-                i += 1;
-                skip = 0;
-            } else {
-                skip += n;
-                n = 0;
-            }
-        }
-        while i < pieces.len() && pieces[i].len() == skip {
-            i += 1;
-            skip = 0;
-        }
-    }
-    Ok(())
 }
 
 /// `entries`, with those being written shown as written so far (and taken

@@ -426,6 +426,13 @@ async fn a_download_is_checked_against_a_full_object_checksum_or_an_md5_etag() {
     let multipart_etag = "\"0123456789abcdef0123456789abcdef-3\"".to_owned();
     let server = etag_server(data.clone(), multipart_etag.clone(), &full(&data));
     assert_eq!(&read(&server).await.expect("read")[..], &data[..]);
+    let saved = dir.path().join("crc");
+    let sb = sandbox(&server);
+    sb.download_to_file("/f", &saved, |_| {})
+        .await
+        .expect("saved");
+    assert_eq!(std::fs::read(&saved).expect("saved"), data);
+    std::fs::remove_file(&saved).expect("rm");
     let server = etag_server(data.clone(), multipart_etag, &full(&other));
     let e = read(&server).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{e}");
@@ -434,6 +441,16 @@ async fn a_download_is_checked_against_a_full_object_checksum_or_an_md5_etag() {
         message.contains("do not match the object's checksum (CRC-64/NVME"),
         "{e}"
     );
+    // Saved to a file (chunks written in place, their CRCs combined): refused too.
+    let sb = sandbox(&server);
+    let e = sb.download_to_file("/f", &saved, |_| {}).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{e}");
+    assert!(
+        e.to_string()
+            .contains("do not match the object's checksum (CRC-64/NVME"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
     // Even when the MD5 ETag is right: the CRC is what is checked.
     let server = etag_server(data.clone(), hex(&data), &full(&other));
     let e = read(&server).await.unwrap_err();

@@ -67,15 +67,29 @@ async fn detected(server: &S3Server) -> Vec<(&'static str, bool)> {
                 true
             }
         };
+        // Saved to a local file (each chunk straight to its place, the
+        // chunks' CRCs combined): refused alike, and no file is left.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = dir.path().join("f");
+        let saved = sb.download_to_file(&path, &local, |_| {}).await;
+        match &saved {
+            Ok(_) => assert!(!refused, "{name}: read refused, saved accepted"),
+            Err(e) => {
+                assert!(refused, "{name}: read accepted, saved refused: {e}");
+                assert_eq!(e.kind(), ErrorKind::InvalidResponse, "{name}: {e}");
+                assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+            }
+        }
         // Uncorrupted, the same read succeeds: the check is not a false alarm.
         let clean = corral_at(server, &server.endpoint, "");
-        let got = clean
-            .sandbox(&Identity::user("u"))
-            .expect("sandbox")
-            .read(&path)
-            .await
-            .expect("clean read");
+        let clean = clean.sandbox(&Identity::user("u")).expect("sandbox");
+        let got = clean.read(&path).await.expect("clean read");
         assert_eq!(&got[..], &data[..], "{name}");
+        clean
+            .download_to_file(&path, &local, |_| {})
+            .await
+            .expect("clean save");
+        assert!(std::fs::read(&local).expect("saved") == data, "{name}");
         out.push((name, refused));
     }
     out

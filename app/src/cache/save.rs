@@ -1,0 +1,313 @@
+//! A whole download written straight into a local file.
+//!
+//! [`Download::save_to`] does not stage chunks in the cache: each chunk's
+//! ranged GET writes its body's frames to their place in the file as they
+//! arrive (gathered into batches of 256 KiB, one `pwritev` each, one batch
+//! writing while the next fills; one write at a time into the file). The cache still admits each chunk
+//! (the transfer's window and the account's turn, as for a staged chunk),
+//! so that a download takes its fair share of bandwidth and the bytes in
+//! flight are counted; but what the process holds is the batches, not the
+//! chunks: a copy into the cache and its memory are saved.
+//!
+//! The checksum the backend vouches for is checked all the same: each
+//! chunk's CRC-64/NVME is computed with its writes, on the blocking pool,
+//! and the chunks' CRCs are combined in order as they complete. An object
+//! that only has an MD5 (whose state cannot be combined) is not saved this
+//! way: [`Download::saves_checked`] tells the caller to read it in order.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use corral_domain::port::ContentChecksum;
+use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage};
+use futures::StreamExt;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::download::{Download, get_checked, invalid_response};
+use super::store::Stager;
+
+/// Bytes gathered from the body before one write. Small enough that the
+/// frames are still in the CPU's cache when the kernel copies them into the
+/// page cache: measured on a 1 GiB download, 1 MiB batches took 2.1–2.4 s
+/// of system time, 256 KiB ones 0.9–1.0 s (64 KiB: 1.1–1.2 s).
+const BATCH: usize = 256 << 10;
+
+const CRC: crc_fast::CrcAlgorithm = crc_fast::CrcAlgorithm::Crc64Nvme;
+
+/// Writes `pieces` one after the other at `at`, as few system calls as
+/// the pieces allow (`pwritev`), without copying them together.
+pub(crate) fn write_pieces_at(file: &File, pieces: &[Bytes], mut at: u64) -> std::io::Result<()> {
+    const MAX_IOV: usize = 512;
+    let mut i = 0;
+    let mut skip = 0usize; // bytes of pieces[i] already written
+    while i < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[i..]
+            .iter()
+            .take(MAX_IOV)
+            .enumerate()
+            .map(|(j, p)| std::io::IoSlice::new(if j == 0 { &p[skip..] } else { p }))
+            .collect();
+        let mut n = rustix::io::pwritev(file, &slices, at)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "the disk took no bytes",
+            ));
+        }
+        at += n as u64;
+        while n > 0 && i < pieces.len() {
+            let left = pieces[i].len() - skip;
+            if n >= left {
+                n -= left;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        while i < pieces.len() && pieces[i].len() == skip {
+            i += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
+}
+
+/// One chunk to save.
+struct Job {
+    storage: Arc<dyn ObjectStorage>,
+    key: ObjectKey,
+    stager: Stager,
+    range: std::ops::Range<u64>,
+    etag: Option<String>,
+    share: tokio::sync::OwnedSemaphorePermit,
+    file: Arc<File>,
+    local: Arc<Path>,
+    /// Held by the write in progress: one write at a time into the file.
+    turn: Arc<std::sync::Mutex<()>>,
+}
+
+fn write_err(local: &Path, e: std::io::Error) -> Error {
+    Error::new(
+        ErrorKind::from_io(e.kind()),
+        format!("cannot write {}: {e}", local.display()),
+    )
+}
+
+fn task_err(e: tokio::task::JoinError) -> Error {
+    Error::new(ErrorKind::Other, format!("a download task failed: {e}"))
+}
+
+/// Writes `batch` at `at` and adds it to `crc`, on the blocking pool.
+fn write_batch(
+    file: &Arc<File>,
+    turn: &Arc<std::sync::Mutex<()>>,
+    batch: Vec<Bytes>,
+    at: u64,
+    mut crc: crc_fast::Digest,
+) -> JoinHandle<std::io::Result<crc_fast::Digest>> {
+    let (file, turn) = (Arc::clone(file), Arc::clone(turn));
+    tokio::task::spawn_blocking(move || {
+        {
+            // Writers of one file queue here rather than spin on the
+            // inode's lock in the kernel (measured: 12 % of the samples).
+            let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
+            write_pieces_at(&file, &batch, at)?;
+        }
+        for b in &batch {
+            crc.update(b);
+        }
+        Ok(crc)
+    })
+}
+
+/// Fetches one chunk into its place in the file; returns its CRC-64/NVME.
+async fn save_chunk(job: Job) -> Result<u64, Error> {
+    let Job {
+        storage,
+        key,
+        stager,
+        range,
+        etag,
+        share,
+        file,
+        local,
+        turn,
+    } = job;
+    let len = range.end - range.start;
+    let _share = share;
+    // The account's turn in the cache, for the bytes this chunk has in flight.
+    let _held = stager.account.reserve(len, len).await?;
+    let r = get_checked(&storage, &key, &range, etag.as_deref()).await?;
+    let mut body = r.body;
+    let mut crc = crc_fast::Digest::new(CRC);
+    let mut writing: Option<JoinHandle<std::io::Result<crc_fast::Digest>>> = None;
+    let (mut batch, mut batched) = (Vec::new(), 0usize);
+    let (mut got, mut at) = (0u64, range.start);
+    loop {
+        let frame = body.next().await.transpose()?;
+        let last = frame.is_none();
+        if let Some(frame) = frame {
+            got += frame.len() as u64;
+            if got > len {
+                return Err(invalid_response(
+                    &key,
+                    format!("the server sent more than the {len} bytes of range {range:?}"),
+                ));
+            }
+            batched += frame.len();
+            batch.push(frame);
+        }
+        if batched >= BATCH || (last && batched > 0) {
+            // One batch writing while the next fills.
+            if let Some(w) = writing.take() {
+                crc = w
+                    .await
+                    .map_err(task_err)?
+                    .map_err(|e| write_err(&local, e))?;
+            }
+            writing = Some(write_batch(
+                &file,
+                &turn,
+                std::mem::take(&mut batch),
+                at,
+                crc,
+            ));
+            crc = crc_fast::Digest::new(CRC); // replaced by the write's
+            at += batched as u64;
+            batched = 0;
+        }
+        if last {
+            break;
+        }
+    }
+    if let Some(w) = writing.take() {
+        crc = w
+            .await
+            .map_err(task_err)?
+            .map_err(|e| write_err(&local, e))?;
+    }
+    if got != len {
+        return Err(invalid_response(
+            &key,
+            format!(
+                "the server sent {got} of the {len} bytes of range {range:?} (connection cut?)"
+            ),
+        ));
+    }
+    Ok(crc.finalize())
+}
+
+impl Download {
+    /// Whether [`Self::save_to`] checks what this object's backend vouches
+    /// for (a CRC-64/NVME, or nothing); an MD5 needs the bytes in order
+    /// ([`Self::next_pieces`]).
+    pub(crate) fn saves_checked(&self) -> bool {
+        !matches!(self.meta.checksum, Some(ContentChecksum::Md5(_)))
+    }
+
+    /// Writes the whole object into `file` (named `local` in errors), each
+    /// chunk straight to its place, and checks its CRC-64/NVME where the
+    /// backend vouches for one. `progress` is told of each chunk written.
+    pub(crate) async fn save_to(
+        self,
+        file: Arc<File>,
+        local: &Path,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, Error> {
+        let local: Arc<Path> = Arc::from(local);
+        let turn = Arc::new(std::sync::Mutex::new(()));
+        let size = self.meta.size;
+        let chunk = self.chunk;
+        let chunks = size.div_ceil(chunk);
+        let mut running: JoinSet<Result<(u64, u64), Error>> = JoinSet::new();
+        // CRCs of chunks done out of order, and the combined CRC of the
+        // chunks done in order.
+        let mut early: BTreeMap<u64, u64> = BTreeMap::new();
+        let (mut combined, mut in_order) = (crc_fast::checksum(CRC, b""), 0u64);
+        let mut next = 0u64;
+        loop {
+            // As many chunks in flight as the window has room for, and at
+            // least one.
+            while next < chunks {
+                let range = next * chunk..((next + 1) * chunk).min(size);
+                let want = range.end - range.start;
+                let share = if running.is_empty() {
+                    self.stager.window.take(want).await
+                } else {
+                    match self.stager.window.try_take(want) {
+                        Some(s) => s,
+                        None => break,
+                    }
+                };
+                let job = Job {
+                    storage: Arc::clone(&self.storage),
+                    key: self.key.clone(),
+                    stager: self.stager.clone(),
+                    range,
+                    etag: self.meta.etag.clone(),
+                    share,
+                    file: Arc::clone(&file),
+                    local: Arc::clone(&local),
+                    turn: Arc::clone(&turn),
+                };
+                let k = next;
+                running.spawn(async move { save_chunk(job).await.map(|crc| (k, crc)) });
+                next += 1;
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            let (k, crc) = done.map_err(task_err)?.map_err(|e| self.named(e))?;
+            early.insert(k, crc);
+            while let Some(crc) = early.remove(&in_order) {
+                let len = ((in_order + 1) * chunk).min(size) - in_order * chunk;
+                combined = if in_order == 0 {
+                    crc
+                } else {
+                    crc_fast::checksum_combine(CRC, combined, crc, len)
+                };
+                in_order += 1;
+                progress(len);
+            }
+        }
+        if let Some(ContentChecksum::Crc64Nvme(want)) = self.meta.checksum
+            && combined != want
+        {
+            return Err(self.named(
+                Error::new(
+                    ErrorKind::InvalidResponse,
+                    format!(
+                        "the downloaded bytes do not match the object's checksum ({}): corrupted on the way",
+                        ContentChecksum::Crc64Nvme(want)
+                    ),
+                )
+                .with_operation(corral_domain::Operation::Get)
+                .with_key(self.key.as_str().to_owned()),
+            ));
+        }
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunk_crcs_combine_to_the_whole_crc() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let whole = crc_fast::checksum(super::CRC, &data);
+        let (a, b) = data.split_at(4_321);
+        let combined = crc_fast::checksum_combine(
+            super::CRC,
+            crc_fast::checksum(super::CRC, a),
+            crc_fast::checksum(super::CRC, b),
+            b.len() as u64,
+        );
+        assert_eq!(combined, whole);
+        assert_ne!(crc_fast::checksum(super::CRC, a), whole);
+    }
+}
