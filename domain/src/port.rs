@@ -256,7 +256,9 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug + 'static {
     /// The object's metadata; [`crate::ErrorKind::NotFound`] if absent.
     async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta>;
 
-    /// The object's bytes, whole or a range.
+    /// The object's bytes, whole or a range. A whole object's `meta`
+    /// carries the checksum the backend vouches for, as [`Self::head`]'s
+    /// does, where the backend tells it with the bytes (S3 does).
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult>;
 
     /// Stores a whole object.

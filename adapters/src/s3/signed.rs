@@ -8,7 +8,8 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use corral_domain::port::ObjectMeta;
+use corral_domain::port::{GetResult, ObjectMeta};
+use futures::TryStreamExt;
 use corral_domain::retry::Backoff;
 use corral_domain::{Error, ErrorKind, ObjectKey, Operation, Result};
 use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
@@ -104,6 +105,54 @@ impl Signed {
     /// the answer is neither 200 nor 404, or the request failed: the caller
     /// then asks object_store, whose errors are retried and classified.
     pub(crate) async fn head_object(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>> {
+        let Some(response) = self
+            .object_request(http::Method::HEAD, key, Operation::Head)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(self.meta_of(key, response.headers()))
+    }
+
+    /// A GET of the whole of `key` whose metadata tells the checksum the
+    /// server vouches for, as [`Self::head_object`] does: one request where
+    /// a HEAD and a GET would be two. `Ok(None)` as there.
+    pub(crate) async fn get_object(&self, key: &ObjectKey) -> Result<Option<GetResult>> {
+        let Some(response) = self
+            .object_request(http::Method::GET, key, Operation::Get)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(meta) = self.meta_of(key, response.headers()) else {
+            return Ok(None);
+        };
+        let (ctx, k) = (self.ctx.clone(), key.as_str().to_owned());
+        let body = response.into_body().bytes_stream().map_err(move |e| {
+            let text = chain_text(&e);
+            match classify(&e, &text, &ctx) {
+                Some(c) => c.into_error(),
+                None => Error::new(ErrorKind::Unavailable, format!("reading the body: {text}")),
+            }
+            .with_operation(Operation::Get)
+            .with_key(k.clone())
+        });
+        Ok(Some(GetResult {
+            range: 0..meta.size,
+            meta,
+            body: Box::pin(body),
+        }))
+    }
+
+    /// A signed request of `method` on `key` asking for checksums: the
+    /// answer if 200, not found if 404, `None` otherwise (see
+    /// [`Self::head_object`]).
+    async fn object_request(
+        &self,
+        method: http::Method,
+        key: &ObjectKey,
+        op: Operation,
+    ) -> Result<Option<object_store::client::HttpResponse>> {
         let Ok(credential) = self.credentials.get_credential().await else {
             return Ok(None);
         };
@@ -113,7 +162,7 @@ impl Signed {
             utf8_percent_encode(key.as_str(), PATH)
         );
         let Ok(mut request) = http::Request::builder()
-            .method(http::Method::HEAD)
+            .method(method)
             .uri(&url)
             .header("x-amz-checksum-mode", "ENABLED")
             .body(HttpRequestBody::from(Bytes::new()))
@@ -130,22 +179,21 @@ impl Signed {
             return Ok(None);
         };
         match response.status().as_u16() {
-            200 => {}
-            404 => {
-                return Err(Error::not_found("no such object")
-                    .with_operation(Operation::Head)
-                    .with_key(key.as_str().to_owned()));
-            }
+            200 => Ok(Some(response)),
+            404 => Err(Error::not_found("no such object")
+                .with_operation(op)
+                .with_key(key.as_str().to_owned())),
             status => {
-                tracing::debug!(status, key = %key, "HEAD not answered 200 or 404: asking object_store");
-                return Ok(None);
+                tracing::debug!(status, key = %key, op = op.as_str(), "not answered 200 or 404: asking object_store");
+                Ok(None)
             }
         }
-        let headers = response.headers();
+    }
+
+    /// What an answer's headers say of object `key`.
+    fn meta_of(&self, key: &ObjectKey, headers: &http::HeaderMap) -> Option<ObjectMeta> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let Some(size) = header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
-            return Ok(None);
-        };
+        let size = header("content-length").and_then(|v| v.parse::<u64>().ok())?;
         let etag = header("etag").map(str::to_owned);
         // A time a client set (rclone's `mtime` metadata) wins over the
         // server's time of the upload.
@@ -156,13 +204,13 @@ impl Signed {
                     .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
                     .map(SystemTime::from)
             });
-        Ok(Some(ObjectMeta {
+        Some(ObjectMeta {
             key: key.clone(),
             size,
             last_modified: modified,
             checksum: content_checksum(&header, etag.as_deref(), self.etag_is_md5),
             etag,
-        }))
+        })
     }
 
     /// Sends a signed request about object `key` with extra `headers`,

@@ -130,13 +130,13 @@ impl Chunk {
 }
 
 /// A running checksum of the object's content.
-enum Hasher {
+pub(super) enum Hasher {
     Crc64(Box<crc_fast::Digest>),
     Md5(Md5),
 }
 
 impl Hasher {
-    fn new(expected: ContentChecksum) -> Self {
+    pub(super) fn new(expected: ContentChecksum) -> Self {
         match expected {
             ContentChecksum::Crc64Nvme(_) => Self::Crc64(Box::new(crc_fast::Digest::new(
                 crc_fast::CrcAlgorithm::Crc64Nvme,
@@ -145,14 +145,22 @@ impl Hasher {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(super) fn update(&mut self, data: &[u8]) {
         match self {
             Self::Crc64(d) => d.update(data),
             Self::Md5(d) => d.update(data),
         }
     }
 
-    fn matches(self, expected: ContentChecksum) -> bool {
+    /// The CRC-64/NVME so far (of a CRC-64 hasher).
+    pub(super) fn crc64(&self) -> Option<u64> {
+        match self {
+            Self::Crc64(d) => Some(d.finalize()),
+            Self::Md5(_) => None,
+        }
+    }
+
+    pub(super) fn matches(self, expected: ContentChecksum) -> bool {
         match (self, expected) {
             (Self::Crc64(d), ContentChecksum::Crc64Nvme(want)) => d.finalize() == want,
             (Self::Md5(d), ContentChecksum::Md5(want)) => d.finalize()[..] == want[..],
@@ -175,7 +183,7 @@ struct ContentCheck {
 }
 
 impl ContentCheck {
-    fn new(expected: ContentChecksum) -> Self {
+    pub(super) fn new(expected: ContentChecksum) -> Self {
         Self {
             expected,
             state: Some(Ok(Hasher::new(expected))),
@@ -543,21 +551,7 @@ impl Download {
         if c.upto != self.meta.size || c.matches().await? {
             return Ok(());
         }
-        let hint = match c.expected {
-            ContentChecksum::Md5(_) => {
-                " (or the server's ETags are not MD5s: then set \"etagIsMd5\": false)"
-            }
-            ContentChecksum::Crc64Nvme(_) => "",
-        };
-        Err(Error::new(
-            ErrorKind::InvalidResponse,
-            format!(
-                "the downloaded bytes do not match the object's checksum ({}): corrupted on the way{hint}",
-                c.expected
-            ),
-        )
-        .with_operation(corral_domain::Operation::Get)
-        .with_key(self.key.as_str().to_owned()))
+        Err(super::save::mismatch(&self.key, c.expected))
     }
 
     /// Up to `len` bytes at `offset`, without a copy in memory mode; fewer

@@ -316,10 +316,14 @@ impl TransferCache {
         meta: corral_domain::port::ObjectMeta,
     ) -> Download {
         let window = self.config.download.min(self.config.per_account());
-        // Two chunks fit the window: one the reader still holds while the
-        // next one comes.
-        let chunk = DEFAULT_PART_SIZE.min(window / 2).max(64 << 10);
-        Download::new(storage, key, meta, chunk, self.stager(window))
+        Download::new(storage, key, meta, self.download_chunk(), self.stager(window))
+    }
+
+    /// The size of a download's chunks: two fit the window, one the reader
+    /// still holds while the next one comes.
+    pub(crate) fn download_chunk(&self) -> u64 {
+        let window = self.config.download.min(self.config.per_account());
+        DEFAULT_PART_SIZE.min(window / 2).max(64 << 10)
     }
 }
 

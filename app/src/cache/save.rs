@@ -26,7 +26,8 @@ use corral_domain::{Error, ErrorKind, ObjectKey, ObjectStorage};
 use futures::StreamExt;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::download::{Download, get_checked, invalid_response};
+use super::TransferCache;
+use super::download::{Download, Hasher, get_checked, invalid_response};
 use super::store::Stager;
 
 /// Bytes gathered from the body before one write. Small enough that the
@@ -85,10 +86,7 @@ struct Job {
     range: std::ops::Range<u64>,
     etag: Option<String>,
     share: tokio::sync::OwnedSemaphorePermit,
-    file: Arc<File>,
-    local: Arc<Path>,
-    /// Held by the write in progress: one write at a time into the file.
-    turn: Arc<std::sync::Mutex<()>>,
+    target: Target,
 }
 
 fn write_err(local: &Path, e: std::io::Error) -> Error {
@@ -102,14 +100,14 @@ fn task_err(e: tokio::task::JoinError) -> Error {
     Error::new(ErrorKind::Other, format!("a download task failed: {e}"))
 }
 
-/// Writes `batch` at `at` and adds it to `crc`, on the blocking pool.
+/// Writes `batch` at `at` and adds it to `hash`, on the blocking pool.
 fn write_batch(
     file: &Arc<File>,
     turn: &Arc<std::sync::Mutex<()>>,
     batch: Vec<Bytes>,
     at: u64,
-    mut crc: crc_fast::Digest,
-) -> JoinHandle<std::io::Result<crc_fast::Digest>> {
+    mut hash: Option<Hasher>,
+) -> JoinHandle<std::io::Result<Option<Hasher>>> {
     let (file, turn) = (Arc::clone(file), Arc::clone(turn));
     tokio::task::spawn_blocking(move || {
         {
@@ -118,11 +116,76 @@ fn write_batch(
             let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
             write_pieces_at(&file, &batch, at)?;
         }
-        for b in &batch {
-            crc.update(b);
+        if let Some(h) = &mut hash {
+            for b in &batch {
+                h.update(b);
+            }
         }
-        Ok(crc)
+        Ok(hash)
     })
+}
+
+/// Where a body goes: its file, the turn of its writers, its name in errors.
+#[derive(Clone)]
+struct Target {
+    file: Arc<File>,
+    turn: Arc<std::sync::Mutex<()>>,
+    local: Arc<Path>,
+}
+
+/// Writes `body` at `start` of the target, at most `most` bytes, hashing it
+/// into `hash` in order; returns the bytes written and the hash.
+async fn write_body(
+    mut body: corral_domain::port::ByteStream,
+    target: &Target,
+    start: u64,
+    most: u64,
+    mut hash: Option<Hasher>,
+    too_long: impl Fn(u64) -> Error,
+) -> Result<(u64, Option<Hasher>), Error> {
+    let mut writing: Option<JoinHandle<std::io::Result<Option<Hasher>>>> = None;
+    let (mut batch, mut batched) = (Vec::new(), 0usize);
+    let (mut got, mut at) = (0u64, start);
+    let wait = |w: JoinHandle<std::io::Result<Option<Hasher>>>| async move {
+        w.await
+            .map_err(task_err)?
+            .map_err(|e| write_err(&target.local, e))
+    };
+    loop {
+        let frame = body.next().await.transpose()?;
+        let last = frame.is_none();
+        if let Some(frame) = frame {
+            got += frame.len() as u64;
+            if got > most {
+                return Err(too_long(got));
+            }
+            batched += frame.len();
+            batch.push(frame);
+        }
+        if batched >= BATCH || (last && batched > 0) {
+            // One batch writing while the next fills.
+            if let Some(w) = writing.take() {
+                hash = wait(w).await?;
+            }
+            let pieces = std::mem::take(&mut batch);
+            writing = Some(write_batch(
+                &target.file,
+                &target.turn,
+                pieces,
+                at,
+                hash.take(),
+            ));
+            at += batched as u64;
+            batched = 0;
+        }
+        if last {
+            break;
+        }
+    }
+    if let Some(w) = writing.take() {
+        hash = wait(w).await?;
+    }
+    Ok((got, hash))
 }
 
 /// Fetches one chunk into its place in the file; returns its CRC-64/NVME.
@@ -134,63 +197,21 @@ async fn save_chunk(job: Job) -> Result<u64, Error> {
         range,
         etag,
         share,
-        file,
-        local,
-        turn,
+        target,
     } = job;
     let len = range.end - range.start;
     let _share = share;
     // The account's turn in the cache, for the bytes this chunk has in flight.
     let _held = stager.account.reserve(len, len).await?;
     let r = get_checked(&storage, &key, &range, etag.as_deref()).await?;
-    let mut body = r.body;
-    let mut crc = crc_fast::Digest::new(CRC);
-    let mut writing: Option<JoinHandle<std::io::Result<crc_fast::Digest>>> = None;
-    let (mut batch, mut batched) = (Vec::new(), 0usize);
-    let (mut got, mut at) = (0u64, range.start);
-    loop {
-        let frame = body.next().await.transpose()?;
-        let last = frame.is_none();
-        if let Some(frame) = frame {
-            got += frame.len() as u64;
-            if got > len {
-                return Err(invalid_response(
-                    &key,
-                    format!("the server sent more than the {len} bytes of range {range:?}"),
-                ));
-            }
-            batched += frame.len();
-            batch.push(frame);
-        }
-        if batched >= BATCH || (last && batched > 0) {
-            // One batch writing while the next fills.
-            if let Some(w) = writing.take() {
-                crc = w
-                    .await
-                    .map_err(task_err)?
-                    .map_err(|e| write_err(&local, e))?;
-            }
-            writing = Some(write_batch(
-                &file,
-                &turn,
-                std::mem::take(&mut batch),
-                at,
-                crc,
-            ));
-            crc = crc_fast::Digest::new(CRC); // replaced by the write's
-            at += batched as u64;
-            batched = 0;
-        }
-        if last {
-            break;
-        }
-    }
-    if let Some(w) = writing.take() {
-        crc = w
-            .await
-            .map_err(task_err)?
-            .map_err(|e| write_err(&local, e))?;
-    }
+    let crc = Hasher::new(ContentChecksum::Crc64Nvme(0));
+    let (got, crc) = write_body(r.body, &target, range.start, len, Some(crc), |_| {
+        invalid_response(
+            &key,
+            format!("the server sent more than the {len} bytes of range {range:?}"),
+        )
+    })
+    .await?;
     if got != len {
         return Err(invalid_response(
             &key,
@@ -199,7 +220,67 @@ async fn save_chunk(job: Job) -> Result<u64, Error> {
             ),
         ));
     }
-    Ok(crc.finalize())
+    Ok(crc.and_then(|c| c.crc64()).unwrap_or_default())
+}
+
+pub(super) fn mismatch(key: &ObjectKey, expected: ContentChecksum) -> Error {
+    let hint = match expected {
+        ContentChecksum::Md5(_) => {
+            " (or the server's ETags are not MD5s: then set \"etagIsMd5\": false)"
+        }
+        ContentChecksum::Crc64Nvme(_) => "",
+    };
+    Error::new(
+        ErrorKind::InvalidResponse,
+        format!(
+            "the downloaded bytes do not match the object's checksum ({expected}): corrupted on the way{hint}"
+        ),
+    )
+    .with_operation(corral_domain::Operation::Get)
+    .with_key(key.as_str().to_owned())
+}
+
+impl TransferCache {
+    /// Saves the whole of `key`, listed as `listed` bytes (a small file),
+    /// into `file` with one GET, whose answer tells the checksum to check
+    /// (no HEAD first); the cache admits it by its listed size. Returns
+    /// its size. The body is read once, in order: an MD5 is checked too.
+    pub(crate) async fn save_whole(
+        &self,
+        storage: Arc<dyn ObjectStorage>,
+        key: &ObjectKey,
+        listed: u64,
+        file: Arc<File>,
+        local: &Path,
+    ) -> Result<u64, Error> {
+        let stager = self.stager(self.config.download.min(self.config.per_account()));
+        let _share = stager.window.take(listed).await;
+        let _held = stager.account.reserve(listed.max(1), listed.max(1)).await?;
+        let r = storage.get(key, None).await?;
+        let target = Target {
+            file,
+            turn: Arc::new(std::sync::Mutex::new(())),
+            local: Arc::from(local),
+        };
+        let expected = r.meta.checksum;
+        let size = r.meta.size;
+        let (got, hash) = write_body(r.body, &target, 0, size, expected.map(Hasher::new), |_| {
+            invalid_response(key, format!("the server sent more than the {size} bytes of the object"))
+        })
+        .await?;
+        if got != size {
+            return Err(invalid_response(
+                key,
+                format!("the server sent {got} of the object's {size} bytes (connection cut?)"),
+            ));
+        }
+        if let (Some(expected), Some(hash)) = (expected, hash)
+            && !hash.matches(expected)
+        {
+            return Err(mismatch(key, expected));
+        }
+        Ok(size)
+    }
 }
 
 impl Download {
@@ -219,8 +300,12 @@ impl Download {
         local: &Path,
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<u64, Error> {
-        let local: Arc<Path> = Arc::from(local);
-        let turn = Arc::new(std::sync::Mutex::new(()));
+        let target = Target {
+            file,
+            // One write at a time into the file.
+            turn: Arc::new(std::sync::Mutex::new(())),
+            local: Arc::from(local),
+        };
         let size = self.meta.size;
         let chunk = self.chunk;
         let chunks = size.div_ceil(chunk);
@@ -251,9 +336,7 @@ impl Download {
                     range,
                     etag: self.meta.etag.clone(),
                     share,
-                    file: Arc::clone(&file),
-                    local: Arc::clone(&local),
-                    turn: Arc::clone(&turn),
+                    target: target.clone(),
                 };
                 let k = next;
                 running.spawn(async move { save_chunk(job).await.map(|crc| (k, crc)) });
@@ -278,17 +361,7 @@ impl Download {
         if let Some(ContentChecksum::Crc64Nvme(want)) = self.meta.checksum
             && combined != want
         {
-            return Err(self.named(
-                Error::new(
-                    ErrorKind::InvalidResponse,
-                    format!(
-                        "the downloaded bytes do not match the object's checksum ({}): corrupted on the way",
-                        ContentChecksum::Crc64Nvme(want)
-                    ),
-                )
-                .with_operation(corral_domain::Operation::Get)
-                .with_key(self.key.as_str().to_owned()),
-            ));
+            return Err(self.named(mismatch(&self.key, ContentChecksum::Crc64Nvme(want))));
         }
         Ok(size)
     }

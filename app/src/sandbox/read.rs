@@ -295,36 +295,61 @@ impl UserSandbox {
         &self,
         path: &VirtualPath,
         local: &std::path::Path,
-        mut progress: impl FnMut(u64) + Send,
+        progress: impl FnMut(u64) + Send,
         listed_file: bool,
     ) -> Result<u64, Error> {
-        let mut d = self.open_checked(path, listed_file).await?;
+        let d = self.open_checked(path, listed_file).await?;
+        self.save_download(d, local, progress).await
+    }
+
+    /// [`Self::download_to_file`] of a file that a listing showed with
+    /// `size` bytes: up to one chunk, with one GET whose answer tells the
+    /// checksum (no HEAD first, no ranges).
+    pub(crate) async fn download_listed_to_file(
+        &self,
+        path: &VirtualPath,
+        local: &std::path::Path,
+        size: u64,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, Error> {
+        if size > self.cache.download_chunk() {
+            return self
+                .download_to_file_checked(path, local, progress, true)
+                .await;
+        }
+        let t = self.mount(path, "cannot read")?;
+        let key = t.key()?;
+        let (temp, file) = temp_beside(local)?;
+        let saved = self
+            .cache
+            .save_whole(t.mount.port(), &key, size, file, local)
+            .await;
+        match saved {
+            Ok(n) => {
+                temp.persist(local).map_err(|e| local_err(local, e.error))?;
+                progress(n);
+                Ok(n)
+            }
+            // Gone, being written, kept unfinished, or cut on the way: the
+            // usual path says which, or tries again.
+            Err(e) if e.kind() == ErrorKind::NotFound || e.is_temporary() => {
+                drop(temp);
+                self.download_to_file_checked(path, local, progress, true)
+                    .await
+            }
+            Err(e) => Err(e.with_path(path.to_string())),
+        }
+    }
+
+    /// Writes the opened download `d` to `local` ([`Self::download_to_file`]).
+    pub(crate) async fn save_download(
+        &self,
+        mut d: Download,
+        local: &std::path::Path,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, Error> {
         let d_size = d.size();
-        let dir = local
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        let name = local
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let local_err = |p: &std::path::Path, e: std::io::Error| {
-            Error::new(
-                ErrorKind::from_io(e.kind()),
-                format!("cannot write {}: {e}", p.display()),
-            )
-        };
-        // Removed when dropped, unless persisted.
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".corral-part")
-            .tempfile_in(dir)
-            .map_err(|e| local_err(local, e))?;
-        let file = Arc::new(
-            temp.as_file()
-                .try_clone()
-                .map_err(|e| local_err(local, e))?,
-        );
+        let (temp, file) = temp_beside(local)?;
         if d.saves_checked() {
             // Each chunk straight to its place in the file.
             d.save_to(Arc::clone(&file), local, progress).await?;
@@ -368,18 +393,33 @@ impl UserSandbox {
         Ok(FileReader(self.open_checked(&vp, false).await?))
     }
 
-    async fn open_checked(&self, vp: &VirtualPath, listed_file: bool) -> Result<Download, Error> {
+    pub(crate) async fn open_checked(
+        &self,
+        vp: &VirtualPath,
+        listed_file: bool,
+    ) -> Result<Download, Error> {
         let vp = vp.clone();
         let t = self.mount(&vp, "cannot read")?;
-        if t.is_mount_root() || (!listed_file && Self::dir_exists(&t).await?) {
-            return Err(
-                Error::new(ErrorKind::IsADirectory, format!("{vp} is a directory"))
-                    .with_path(vp.to_string()),
-            );
+        let is_dir = || {
+            Error::new(ErrorKind::IsADirectory, format!("{vp} is a directory"))
+                .with_path(vp.to_string())
+        };
+        if t.is_mount_root() {
+            return Err(is_dir());
         }
         let key = t.key()?;
-        let mut d = match self.cache.download(t.mount.port(), key.clone()).await {
-            Ok(d) => d,
+        // The directory check and the HEAD at once: one round trip, not two
+        // (the HEAD is wasted only when the path is a directory).
+        let (dir, head) = if listed_file {
+            (Ok(false), t.storage().head(&key).await)
+        } else {
+            futures::join!(Self::dir_exists(&t), t.storage().head(&key))
+        };
+        if dir? {
+            return Err(is_dir());
+        }
+        let mut d = match head {
+            Ok(meta) => self.cache.download_of(t.mount.port(), key, meta),
             // Not stored yet, but being written: never half of it.
             Err(e)
                 if e.kind() == ErrorKind::NotFound
@@ -448,6 +488,36 @@ impl FileReader {
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
         self.0.next_chunk().await
     }
+}
+
+fn local_err(p: &std::path::Path, e: std::io::Error) -> Error {
+    Error::new(
+        ErrorKind::from_io(e.kind()),
+        format!("cannot write {}: {e}", p.display()),
+    )
+}
+
+/// A temporary file beside `local`, created exclusively under a random
+/// name (never through a link) and removed when dropped unless persisted,
+/// with a second handle to write it through.
+fn temp_beside(
+    local: &std::path::Path,
+) -> Result<(tempfile::NamedTempFile, Arc<std::fs::File>), Error> {
+    let dir = local
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".corral-part")
+        .tempfile_in(dir)
+        .map_err(|e| local_err(local, e))?;
+    let file = temp.as_file().try_clone().map_err(|e| local_err(local, e))?;
+    Ok((temp, Arc::new(file)))
 }
 
 /// `entries`, with those being written shown as written so far (and taken

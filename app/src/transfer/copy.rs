@@ -12,6 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::upload::{Resumable, local_err, sweep_stale, upload_file};
 use super::verify::verify_copy;
 use super::{CopyOptions, CopySummary, Location, Progress};
+use crate::cache::Download;
 use crate::journal::Journal;
 use crate::sandbox::UserSandbox;
 use crate::sandbox::write::MkdirOptions;
@@ -38,6 +39,8 @@ enum Job {
         local: PathBuf,
         size: u64,
         listed: Listed,
+        /// Opened already (its HEAD done) when the source was looked up.
+        opened: Option<Box<Download>>,
     },
 }
 
@@ -128,6 +131,7 @@ async fn walk_sandbox(
                     local: t.join(&e.name),
                     size: e.size,
                     listed: Listed::Yes,
+                    opened: None,
                 });
             }
         }
@@ -226,19 +230,31 @@ impl UserSandbox {
                 }
                 (Location::Sandbox { path: s, .. }, Location::Local(d)) => {
                     let target = if dst_is_dir { d.join(&name) } else { d.clone() };
-                    let entry = self.stat(s).await?;
-                    if entry.kind == EntryKind::Directory {
-                        if !options.recursive {
-                            return Err(directory(src));
+                    // Opened at once (the directory check and the HEAD
+                    // together); the download reuses it.
+                    let opened = match self.open_checked(s, false).await {
+                        Ok(d) => Some(d),
+                        Err(e) if e.kind() == ErrorKind::IsADirectory => None,
+                        // A directory of mount points only, or an error.
+                        Err(e) => match self.stat(s).await {
+                            Ok(entry) if entry.kind == EntryKind::Directory => None,
+                            _ => return Err(e),
+                        },
+                    };
+                    match opened {
+                        None => {
+                            if !options.recursive {
+                                return Err(directory(src));
+                            }
+                            walk_sandbox(self, s, &target, &mut jobs).await?;
                         }
-                        walk_sandbox(self, s, &target, &mut jobs).await?;
-                    } else {
-                        jobs.push(Job::Download {
+                        Some(d) => jobs.push(Job::Download {
                             source: s.clone(),
                             local: target,
-                            size: entry.size,
+                            size: d.size(),
                             listed: Listed::No,
-                        });
+                            opened: Some(Box::new(d)),
+                        }),
                     }
                 }
             }
@@ -304,16 +320,21 @@ impl UserSandbox {
                             source: src,
                             local,
                             listed,
-                            ..
+                            opened,
+                            size,
                         } => {
-                            let n = self
-                                .download_to_file_checked(
-                                    &src,
-                                    &local,
-                                    |n| progress.advance(n),
-                                    listed == Listed::Yes,
-                                )
-                                .await?;
+                            let advance = |n| progress.advance(n);
+                            let n = match opened {
+                                Some(d) => self.save_download(*d, &local, advance).await?,
+                                None if listed == Listed::Yes => {
+                                    self.download_listed_to_file(&src, &local, size, advance)
+                                        .await?
+                                }
+                                None => {
+                                    self.download_to_file_checked(&src, &local, advance, false)
+                                        .await?
+                                }
+                            };
                             if options.verify {
                                 verify_copy(self, &local, &src).await?;
                             }
