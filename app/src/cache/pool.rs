@@ -119,6 +119,28 @@ struct Buffers {
     spare: Vec<Spare>,
     /// Bytes of every buffer allocated (in use or spare).
     allocated: u64,
+    /// Bytes of the spare buffers.
+    spare_bytes: u64,
+}
+
+/// The most bytes kept in spare buffers: two parts, so that a transfer's
+/// next part or chunk finds the buffer its last one gave back. Beyond,
+/// buffers go back to the system at once: kept up to the cache's size, the
+/// odd sizes of growing first parts added 22 MiB to a 64 MiB upload
+/// (measured, `corral serve sftp`, 512 MiB put).
+const SPARE_MOST: u64 = 16 << 20;
+
+impl Buffers {
+    /// Frees the oldest spare buffer; false if there is none.
+    fn free_oldest(&mut self) -> bool {
+        let Some(i) = (0..self.spare.len()).min_by_key(|&i| self.spare[i].since) else {
+            return false;
+        };
+        let old = self.spare.swap_remove(i);
+        self.allocated -= old.buf.len() as u64;
+        self.spare_bytes -= old.buf.len() as u64;
+        true
+    }
 }
 
 /// How long a spare buffer is kept when no slot wants it.
@@ -307,16 +329,22 @@ impl PoolInner {
             .min_by_key(|(_, s)| s.buf.len())
             .map(|(i, _)| i);
         if let Some(i) = best {
-            return Ok(b.spare.swap_remove(i).buf);
+            let buf = b.spare.swap_remove(i).buf;
+            b.spare_bytes -= buf.len() as u64;
+            return Ok(buf);
         }
-        while b.allocated + len as u64 > self.capacity {
-            // Oldest first.
-            let Some(i) = (0..b.spare.len()).min_by_key(|&i| b.spare[i].since) else {
-                break;
-            };
-            let old = b.spare.swap_remove(i);
-            b.allocated -= old.buf.len() as u64;
+        // None fits: those too small go back to the system (a transfer's
+        // parts grow to their size, then stay there; the small ones left
+        // behind would only add to its memory).
+        let (small, kept): (Vec<Spare>, Vec<Spare>) = std::mem::take(&mut b.spare)
+            .into_iter()
+            .partition(|s| s.buf.len() < len);
+        b.spare = kept;
+        for s in small {
+            b.allocated -= s.buf.len() as u64;
+            b.spare_bytes -= s.buf.len() as u64;
         }
+        while b.allocated + len as u64 > self.capacity && b.free_oldest() {}
         let buf = memmap2::MmapMut::map_anon(len).map_err(|e| {
             Error::new(
                 ErrorKind::Unavailable,
@@ -335,10 +363,12 @@ impl PoolInner {
     /// A slot's buffer back, for later slots.
     pub(crate) fn give_back(&self, buf: memmap2::MmapMut) {
         let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        b.spare_bytes += buf.len() as u64;
         b.spare.push(Spare {
             buf,
             since: Instant::now(),
         });
+        while b.spare_bytes > SPARE_MOST && b.free_oldest() {}
     }
 
     /// Frees the spare buffers nobody wanted for `idle`; returns their bytes.
@@ -349,6 +379,7 @@ impl PoolInner {
         for s in std::mem::take(&mut b.spare) {
             if s.since.elapsed() >= idle {
                 b.allocated -= s.buf.len() as u64;
+                b.spare_bytes -= s.buf.len() as u64;
             } else {
                 kept.push(s);
             }
@@ -998,7 +1029,25 @@ mod tests {
         assert_eq!(p.metrics().allocated, MIB + 4096);
         p.give_back(small);
         assert_eq!(p.trim(Duration::from_secs(3600)), 0, "recently used: kept");
-        assert_eq!(p.trim(Duration::ZERO), MIB + 4096);
+        // A request none fits frees the spares too small for it.
+        let big = p.take_buffer(4 * MIB as usize).unwrap();
+        assert_eq!(p.metrics().allocated, 4 * MIB, "the 1 MiB and 4 KiB spares freed");
+        p.give_back(big);
+        assert_eq!(p.trim(Duration::ZERO), 4 * MIB);
         assert_eq!(p.metrics().allocated, 0);
+    }
+
+    #[test]
+    fn spare_buffers_beyond_two_parts_are_freed_at_once() {
+        let p = pool(256 * MIB, false);
+        let bufs: Vec<_> = (0..5).map(|_| p.take_buffer(8 * MIB as usize).unwrap()).collect();
+        assert_eq!(p.metrics().allocated, 40 * MIB);
+        for b in bufs {
+            p.give_back(b);
+        }
+        assert_eq!(p.metrics().allocated, super::SPARE_MOST);
+        let b = p.take_buffer(8 * MIB as usize).unwrap();
+        assert_eq!(p.metrics().allocated, super::SPARE_MOST, "a spare was reused");
+        p.give_back(b);
     }
 }
