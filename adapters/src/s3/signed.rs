@@ -9,9 +9,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use corral_domain::port::{GetResult, ObjectMeta};
-use futures::TryStreamExt;
 use corral_domain::retry::Backoff;
 use corral_domain::{Error, ErrorKind, ObjectKey, Operation, Result};
+use futures::TryStreamExt;
 use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::{HttpClient, HttpRequest, HttpRequestBody};
 use percent_encoding::utf8_percent_encode;

@@ -316,7 +316,13 @@ impl TransferCache {
         meta: corral_domain::port::ObjectMeta,
     ) -> Download {
         let window = self.config.download.min(self.config.per_account());
-        Download::new(storage, key, meta, self.download_chunk(), self.stager(window))
+        Download::new(
+            storage,
+            key,
+            meta,
+            self.download_chunk(),
+            self.stager(window),
+        )
     }
 
     /// The size of a download's chunks: two fit the window, one the reader

@@ -1031,7 +1031,11 @@ mod tests {
         assert_eq!(p.trim(Duration::from_secs(3600)), 0, "recently used: kept");
         // A request none fits frees the spares too small for it.
         let big = p.take_buffer(4 * MIB as usize).unwrap();
-        assert_eq!(p.metrics().allocated, 4 * MIB, "the 1 MiB and 4 KiB spares freed");
+        assert_eq!(
+            p.metrics().allocated,
+            4 * MIB,
+            "the 1 MiB and 4 KiB spares freed"
+        );
         p.give_back(big);
         assert_eq!(p.trim(Duration::ZERO), 4 * MIB);
         assert_eq!(p.metrics().allocated, 0);
@@ -1040,14 +1044,20 @@ mod tests {
     #[test]
     fn spare_buffers_beyond_two_parts_are_freed_at_once() {
         let p = pool(256 * MIB, false);
-        let bufs: Vec<_> = (0..5).map(|_| p.take_buffer(8 * MIB as usize).unwrap()).collect();
+        let bufs: Vec<_> = (0..5)
+            .map(|_| p.take_buffer(8 * MIB as usize).unwrap())
+            .collect();
         assert_eq!(p.metrics().allocated, 40 * MIB);
         for b in bufs {
             p.give_back(b);
         }
         assert_eq!(p.metrics().allocated, super::SPARE_MOST);
         let b = p.take_buffer(8 * MIB as usize).unwrap();
-        assert_eq!(p.metrics().allocated, super::SPARE_MOST, "a spare was reused");
+        assert_eq!(
+            p.metrics().allocated,
+            super::SPARE_MOST,
+            "a spare was reused"
+        );
         p.give_back(b);
     }
 }

@@ -265,7 +265,10 @@ impl TransferCache {
         let expected = r.meta.checksum;
         let size = r.meta.size;
         let (got, hash) = write_body(r.body, &target, 0, size, expected.map(Hasher::new), |_| {
-            invalid_response(key, format!("the server sent more than the {size} bytes of the object"))
+            invalid_response(
+                key,
+                format!("the server sent more than the {size} bytes of the object"),
+            )
         })
         .await?;
         if got != size {

@@ -408,16 +408,29 @@ impl UserSandbox {
             return Err(is_dir());
         }
         let key = t.key()?;
-        // The directory check and the HEAD at once: one round trip, not two
-        // (the HEAD is wasted only when the path is a directory).
-        let (dir, head) = if listed_file {
-            (Ok(false), t.storage().head(&key).await)
+        // The directory check and the HEAD at once: one round trip, not two.
+        // A directory found ends the HEAD (some servers answer a HEAD of a
+        // directory's name with errors that would be retried).
+        let head = if listed_file {
+            t.storage().head(&key).await
         } else {
-            futures::join!(Self::dir_exists(&t), t.storage().head(&key))
+            let dir = std::pin::pin!(Self::dir_exists(&t));
+            let head = std::pin::pin!(t.storage().head(&key));
+            match futures::future::select(dir, head).await {
+                futures::future::Either::Left((dir, head)) => {
+                    if dir? {
+                        return Err(is_dir());
+                    }
+                    head.await
+                }
+                futures::future::Either::Right((head, dir)) => {
+                    if dir.await? {
+                        return Err(is_dir());
+                    }
+                    head
+                }
+            }
         };
-        if dir? {
-            return Err(is_dir());
-        }
         let mut d = match head {
             Ok(meta) => self.cache.download_of(t.mount.port(), key, meta),
             // Not stored yet, but being written: never half of it.
@@ -516,7 +529,10 @@ fn temp_beside(
         .suffix(".corral-part")
         .tempfile_in(dir)
         .map_err(|e| local_err(local, e))?;
-    let file = temp.as_file().try_clone().map_err(|e| local_err(local, e))?;
+    let file = temp
+        .as_file()
+        .try_clone()
+        .map_err(|e| local_err(local, e))?;
     Ok((temp, Arc::new(file)))
 }
 
