@@ -283,6 +283,23 @@ pub(super) async fn get_checked(
     Ok(r)
 }
 
+pub(super) fn mismatch(key: &ObjectKey, expected: ContentChecksum) -> Error {
+    let hint = match expected {
+        ContentChecksum::Md5(_) => {
+            " (or the server's ETags are not MD5s: then set \"etagIsMd5\": false)"
+        }
+        ContentChecksum::Crc64Nvme(_) => "",
+    };
+    Error::new(
+        ErrorKind::InvalidResponse,
+        format!(
+            "the downloaded bytes do not match the object's checksum ({expected}): corrupted on the way{hint}"
+        ),
+    )
+    .with_operation(corral_domain::Operation::Get)
+    .with_key(key.as_str().to_owned())
+}
+
 struct Fetch {
     storage: Arc<dyn ObjectStorage>,
     key: ObjectKey,
@@ -551,7 +568,7 @@ impl Download {
         if c.upto != self.meta.size || c.matches().await? {
             return Ok(());
         }
-        Err(super::save::mismatch(&self.key, c.expected))
+        Err(mismatch(&self.key, c.expected))
     }
 
     /// Up to `len` bytes at `offset`, without a copy in memory mode; fewer

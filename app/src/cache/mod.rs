@@ -58,7 +58,6 @@ pub use config::{CacheConfig, CacheSection, SizeValue, parse_size};
 pub use download::Download;
 pub use part_copy::PART_COPIES_AT_ONCE;
 pub use pool::{Account, AccountUse, CacheMetrics, Reservation};
-pub(crate) use save::write_pieces_at;
 pub use upload::{Base, Upload, UploadJournal, part_checksum};
 
 use aborts::Aborts;

@@ -1051,13 +1051,9 @@ mod tests {
         for b in bufs {
             p.give_back(b);
         }
-        assert_eq!(p.metrics().allocated, super::SPARE_MOST);
+        assert_eq!(p.metrics().allocated, SPARE_MOST);
         let b = p.take_buffer(8 * MIB as usize).unwrap();
-        assert_eq!(
-            p.metrics().allocated,
-            super::SPARE_MOST,
-            "a spare was reused"
-        );
+        assert_eq!(p.metrics().allocated, SPARE_MOST, "a spare was reused");
         p.give_back(b);
     }
 }

@@ -27,8 +27,8 @@ use futures::StreamExt;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::TransferCache;
-use super::download::{Download, Hasher, get_checked, invalid_response};
-use super::store::Stager;
+use super::download::{Download, Hasher, get_checked, invalid_response, mismatch};
+use super::store::{Stager, write_pieces_at};
 
 /// Bytes gathered from the body before one write. Small enough that the
 /// frames are still in the CPU's cache when the kernel copies them into the
@@ -37,46 +37,6 @@ use super::store::Stager;
 const BATCH: usize = 256 << 10;
 
 const CRC: crc_fast::CrcAlgorithm = crc_fast::CrcAlgorithm::Crc64Nvme;
-
-/// Writes `pieces` one after the other at `at`, as few system calls as
-/// the pieces allow (`pwritev`), without copying them together.
-pub(crate) fn write_pieces_at(file: &File, pieces: &[Bytes], mut at: u64) -> std::io::Result<()> {
-    const MAX_IOV: usize = 512;
-    let mut i = 0;
-    let mut skip = 0usize; // bytes of pieces[i] already written
-    while i < pieces.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = pieces[i..]
-            .iter()
-            .take(MAX_IOV)
-            .enumerate()
-            .map(|(j, p)| std::io::IoSlice::new(if j == 0 { &p[skip..] } else { p }))
-            .collect();
-        let mut n = rustix::io::pwritev(file, &slices, at)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "the disk took no bytes",
-            ));
-        }
-        at += n as u64;
-        while n > 0 && i < pieces.len() {
-            let left = pieces[i].len() - skip;
-            if n >= left {
-                n -= left;
-                i += 1;
-                skip = 0;
-            } else {
-                skip += n;
-                n = 0;
-            }
-        }
-        while i < pieces.len() && pieces[i].len() == skip {
-            i += 1;
-            skip = 0;
-        }
-    }
-    Ok(())
-}
 
 /// One chunk to save.
 struct Job {
@@ -221,23 +181,6 @@ async fn save_chunk(job: Job) -> Result<u64, Error> {
         ));
     }
     Ok(crc.and_then(|c| c.crc64()).unwrap_or_default())
-}
-
-pub(super) fn mismatch(key: &ObjectKey, expected: ContentChecksum) -> Error {
-    let hint = match expected {
-        ContentChecksum::Md5(_) => {
-            " (or the server's ETags are not MD5s: then set \"etagIsMd5\": false)"
-        }
-        ContentChecksum::Crc64Nvme(_) => "",
-    };
-    Error::new(
-        ErrorKind::InvalidResponse,
-        format!(
-            "the downloaded bytes do not match the object's checksum ({expected}): corrupted on the way{hint}"
-        ),
-    )
-    .with_operation(corral_domain::Operation::Get)
-    .with_key(key.as_str().to_owned())
 }
 
 impl TransferCache {

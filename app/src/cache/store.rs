@@ -472,3 +472,43 @@ impl AsRef<[u8]> for Frozen {
         }
     }
 }
+
+/// Writes `pieces` one after the other at `at`, as few system calls as
+/// the pieces allow (`pwritev`), without copying them together.
+pub(crate) fn write_pieces_at(file: &File, pieces: &[Bytes], mut at: u64) -> std::io::Result<()> {
+    const MAX_IOV: usize = 512;
+    let mut i = 0;
+    let mut skip = 0usize; // bytes of pieces[i] already written
+    while i < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[i..]
+            .iter()
+            .take(MAX_IOV)
+            .enumerate()
+            .map(|(j, p)| std::io::IoSlice::new(if j == 0 { &p[skip..] } else { p }))
+            .collect();
+        let mut n = rustix::io::pwritev(file, &slices, at)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "the disk took no bytes",
+            ));
+        }
+        at += n as u64;
+        while n > 0 && i < pieces.len() {
+            let left = pieces[i].len() - skip;
+            if n >= left {
+                n -= left;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        while i < pieces.len() && pieces[i].len() == skip {
+            i += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
+}

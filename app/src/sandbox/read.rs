@@ -372,7 +372,7 @@ impl UserSandbox {
         while let Some(pieces) = d.next_pieces().await? {
             let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
             let (f, at) = (Arc::clone(&file), total);
-            writes.spawn_blocking(move || crate::cache::write_pieces_at(&f, &pieces, at));
+            writes.spawn_blocking(move || crate::cache::store::write_pieces_at(&f, &pieces, at));
             total += len;
             progress(len);
             while writes.len() >= 2 {
