@@ -478,8 +478,15 @@ impl Download {
             task.abort();
         }
         if self.pending.front().is_none_or(|(c, _)| *c != k) {
+            let ahead = self.ahead;
             self.restart_at(k);
-        } else if moved_on {
+            if moved_on {
+                // In order, with nothing requested yet (the read-ahead had
+                // not started): the ramp goes on.
+                self.ahead = ahead;
+            }
+        }
+        if moved_on {
             // Read in order: read further ahead, up to the window.
             let most = (self.stager.window.size() / self.chunk).max(1);
             self.ahead = if self.ahead == 0 {

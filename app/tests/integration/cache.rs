@@ -422,6 +422,41 @@ async fn cancellation_and_panics_return_every_byte_and_abort_the_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_in_order_is_read_ahead_of() {
+    let cache = TransferCache::open(config(64 * MIB, 32 * MIB)).expect("cache");
+    let counting = Counting::new(Duration::ZERO);
+    let storage: Arc<dyn ObjectStorage> = Arc::clone(&counting) as _;
+    let key = ObjectKey::from_raw("in-order");
+    let data = pattern(60 * MIB as usize, 11);
+    upload_in_blocks(&cache, Arc::clone(&storage), &key, &data, 4 * MIB as usize)
+        .await
+        .expect("upload");
+    let mut down = cache.download(storage, key).await.expect("download");
+    // Chunks: 256 KiB, then 8 MiB each. The reader takes the first three.
+    let mut got = 0usize;
+    for _ in 0..3 {
+        got += down.next_chunk().await.expect("read").expect("chunk").len();
+    }
+    assert_eq!(got, (256 << 10) + 2 * 8 * MIB as usize);
+    // Moved on twice in order: chunks beyond the reader's are asked for
+    // before it asks (before the fix, only the reader's own ever were: 3).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while counting.gets.load(Ordering::SeqCst) < 5 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        counting.gets.load(Ordering::SeqCst) >= 5,
+        "GETs: {}",
+        counting.gets.load(Ordering::SeqCst)
+    );
+    let mut rest = Vec::new();
+    while let Some(c) = down.next_chunk().await.expect("read") {
+        rest.extend_from_slice(&c);
+    }
+    assert_eq!(&rest[..], &data[got..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_reads_restart_the_read_ahead() {
     let cache = TransferCache::open(config(64 * MIB, 16 * MIB)).expect("cache");
     let storage: Arc<dyn ObjectStorage> = Counting::new(Duration::ZERO);

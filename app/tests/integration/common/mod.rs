@@ -26,6 +26,8 @@ pub struct Counting {
     pub parts: AtomicU64,
     pub part_delay: Duration,
     pub wrong_checksum: AtomicBool,
+    /// GETs asked for.
+    pub gets: AtomicU64,
 }
 
 impl Counting {
@@ -36,6 +38,7 @@ impl Counting {
             parts: AtomicU64::new(0),
             part_delay,
             wrong_checksum: AtomicBool::new(false),
+            gets: AtomicU64::new(0),
         })
     }
 }
@@ -53,6 +56,7 @@ impl ObjectStorage for Counting {
         Ok(meta)
     }
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<GetResult> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(key, range).await
     }
     async fn put(&self, key: &ObjectKey, data: Bytes, mode: PutMode) -> Result<PutResult> {
