@@ -3,11 +3,11 @@
 //! [`Download::save_to`] does not stage chunks in the cache: each chunk's
 //! ranged GET writes its body's frames to their place in the file as they
 //! arrive (gathered into batches of 256 KiB, one `pwritev` each, one batch
-//! writing while the next fills; one write at a time into the file). The cache still admits each chunk
-//! (the transfer's window and the account's turn, as for a staged chunk),
-//! so that a download takes its fair share of bandwidth and the bytes in
-//! flight are counted; but what the process holds is the batches, not the
-//! chunks: a copy into the cache and its memory are saved.
+//! writing while the next fills; one write at a time into the file). The
+//! cache still admits each chunk (the transfer's window and the account's
+//! turn, as for a staged chunk), so that a download takes its fair share
+//! and the bytes in flight are counted; but what the process holds is the
+//! batches, not the chunks: a copy into the cache and its memory are saved.
 //!
 //! The checksum the backend vouches for is checked all the same: each
 //! chunk's CRC-64/NVME is computed with its writes, on the blocking pool,
