@@ -56,7 +56,7 @@ const HASH_BATCH: u64 = 4 << 20;
 /// A download staged through the cache: chunks read ahead with ranged GETs,
 /// each checked (range, length, ETag); a slow reader holds the read-ahead back.
 pub struct Download {
-    pub(super) storage: Arc<dyn ObjectStorage>,
+    storage: Arc<dyn ObjectStorage>,
     pub(super) key: ObjectKey,
     pub(super) meta: ObjectMeta,
     /// The size of chunks after the first.
@@ -300,13 +300,35 @@ pub(super) fn mismatch(key: &ObjectKey, expected: ContentChecksum) -> Error {
     .with_key(key.as_str().to_owned())
 }
 
-struct Fetch {
-    storage: Arc<dyn ObjectStorage>,
-    key: ObjectKey,
-    stager: Stager,
-    range: std::ops::Range<u64>,
-    etag: Option<String>,
-    share: tokio::sync::OwnedSemaphorePermit,
+/// One chunk to fetch: where from, its window share, what it must match.
+pub(super) struct Fetch {
+    pub(super) storage: Arc<dyn ObjectStorage>,
+    pub(super) key: ObjectKey,
+    pub(super) stager: Stager,
+    pub(super) range: std::ops::Range<u64>,
+    pub(super) etag: Option<String>,
+    pub(super) share: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The server sent more than the `len` bytes of `range`.
+pub(super) fn too_long(key: &ObjectKey, len: u64, range: &std::ops::Range<u64>) -> Error {
+    invalid_response(
+        key,
+        format!("the server sent more than the {len} bytes of range {range:?}"),
+    )
+}
+
+/// The server sent `got` of the `len` bytes of `range`.
+pub(super) fn cut_short(
+    key: &ObjectKey,
+    got: u64,
+    len: u64,
+    range: &std::ops::Range<u64>,
+) -> Error {
+    invalid_response(
+        key,
+        format!("the server sent {got} of the {len} bytes of range {range:?} (connection cut?)"),
+    )
 }
 
 async fn fetch(f: Fetch) -> Result<Chunk, Error> {
@@ -330,19 +352,13 @@ async fn fetch(f: Fetch) -> Result<Chunk, Error> {
             continue;
         }
         if at + frame.len() > len {
-            return Err(invalid_response(
-                &key,
-                format!("the server sent more than the {len} bytes of range {range:?}"),
-            ));
+            return Err(too_long(&key, len as u64, &range));
         }
         slot.write_at(at, &frame)?;
         at += frame.len();
     }
     if at != len {
-        return Err(invalid_response(
-            &key,
-            format!("the server sent {at} of the {len} bytes of range {range:?} (connection cut?)"),
-        ));
+        return Err(cut_short(&key, at as u64, len as u64, &range));
     }
     Ok(Chunk(Arc::new(ChunkData { slot, len })))
 }
@@ -427,15 +443,24 @@ impl Download {
         start..(start + len).min(self.meta.size)
     }
 
-    fn spawn_fetch(&mut self, k: u64, share: tokio::sync::OwnedSemaphorePermit) {
-        let task = tokio::spawn(fetch(Fetch {
+    /// The fetch of `range` of this object, with its window share.
+    pub(super) fn fetch_of(
+        &self,
+        range: std::ops::Range<u64>,
+        share: tokio::sync::OwnedSemaphorePermit,
+    ) -> Fetch {
+        Fetch {
             storage: Arc::clone(&self.storage),
             key: self.key.clone(),
             stager: self.stager.clone(),
-            range: self.range_of(k),
+            range,
             etag: self.meta.etag.clone(),
             share,
-        }));
+        }
+    }
+
+    fn spawn_fetch(&mut self, k: u64, share: tokio::sync::OwnedSemaphorePermit) {
+        let task = tokio::spawn(fetch(self.fetch_of(self.range_of(k), share)));
         self.pending.push_back((k, task));
         self.next_fetch = k + 1;
     }

@@ -27,8 +27,10 @@ use futures::StreamExt;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::TransferCache;
-use super::download::{Download, Hasher, get_checked, invalid_response, mismatch};
-use super::store::{Stager, write_pieces_at};
+use super::download::{
+    Download, Fetch, Hasher, cut_short, get_checked, invalid_response, mismatch, too_long,
+};
+use super::store::write_pieces_at;
 
 /// Bytes gathered from the body before one write. Small enough that the
 /// frames are still in the CPU's cache when the kernel copies them into the
@@ -38,14 +40,9 @@ const BATCH: usize = 256 << 10;
 
 const CRC: crc_fast::CrcAlgorithm = crc_fast::CrcAlgorithm::Crc64Nvme;
 
-/// One chunk to save.
+/// One chunk to save: its fetch, and where its bytes go.
 struct Job {
-    storage: Arc<dyn ObjectStorage>,
-    key: ObjectKey,
-    stager: Stager,
-    range: std::ops::Range<u64>,
-    etag: Option<String>,
-    share: tokio::sync::OwnedSemaphorePermit,
+    fetch: Fetch,
     target: Target,
 }
 
@@ -150,35 +147,20 @@ async fn write_body(
 
 /// Fetches one chunk into its place in the file; returns its CRC-64/NVME.
 async fn save_chunk(job: Job) -> Result<u64, Error> {
-    let Job {
-        storage,
-        key,
-        stager,
-        range,
-        etag,
-        share,
-        target,
-    } = job;
+    let Job { fetch: f, target } = job;
+    let (key, range) = (&f.key, &f.range);
     let len = range.end - range.start;
-    let _share = share;
-    // The account's turn in the cache, for the bytes this chunk has in flight.
-    let _held = stager.account.reserve(len, len).await?;
-    let r = get_checked(&storage, &key, &range, etag.as_deref()).await?;
+    // The account's turn in the cache, for the bytes this chunk has in flight
+    // (the window share, `f.share`, is held as long).
+    let _held = f.stager.account.reserve(len, len).await?;
+    let r = get_checked(&f.storage, key, range, f.etag.as_deref()).await?;
     let crc = Hasher::new(ContentChecksum::Crc64Nvme(0));
     let (got, crc) = write_body(r.body, &target, range.start, len, Some(crc), |_| {
-        invalid_response(
-            &key,
-            format!("the server sent more than the {len} bytes of range {range:?}"),
-        )
+        too_long(key, len, range)
     })
     .await?;
     if got != len {
-        return Err(invalid_response(
-            &key,
-            format!(
-                "the server sent {got} of the {len} bytes of range {range:?} (connection cut?)"
-            ),
-        ));
+        return Err(cut_short(key, got, len, range));
     }
     Ok(crc.and_then(|c| c.crc64()).unwrap_or_default())
 }
@@ -276,12 +258,7 @@ impl Download {
                     }
                 };
                 let job = Job {
-                    storage: Arc::clone(&self.storage),
-                    key: self.key.clone(),
-                    stager: self.stager.clone(),
-                    range,
-                    etag: self.meta.etag.clone(),
-                    share,
+                    fetch: self.fetch_of(range, share),
                     target: target.clone(),
                 };
                 let k = next;
